@@ -1,0 +1,44 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "MedLedger",
+    products: [
+        .library(name: "LMDBKit", targets: ["LMDBKit"]),
+        .library(name: "LedgerCrypto", targets: ["LedgerCrypto"]),
+        .library(name: "MerkleLog", targets: ["MerkleLog"]),
+        .library(name: "MedLedger", targets: ["MedLedger"]),
+        .executable(name: "medledger", targets: ["MedLedgerCLI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CLMDB",
+            pkgConfig: "lmdb",
+            providers: [.apt(["liblmdb-dev"])]
+        ),
+        .systemLibrary(
+            name: "CCrypto",
+            pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        .target(name: "LMDBKit", dependencies: ["CLMDB"]),
+        .target(name: "LedgerCrypto", dependencies: ["CCrypto"]),
+        .target(name: "MerkleLog", dependencies: ["LMDBKit", "LedgerCrypto"]),
+        .target(name: "MedLedger", dependencies: ["LMDBKit", "LedgerCrypto", "MerkleLog"]),
+        .executableTarget(
+            name: "MedLedgerCLI",
+            dependencies: [
+                "MedLedger", "MerkleLog", "LedgerCrypto",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "LMDBKitTests", dependencies: ["LMDBKit"]),
+        .testTarget(name: "LedgerCryptoTests", dependencies: ["LedgerCrypto"]),
+        .testTarget(name: "MerkleLogTests", dependencies: ["MerkleLog", "LedgerCrypto", "LMDBKit"]),
+        .testTarget(name: "MedLedgerTests", dependencies: ["MedLedger", "MerkleLog", "LedgerCrypto"]),
+        .testTarget(name: "MedLedgerCLITests", dependencies: ["MedLedgerCLI"]),
+    ]
+)

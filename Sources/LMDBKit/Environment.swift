@@ -1,0 +1,245 @@
+internal import CLMDB
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A handle to a named database inside an ``Environment``.
+///
+/// Handles are plain values: they stay valid for the environment's lifetime.
+public struct Database: Sendable, Hashable {
+    let dbi: UInt32
+}
+
+/// One LMDB environment: a directory holding `data.mdb` and `lock.mdb`.
+///
+/// All reads and writes go through ``read(_:)`` and ``write(_:)``, which begin a transaction,
+/// lend it to a closure and end it before returning, so no transaction or LMDB pointer outlives
+/// its scope. Writes are serialized (LMDB allows one writer per environment across all
+/// processes); reads run in parallel with each other and with the writer, each seeing the last
+/// committed state when it began. Several processes may open the same environment.
+///
+/// The map (the largest size the file may reach) starts at ``Options/mapSize`` and doubles,
+/// up to ``Options/maxMapSize``, whenever a write fails with `MDB_MAP_FULL`: the write is
+/// aborted, the map grown, and the closure run again. A closure passed to `write` must
+/// therefore have no effects outside the transaction until `write` returns.
+///
+/// For example:
+/// ```swift
+/// let env = try Environment(path: "/tmp/ledger")
+/// let db = try env.openDatabase("entries")
+/// try env.write { txn in try txn.put(db, key: UInt64(0), value: Array("hello".utf8)) }
+/// let value = try env.read { txn in try txn.value(db, key: UInt64(0)) }
+/// ```
+///
+/// Thread safety: an `Environment` may be shared between threads.
+public final class Environment: @unchecked Sendable {
+    // Sendable: LMDB environments are thread-safe with MDB_NOTLS; `resizeLock` keeps map
+    // resizing (which LMDB allows only with no live transaction in this process) apart from
+    // open transactions, and `writerLock` serializes this process's writers.
+
+    /// How an environment is opened.
+    public struct Options: Sendable {
+        /// Initial map size in bytes. The file grows lazily; this is address space, not disk.
+        public var mapSize: Int = 1 << 30
+        /// The map never grows past this many bytes; a write that needs more fails with `mapFull`.
+        public var maxMapSize: Int = 1 << 44
+        /// Reader slots shared by all processes (`mdb_env_set_maxreaders`).
+        public var maxReaders: UInt32 = 254
+        /// Named databases (`mdb_env_set_maxdbs`).
+        public var maxDatabases: UInt32 = 128
+        /// Open without write access (`MDB_RDONLY`); the directory must exist.
+        public var readOnly: Bool = false
+        /// Create the directory when missing (ignored when read-only).
+        public var createIfMissing: Bool = true
+        /// When false, commits do not fsync (`MDB_NOSYNC`): a crash may lose recent commits
+        /// but never corrupts the file. Only for tests and scratch data.
+        public var durable: Bool = true
+
+        public init() {}
+    }
+
+    let env: OpaquePointer
+    /// The directory holding the environment.
+    public let path: String
+    /// Whether the environment was opened read-only.
+    public let isReadOnly: Bool
+    private let maxMapSize: Int
+    private let resizeLock = ReadWriteLock()
+    private let writerLock = Mutex()
+    // Guarded by resizeLock (read under read lock, changed under write lock).
+    private var currentMapSize: Int
+
+    /// Opens (and, unless read-only, creates) the environment in directory `path`.
+    ///
+    /// Calls `mdb_env_create`, `mdb_env_set_mapsize`, `mdb_env_set_maxreaders`,
+    /// `mdb_env_set_maxdbs` and `mdb_env_open` with `MDB_NOTLS`.
+    /// - Throws: ``LMDBError`` with `.fileNotFound` when a read-only open finds no environment,
+    ///   `.versionMismatch` or `.corrupted` for a file LMDB cannot use.
+    public init(path: String, options: Options = Options()) throws {
+        self.path = path
+        self.isReadOnly = options.readOnly
+        self.maxMapSize = max(options.maxMapSize, options.mapSize)
+
+        var isDirectory = false
+        if !Self.directoryExists(path, isDirectory: &isDirectory) {
+            if options.readOnly || !options.createIfMissing {
+                throw LMDBError(code: .fileNotFound, rawCode: 2, operation: "open environment \(path)")
+            }
+            if mkdir(path, 0o700) != 0 && errno != EEXIST {
+                throw LMDBError.from(errno, "create directory \(path)")
+            }
+        } else if !isDirectory {
+            throw LMDBError(code: .fileNotFound, rawCode: 20, operation: "open environment \(path) (not a directory)")
+        }
+        if options.readOnly && access(path + "/data.mdb", R_OK) != 0 {
+            throw LMDBError(code: .fileNotFound, rawCode: 2, operation: "open environment \(path) (no data.mdb)")
+        }
+
+        var handle: OpaquePointer?
+        try check(mdb_env_create(&handle), "mdb_env_create")
+        guard let handle else { throw LMDBError(code: .other, operation: "mdb_env_create") }
+        // From here every failure must close the handle.
+        do {
+            try check(mdb_env_set_mapsize(handle, options.mapSize), "mdb_env_set_mapsize")
+            try check(mdb_env_set_maxreaders(handle, options.maxReaders), "mdb_env_set_maxreaders")
+            try check(mdb_env_set_maxdbs(handle, options.maxDatabases), "mdb_env_set_maxdbs")
+            var flags = UInt32(MDB_NOTLS) | UInt32(MDB_NOMEMINIT)
+            if options.readOnly { flags |= UInt32(MDB_RDONLY) }
+            if !options.durable { flags |= UInt32(MDB_NOSYNC) }
+            try check(mdb_env_open(handle, path, flags, 0o600), "open environment \(path)")
+            // An existing file may have a larger map than asked for; adopt it.
+            var info = MDB_envinfo()
+            try check(mdb_env_info(handle, &info), "mdb_env_info")
+            self.currentMapSize = info.me_mapsize
+        } catch {
+            mdb_env_close(handle)
+            throw error
+        }
+        self.env = handle
+    }
+
+    deinit {
+        mdb_env_close(env)
+    }
+
+    private static func directoryExists(_ path: String, isDirectory: inout Bool) -> Bool {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return false }
+        isDirectory = (st.st_mode & S_IFMT) == S_IFDIR
+        return true
+    }
+
+    /// The current map size in bytes.
+    public var mapSize: Int { resizeLock.withReadLock { currentMapSize } }
+
+    /// Bytes of the data file in use (last page number + 1, times the page size).
+    public func usedBytes() throws -> Int {
+        var info = MDB_envinfo()
+        try check(mdb_env_info(env, &info), "mdb_env_info")
+        var st = MDB_stat()
+        try check(mdb_env_stat(env, &st), "mdb_env_stat")
+        return (info.me_last_pgno + 1) * Int(st.ms_psize)
+    }
+
+    /// Opens or creates a named database (`mdb_dbi_open`). `nil` names the main database.
+    ///
+    /// - Parameter create: create the database when missing (needs a writable environment).
+    /// - Returns: the handle, or `nil` when the database does not exist and `create` is false.
+    public func openDatabase(_ name: String?, create: Bool = true) throws -> Database? {
+        if create && !isReadOnly {
+            return try write { txn in try txn.openDatabase(name, create: true) }
+        }
+        return try read { txn in try txn.openDatabase(name, create: false) }
+    }
+
+    /// Runs `body` in a read-only transaction (`mdb_txn_begin` with `MDB_RDONLY`) that sees
+    /// the last committed state, then ends it. Values read must be copied out before returning.
+    public func read<R>(_ body: (borrowing Transaction) throws -> R) throws -> R {
+        var resizes = 0
+        while true {
+            do {
+                return try resizeLock.withReadLock {
+                    let txn = try begin(readOnly: true)
+                    // Commit (not abort) so databases opened inside the transaction stay open.
+                    let result = try body(txn)
+                    try txn.commit()
+                    return result
+                }
+            } catch let error as LMDBError where error.code == .mapResized && resizes < 8 {
+                resizes += 1
+                try adoptResizedMap()
+            }
+        }
+    }
+
+    /// Runs `body` in the write transaction and commits it (`mdb_txn_commit`) when `body`
+    /// returns; aborts and rethrows when `body` throws.
+    ///
+    /// When the map is full the transaction is aborted, the map doubled and `body` run again.
+    /// - Throws: `body`'s error, or ``LMDBError`` (`.mapFull` past ``Options/maxMapSize``,
+    ///   `.diskFull`, `.permissionDenied` on a read-only environment).
+    public func write<R>(_ body: (borrowing Transaction) throws -> R) throws -> R {
+        if isReadOnly {
+            throw LMDBError(code: .permissionDenied, rawCode: 13, operation: "write to read-only environment \(path)")
+        }
+        return try writerLock.withLock {
+            var resizes = 0
+            while true {
+                do {
+                    return try resizeLock.withReadLock {
+                        let txn = try begin(readOnly: false)
+                        let result = try body(txn)
+                        try txn.commit()
+                        return result
+                    }
+                } catch let error as LMDBError where error.code == .mapFull {
+                    try grow()
+                } catch let error as LMDBError where error.code == .mapResized && resizes < 8 {
+                    resizes += 1
+                    try adoptResizedMap()
+                }
+            }
+        }
+    }
+
+    /// Flushes buffers to disk (`mdb_env_sync` with force), for environments opened non-durable.
+    public func sync() throws {
+        try check(mdb_env_sync(env, 1), "mdb_env_sync")
+    }
+
+    /// Begins a transaction. Caller holds `resizeLock` for reading.
+    private func begin(readOnly: Bool) throws -> Transaction {
+        var txn: OpaquePointer?
+        let rc = mdb_txn_begin(env, nil, readOnly ? UInt32(MDB_RDONLY) : 0, &txn)
+        guard rc == 0, let txn else {
+            throw LMDBError.from(rc, readOnly ? "begin read transaction" : "begin write transaction")
+        }
+        return Transaction(txn: txn, isReadOnly: readOnly)
+    }
+
+    /// Adopts a map size grown by another process (`mdb_env_set_mapsize(env, 0)`), which LMDB
+    /// allows only while this process has no live transaction: hence the exclusive lock.
+    private func adoptResizedMap() throws {
+        try resizeLock.withWriteLock {
+            try check(mdb_env_set_mapsize(env, 0), "adopt resized map")
+            var info = MDB_envinfo()
+            try check(mdb_env_info(env, &info), "mdb_env_info")
+            currentMapSize = info.me_mapsize
+        }
+    }
+
+    /// Doubles the map. Caller holds `writerLock` and no transaction.
+    private func grow() throws {
+        try resizeLock.withWriteLock {
+            guard currentMapSize < maxMapSize else {
+                throw LMDBError(code: .mapFull, rawCode: MDB_MAP_FULL,
+                                operation: "grow map past maximum of \(maxMapSize) bytes")
+            }
+            let newSize = min(maxMapSize, currentMapSize * 2)
+            try check(mdb_env_set_mapsize(env, newSize), "mdb_env_set_mapsize")
+            currentMapSize = newSize
+        }
+    }
+}

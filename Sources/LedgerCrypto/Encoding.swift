@@ -1,0 +1,85 @@
+import Foundation
+
+/// Lowercase hexadecimal encoding.
+public enum Hex {
+    private static let digits: [UInt8] = Array("0123456789abcdef".utf8)
+
+    /// Encodes bytes as lowercase hex.
+    public static func encode(_ bytes: UnsafeRawBufferPointer) -> String {
+        String(unsafeUninitializedCapacity: bytes.count * 2) { out in
+            var i = 0
+            for b in bytes {
+                out[i] = digits[Int(b >> 4)]
+                out[i + 1] = digits[Int(b & 0x0f)]
+                i += 2
+            }
+            return i
+        }
+    }
+
+    /// Encodes bytes as lowercase hex.
+    public static func encode(_ bytes: some Sequence<UInt8>) -> String {
+        let array = Array(bytes)
+        return array.withUnsafeBytes { encode($0) }
+    }
+
+    /// Decodes hex (either case, even length); `nil` on any other character.
+    public static func decode(_ text: some StringProtocol) -> [UInt8]? {
+        let utf8 = Array(text.utf8)
+        guard utf8.count % 2 == 0 else { return nil }
+        var out = [UInt8]()
+        out.reserveCapacity(utf8.count / 2)
+        var i = 0
+        while i < utf8.count {
+            guard let hi = nibble(utf8[i]), let lo = nibble(utf8[i + 1]) else { return nil }
+            out.append(hi << 4 | lo)
+            i += 2
+        }
+        return out
+    }
+
+    private static func nibble(_ c: UInt8) -> UInt8? {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return c - UInt8(ascii: "A") + 10
+        default: return nil
+        }
+    }
+}
+
+/// Standard base64 (RFC 4648 section 4, with padding), strict on decode.
+public enum Base64 {
+    /// Encodes bytes.
+    public static func encode(_ bytes: UnsafeRawBufferPointer) -> String {
+        Data(bytes).base64EncodedString()
+    }
+
+    /// Encodes bytes.
+    public static func encode(_ bytes: [UInt8]) -> String {
+        Data(bytes).base64EncodedString()
+    }
+
+    /// Decodes padded standard base64; `nil` for whitespace, URL alphabet, bad padding or
+    /// a non-canonical encoding (so one value has exactly one text form).
+    public static func decode(_ text: some StringProtocol) -> [UInt8]? {
+        let string = String(text)
+        guard string.utf8.count % 4 == 0,
+              string.utf8.allSatisfy({ isAlphabet($0) }),
+              let data = Data(base64Encoded: string) else { return nil }
+        let bytes = [UInt8](data)
+        // Reject non-zero padding bits: re-encoding must give back the same text.
+        guard Data(bytes).base64EncodedString() == string else { return nil }
+        return bytes
+    }
+
+    private static func isAlphabet(_ c: UInt8) -> Bool {
+        switch c {
+        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+             UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "+"), UInt8(ascii: "/"), UInt8(ascii: "="):
+            return true
+        default:
+            return false
+        }
+    }
+}

@@ -1,0 +1,103 @@
+/// A 32-byte hash (SHA-256 output), stored inline without heap allocation.
+///
+/// For example:
+/// ```swift
+/// let h = SHA256.hash(Array("abc".utf8))
+/// print(h.hex)  // ba7816bf...
+/// ```
+///
+/// Equality is ordinary (not constant-time): hashes are public values. Compare secret tags
+/// with ``constantTimeEqual(_:_:)``.
+public struct Hash: Sendable, Hashable, Comparable, CustomStringConvertible {
+    @usableFromInline
+    var words: (UInt64, UInt64, UInt64, UInt64)
+
+    /// The all-zero hash, used as `EMPTY` by the sparse tree.
+    public static let zero = Hash(words: (0, 0, 0, 0))
+
+    @inlinable
+    init(words: (UInt64, UInt64, UInt64, UInt64)) { self.words = words }
+
+    /// Copies exactly 32 bytes; `nil` for any other count.
+    @inlinable
+    public init?(_ raw: UnsafeRawBufferPointer) {
+        guard raw.count == 32 else { return nil }
+        self.words = (0, 0, 0, 0)
+        withUnsafeMutableBytes(of: &words) { $0.copyMemory(from: raw) }
+    }
+
+    /// Copies exactly 32 bytes; `nil` for any other count.
+    @inlinable
+    public init?(_ bytes: some Collection<UInt8>) {
+        guard bytes.count == 32 else { return nil }
+        self.words = (0, 0, 0, 0)
+        withUnsafeMutableBytes(of: &words) { out in
+            for (i, b) in bytes.enumerated() { out[i] = b }
+        }
+    }
+
+    /// Parses 64 hex digits (either case); `nil` otherwise.
+    public init?(hex: some StringProtocol) {
+        guard let bytes = Hex.decode(hex), let h = Hash(bytes) else { return nil }
+        self = h
+    }
+
+    /// Fills a hash by letting `body` write its 32 bytes.
+    @inlinable
+    public init(unsafeUninitializedBytes body: (UnsafeMutableRawBufferPointer) throws -> Void) rethrows {
+        self.words = (0, 0, 0, 0)
+        try withUnsafeMutableBytes(of: &words, body)
+    }
+
+    /// Lends the 32 bytes.
+    @inlinable
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        var copy = words
+        return try Swift.withUnsafeBytes(of: &copy, body)
+    }
+
+    /// The 32 bytes as an array.
+    public var bytes: [UInt8] { withUnsafeBytes { Array($0) } }
+
+    /// Lowercase hex, 64 characters.
+    public var hex: String { withUnsafeBytes { Hex.encode($0) } }
+
+    /// Standard base64 (44 characters).
+    public var base64: String { withUnsafeBytes { Base64.encode($0) } }
+
+    public var description: String { hex }
+
+    @inlinable
+    public static func == (a: Hash, b: Hash) -> Bool {
+        a.words.0 == b.words.0 && a.words.1 == b.words.1 && a.words.2 == b.words.2 && a.words.3 == b.words.3
+    }
+
+    @inlinable
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(words.0)
+        hasher.combine(words.1)
+        hasher.combine(words.2)
+        hasher.combine(words.3)
+    }
+
+    /// Byte-wise (big-endian) order, the order of the hashes' hex strings.
+    @inlinable
+    public static func < (a: Hash, b: Hash) -> Bool {
+        let x = (a.words.0.byteSwapped, a.words.1.byteSwapped, a.words.2.byteSwapped, a.words.3.byteSwapped)
+        let y = (b.words.0.byteSwapped, b.words.1.byteSwapped, b.words.2.byteSwapped, b.words.3.byteSwapped)
+        return x < y
+    }
+}
+
+/// Compares two byte sequences in time independent of where they differ (`CRYPTO_memcmp`).
+/// Returns false at once when the lengths differ: lengths are public.
+public func constantTimeEqual(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+    guard a.count == b.count else { return false }
+    if a.count == 0 { return true }
+    return CryptoShims.memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0
+}
+
+/// Constant-time comparison of two byte arrays; see ``constantTimeEqual(_:_:)``.
+public func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    a.withUnsafeBytes { x in b.withUnsafeBytes { y in constantTimeEqual(x, y) } }
+}

@@ -1,0 +1,47 @@
+/// An error from the ledger engine.
+///
+/// Storage failures keep their ``LMDBKit/LMDBError`` as ``cause``; descriptions name the
+/// operation and never include record contents or key material.
+public struct LedgerError: Error, Hashable, CustomStringConvertible, Sendable {
+    /// The class of failure.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        let name: String
+        private init(_ name: String) { self.name = name }
+        public var description: String { name }
+        /// No ledger at the given path.
+        public static let ledgerNotFound = Code("ledgerNotFound")
+        /// A ledger already exists at the path given to ``Ledger/create(at:origin:options:)``.
+        public static let ledgerExists = Code("ledgerExists")
+        /// An entry that violates the envelope of DESIGN.md section 2 (bad format byte, key too long…).
+        public static let invalidEntry = Code("invalidEntry")
+        /// A caller argument out of range or malformed.
+        public static let invalidArgument = Code("invalidArgument")
+        /// No entry at that index (or no such key).
+        public static let notFound = Code("notFound")
+        /// The signer key file is missing, unreadable or malformed.
+        public static let keyFile = Code("keyFile")
+        /// The underlying storage failed; see ``LedgerError/cause``.
+        public static let storage = Code("storage")
+    }
+
+    public let code: Code
+    public let message: String
+    /// The underlying error, when one caused this.
+    public let cause: (any Error & Sendable)?
+    public let location: String
+
+    public init(_ code: Code, _ message: String, cause: (any Error & Sendable)? = nil, file: String = #fileID, line: Int = #line) {
+        self.code = code
+        self.message = message
+        self.cause = cause
+        self.location = "\(file):\(line)"
+    }
+
+    public var description: String {
+        if let cause { return "\(message) (\(cause))" }
+        return message
+    }
+
+    public static func == (lhs: LedgerError, rhs: LedgerError) -> Bool { lhs.code == rhs.code }
+    public func hash(into hasher: inout Hasher) { hasher.combine(code) }
+}

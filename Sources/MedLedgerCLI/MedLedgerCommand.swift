@@ -1,0 +1,110 @@
+import ArgumentParser
+import Foundation
+import LMDBKit
+import LedgerCrypto
+import MedLedger
+import MerkleLog
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@main
+struct MedLedgerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "medledger",
+        abstract: "A verifiable, append-only store for medical records.",
+        discussion: """
+        Machine output is JSON on stdout; messages go to stderr. Exit status: 0 success, \
+        1 verification failed, 2 usage or input error, 3 not found, 4 storage error.
+        """,
+        subcommands: [Init.self, Append.self, CheckpointCommand.self, Prove.self, VerifyProof.self, Get.self]
+    )
+
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let known = error is CLIError || error is LedgerError || error is MerkleLogError || error is LMDBError
+            if !known {
+                // Argument-parser errors: help and version exit 0; everything else is usage (2).
+                let code = exitCode(for: error)
+                if code == .success { exit(withError: error) }
+                if error is ExitCode { exit(withError: error) }
+                writeStderr(fullMessage(for: error) + "\n")
+                Glibc.exit(ExitStatus.usage.rawValue)
+            }
+            let (status, message) = classify(error)
+            writeStderr("medledger: \(message)\n")
+            Glibc.exit(status.rawValue)
+        }
+    }
+}
+
+/// Options every ledger command shares.
+struct LedgerLocation: ParsableArguments {
+    @Argument(help: "The ledger directory.")
+    var directory: String
+}
+
+struct Init: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create a ledger and its signing key; print the verifier key.")
+
+    @OptionGroup var location: LedgerLocation
+
+    @Option(help: "The log's origin line, e.g. example.org/ledger (no spaces or '+').")
+    var origin: String
+
+    @Flag(help: "Print {\"origin\",\"path\",\"verifier_key\"} instead of the bare key.")
+    var json = false
+
+    func run() throws {
+        let (_, verifierKey) = try Ledger.create(at: location.directory, origin: origin)
+        if json {
+            try printJSON(["origin": origin, "path": location.directory, "verifier_key": verifierKey])
+        } else {
+            print(verifierKey)
+        }
+    }
+}
+
+struct CheckpointCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "checkpoint", abstract: "Print the signed checkpoint of the current state.")
+
+    @OptionGroup var location: LedgerLocation
+
+    func run() throws {
+        let ledger = try Ledger(path: location.directory)
+        writeStdout(Data(try ledger.signedCheckpoint().utf8))
+    }
+}
+
+struct Get: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print an entry's payload (raw bytes, or JSON).")
+
+    @OptionGroup var location: LedgerLocation
+
+    @Option(help: "The entry index.")
+    var index: UInt64
+
+    @Flag(help: "Print index, op, key, payload hex and leaf hash as JSON.")
+    var json = false
+
+    func run() throws {
+        var options = Ledger.Options()
+        options.readOnly = true
+        let ledger = try Ledger(path: location.directory, options: options)
+        let (bytes, leafHash) = try ledger.rawEntry(at: index)
+        let entry = try LedgerEntry(decoding: bytes)
+        if json {
+            try printJSON([
+                "index": index, "op": entry.operation.description, "key": entry.key,
+                "payload": Hex.encode(entry.payload), "leaf_hash": leafHash.hex,
+            ])
+        } else {
+            writeStdout(Data(entry.payload))
+        }
+    }
+}

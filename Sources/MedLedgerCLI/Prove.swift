@@ -1,0 +1,109 @@
+import ArgumentParser
+import Foundation
+import LedgerCrypto
+import MedLedger
+import MerkleLog
+
+struct Prove: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print a proof as JSON.",
+        subcommands: [InclusionCommand.self, ConsistencyCommand.self])
+
+    struct InclusionCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "inclusion", abstract: "Prove that entry --index is in the tree of --size entries.")
+
+        @OptionGroup var location: LedgerLocation
+        @Option(help: "The entry index.") var index: UInt64
+        @Option(help: "The tree size (default: the current size).") var size: UInt64?
+
+        func run() throws {
+            var options = Ledger.Options()
+            options.readOnly = true
+            let ledger = try Ledger(path: location.directory, options: options)
+            let (proof, leaf, root) = try ledger.inclusionProof(index: index, size: size)
+            let document = ProofDocument.inclusion(.init(proof: proof, leafHash: leaf, rootHash: root))
+            writeStdout(try document.jsonData() + Data("\n".utf8))
+        }
+    }
+
+    struct ConsistencyCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "consistency", abstract: "Prove that the tree of --old-size entries is a prefix of the tree of --size.")
+
+        @OptionGroup var location: LedgerLocation
+        @Option(help: "The older tree size.") var oldSize: UInt64
+        @Option(help: "The newer tree size (default: the current size).") var size: UInt64?
+
+        func run() throws {
+            var options = Ledger.Options()
+            options.readOnly = true
+            let ledger = try Ledger(path: location.directory, options: options)
+            let (proof, oldRoot, newRoot) = try ledger.consistencyProof(oldSize: oldSize, newSize: size)
+            let document = ProofDocument.consistency(.init(proof: proof, oldRoot: oldRoot, newRoot: newRoot))
+            writeStdout(try document.jsonData() + Data("\n".utf8))
+        }
+    }
+}
+
+struct VerifyProof: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify-proof",
+        abstract: "Verify a proof offline, optionally against a signed checkpoint.",
+        discussion: """
+        Prints {"valid":true,...} and exits 0, or {"valid":false,"error":...} and exits 1. \
+        Malformed input exits 2.
+        """)
+
+    @Argument(help: "The proof JSON file; stdin when absent or '-'.")
+    var file: String?
+
+    @Option(help: "A signed checkpoint note the proof must be anchored in.")
+    var checkpoint: String?
+
+    @Option(help: "The verifier key (name+id+key, or a file holding it) that signed --checkpoint.")
+    var key: String?
+
+    func validate() throws {
+        if (checkpoint == nil) != (key == nil) { throw ValidationError("--checkpoint and --key go together") }
+    }
+
+    func run() throws {
+        let document = try ProofDocument(json: try readInput(file, limit: ProofDocument.maxSize))
+        var anchor: Checkpoint? = nil
+        if let checkpoint, let key {
+            let verifier = try loadVerifier(key)
+            let text = String(decoding: try readInput(checkpoint, limit: SignedNote.maxSize), as: UTF8.self)
+            do {
+                anchor = try SignedCheckpoint(verifying: text, verifiers: [verifier]).checkpoint
+            } catch let error as MerkleLogError where error.code == .verificationFailed {
+                try report(valid: false, document, error: "checkpoint: \(error.message)")
+                throw ExitCode(ExitStatus.verificationFailed.rawValue)
+            }
+        }
+        do {
+            if let anchor { try document.verify(against: anchor) } else { try document.verify() }
+        } catch let error as MerkleLogError where error.code == .verificationFailed {
+            try report(valid: false, document, error: error.message)
+            throw ExitCode(ExitStatus.verificationFailed.rawValue)
+        }
+        try report(valid: true, document, error: nil, checkpointed: anchor != nil)
+    }
+
+    private func report(valid: Bool, _ document: ProofDocument, error: String?, checkpointed: Bool = false) throws {
+        var out: [String: Any] = ["valid": valid]
+        switch document {
+        case .inclusion(let i):
+            out["type"] = "inclusion"
+            out["tree_size"] = i.proof.treeSize
+            out["leaf_index"] = i.proof.leafIndex
+        case .consistency(let c):
+            out["type"] = "consistency"
+            out["old_size"] = c.proof.oldSize
+            out["new_size"] = c.proof.newSize
+        }
+        if checkpointed { out["checkpoint_verified"] = true }
+        if let error { out["error"] = error }
+        try printJSON(out)
+    }
+}

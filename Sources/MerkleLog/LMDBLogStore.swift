@@ -1,0 +1,109 @@
+public import LMDBKit
+public import LedgerCrypto
+
+/// The log's storage in an LMDB environment.
+///
+/// Layout (see `docs/FORMATS.md`): database `log.entries` maps the 8-byte big-endian index to
+/// the entry bytes; databases `log.h00` … `log.h63` map the 8-byte big-endian node index to the
+/// 32-byte hash of the complete subtree at that level; `log.meta` holds `size` (8-byte
+/// big-endian). Every key is written in increasing order with `MDB_APPEND`, so pages fill
+/// completely and each batch writes a sequential run per database. Complete subtrees are
+/// written once and never rewritten: the store grows by about 2 hashes per entry.
+///
+/// Thread safety: shares the environment's guarantees; readers run in parallel with the writer.
+public final class LMDBLogStore: LogStore, @unchecked Sendable {
+    // Sendable: immutable after init; the environment serializes writers.
+    /// The environment holding the log.
+    public let environment: Environment
+    let entries: Database
+    let meta: Database
+    let levels: [Database]
+    static let levelCount = 64
+
+    /// Opens the log's databases in `environment`, creating them when the environment is writable.
+    /// - Throws: ``MerkleLogError`` `.missingData` when a read-only environment holds no log.
+    public init(environment: Environment) throws {
+        self.environment = environment
+        let create = !environment.isReadOnly
+        let handles: (Database, Database, [Database])? = try {
+            let open = { (txn: borrowing Transaction) throws -> (Database, Database, [Database])? in
+                guard let entries = try txn.openDatabase("log.entries", create: create),
+                      let meta = try txn.openDatabase("log.meta", create: create) else { return nil }
+                var levels: [Database] = []
+                for level in 0..<Self.levelCount {
+                    let name = level < 10 ? "log.h0\(level)" : "log.h\(level)"
+                    guard let db = try txn.openDatabase(name, create: create) else { return nil }
+                    levels.append(db)
+                }
+                return (entries, meta, levels)
+            }
+            return create ? try environment.write(open) : try environment.read(open)
+        }()
+        guard let handles else { throw MerkleLogError.missing("no log in \(environment.path)") }
+        (entries, meta, levels) = handles
+    }
+
+    public struct Reader: LogStorageWriter {
+        let view: TransactionView
+        let store: LMDBLogStore
+
+        public var treeSize: UInt64 {
+            get throws {
+                let stored = try view.withValue(store.meta, key: "size") { UInt64(bigEndianBytes: $0) }
+                switch stored {
+                case .none: return 0
+                case .some(.none): throw MerkleLogError.missing("stored tree size is not 8 bytes")
+                case .some(.some(let size)): return size
+                }
+            }
+        }
+
+        public func storedHash(level: Int, index: UInt64) throws -> Hash {
+            guard level < LMDBLogStore.levelCount else { throw MerkleLogError.missing("level \(level)") }
+            let hash = try view.withValue(store.levels[level], key: index) { Hash($0) }
+            guard let found = hash, let value = found else {
+                throw MerkleLogError.missing("no stored hash at level \(level) index \(index)")
+            }
+            return value
+        }
+
+        public func withEntry<R>(at index: UInt64, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+            guard let result = try view.withValue(store.entries, key: index, body) else {
+                throw MerkleLogError.missing("no entry \(index)")
+            }
+            return result
+        }
+
+        public func appendEntry(_ entry: UnsafeRawBufferPointer, at index: UInt64) throws {
+            try view.put(store.entries, key: index, value: entry, flags: .append)
+        }
+
+        public func appendHash(_ hash: Hash, level: Int, index: UInt64) throws {
+            try hash.withUnsafeBytes { bytes in
+                try view.put(store.levels[level], key: index, value: bytes, flags: .append)
+            }
+        }
+
+        public func setTreeSize(_ size: UInt64) throws {
+            try view.put(store.meta, key: "size", value: size)
+        }
+    }
+    public typealias Writer = Reader
+
+    public func read<R>(_ body: (Reader) throws -> R) throws -> R {
+        try environment.read { txn in try body(Reader(view: txn.unsafeView, store: self)) }
+    }
+
+    public func write<R>(_ body: (Reader) throws -> R) throws -> R {
+        try environment.write { txn in try body(Reader(view: txn.unsafeView, store: self)) }
+    }
+
+    /// Bytes of the data file used by the log's databases.
+    public func storedBytes() throws -> Int {
+        try environment.read { txn in
+            var total = try txn.unsafeView.storedBytes(entries)
+            for db in levels { total += try txn.unsafeView.storedBytes(db) }
+            return total
+        }
+    }
+}
