@@ -46,7 +46,8 @@ public struct NoteVerifier: Sendable, Hashable, CustomStringConvertible {
     /// - Throws: ``MerkleLogError`` `.malformed` for any deviation.
     public init(parsing text: String) throws {
         let text = text.trimmingCharacters(in: .whitespacesAndNewlines)
-        let parts = text.split(separator: "+", omittingEmptySubsequences: false)
+        // The base64 key may itself contain '+': split off the first two fields only.
+        let parts = text.split(separator: "+", maxSplits: 2, omittingEmptySubsequences: false)
         guard parts.count == 3 else { throw MerkleLogError.malformed("verifier key must be name+id+key") }
         guard isValidKeyName(parts[0]) else { throw MerkleLogError.malformed("invalid key name in verifier key") }
         guard parts[1].count == 8, let id = UInt32(parts[1], radix: 16) else {
@@ -95,7 +96,7 @@ public final class NoteSigner: Sendable {
     /// - Throws: ``MerkleLogError`` `.malformed` (the message never contains key material).
     public convenience init(parsing text: String) throws {
         let text = text.trimmingCharacters(in: .whitespacesAndNewlines)
-        let parts = text.split(separator: "+", omittingEmptySubsequences: false)
+        let parts = text.split(separator: "+", maxSplits: 4, omittingEmptySubsequences: false)
         guard parts.count == 5, parts[0] == "PRIVATE", parts[1] == "KEY" else {
             throw MerkleLogError.malformed("signer key must be PRIVATE+KEY+name+id+key")
         }

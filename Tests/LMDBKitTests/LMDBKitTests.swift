@@ -1,0 +1,147 @@
+import Foundation
+import Testing
+import LMDBKit
+
+func temporaryDirectory(_ name: String = "lmdb") -> String {
+    let path = NSTemporaryDirectory() + "medledger-test-\(name)-\(UUID().uuidString)"
+    return path
+}
+
+@Suite struct EnvironmentTests {
+    @Test func putGetCursorAndReopen() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        do {
+            let env = try Environment(path: path)
+            let db = try #require(try env.openDatabase("numbers"))
+            try env.write { txn in
+                for i in UInt64(0)..<100 { try txn.put(db, key: i, value: Array("v\(i)".utf8), flags: .append) }
+            }
+            #expect(try env.read { try $0.value(db, key: UInt64(42)) } == Array("v42".utf8))
+            #expect(try env.read { try $0.value(db, key: UInt64(100)) } == nil)
+            let keys: [UInt64] = try env.read { txn in
+                try txn.withCursor(db) { cursor in
+                    var out: [UInt64] = []
+                    var more = try cursor.seek(atOrAfter: UInt64(95))
+                    while more {
+                        cursor.withCurrent { key, _ in out.append(UInt64(bigEndianBytes: key)!) }
+                        more = try cursor.next()
+                    }
+                    return out
+                }
+            }
+            #expect(keys == [95, 96, 97, 98, 99])
+        }
+        let reopened = try Environment(path: path)
+        let db = try #require(try reopened.openDatabase("numbers", create: false))
+        #expect(try reopened.read { try $0.count(db) } == 100)
+    }
+
+    @Test func appendOutOfOrderIsRefusedAndNothingCommits() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let env = try Environment(path: path)
+        let db = try #require(try env.openDatabase("log"))
+        try env.write { txn in try txn.put(db, key: UInt64(10), value: [1], flags: .append) }
+        #expect(throws: LMDBError(code: .keyExists, operation: "")) {
+            try env.write { txn in
+                try txn.put(db, key: UInt64(11), value: [2], flags: .append)
+                try txn.put(db, key: UInt64(5), value: [3], flags: .append)
+            }
+        }
+        #expect(try env.read { try $0.count(db) } == 1, "an aborted write leaves nothing behind")
+    }
+
+    @Test func fullMapGrowsAndRetries() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var options = Environment.Options()
+        options.mapSize = 64 * 1024
+        options.durable = false
+        let env = try Environment(path: path, options: options)
+        let db = try #require(try env.openDatabase("big"))
+        let value = [UInt8](repeating: 0xab, count: 4000)
+        var runs = 0
+        try env.write { txn in
+            runs += 1
+            for i in UInt64(0)..<2000 { try txn.put(db, key: i, value: value, flags: .append) }
+        }
+        #expect(runs > 1, "the write was retried after growing")
+        #expect(env.mapSize > 64 * 1024 * 64)
+        #expect(try env.read { try $0.count(db) } == 2000)
+    }
+
+    @Test func mapFullPastMaximumIsReported() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var options = Environment.Options()
+        options.mapSize = 64 * 1024
+        options.maxMapSize = 256 * 1024
+        options.durable = false
+        let env = try Environment(path: path, options: options)
+        let db = try #require(try env.openDatabase("big"))
+        try env.write { txn in try txn.put(db, key: UInt64(0), value: [1]) }
+        #expect(throws: LMDBError(code: .mapFull, operation: "")) {
+            try env.write { txn in
+                for i in UInt64(1)..<1000 { try txn.put(db, key: i, value: [UInt8](repeating: 1, count: 4000)) }
+            }
+        }
+        // The environment stays usable and the earlier commit intact.
+        #expect(try env.read { try $0.value(db, key: UInt64(0)) } == [1])
+        try env.write { txn in try txn.put(db, key: UInt64(1), value: [2]) }
+    }
+
+    @Test func readOnlyOpenOfMissingEnvironmentIsClear() throws {
+        var options = Environment.Options()
+        options.readOnly = true
+        let path = temporaryDirectory("missing")
+        #expect(throws: LMDBError(code: .fileNotFound, operation: "")) { try Environment(path: path, options: options) }
+        #expect(!FileManager.default.fileExists(atPath: path), "a read-only open creates nothing")
+    }
+
+    @Test func readOnlyEnvironmentRefusesWrites() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        _ = try Environment(path: path).openDatabase("x")
+        var options = Environment.Options()
+        options.readOnly = true
+        let env = try Environment(path: path, options: options)
+        #expect(try env.openDatabase("x", create: false) != nil)
+        #expect(try env.openDatabase("absent", create: false) == nil)
+        #expect(throws: LMDBError(code: .permissionDenied, operation: "")) { try env.write { _ in } }
+    }
+
+    @Test func garbageFileIsRejected() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        try Data(repeating: 0x5a, count: 64 * 1024).write(to: URL(fileURLWithPath: path + "/data.mdb"))
+        #expect(throws: LMDBError.self) { try Environment(path: path) }
+    }
+
+    @Test func readersSeeCommittedSnapshotsWhileWriting() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var options = Environment.Options()
+        options.durable = false
+        let env = try Environment(path: path, options: options)
+        let db = try #require(try env.openDatabase("kv"))
+        try env.write { txn in try txn.put(db, key: "n", value: UInt64(0)) }
+        // A reader's snapshot does not change while a write commits in between.
+        try env.read { txn in
+            let before = try txn.value(db, key: "n")
+            let done = DispatchSemaphore(value: 0)
+            Thread.detachNewThread {
+                try? env.write { w in try w.put(db, key: "n", value: UInt64(1)) }
+                done.signal()
+            }
+            done.wait()
+            #expect(try txn.value(db, key: "n") == before)
+        }
+        #expect(try env.read { try $0.value(db, key: "n") } == UInt64(1).bigEndianBytes)
+    }
+}
+
+extension UInt64 {
+    var bigEndianBytes: [UInt8] { withUnsafeBytes(of: self.bigEndian) { Array($0) } }
+}

@@ -1,0 +1,125 @@
+import Testing
+import LedgerCrypto
+
+@Suite struct SHA256Tests {
+    @Test func knownAnswers() {
+        #expect(SHA256.hash([]).hex == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        #expect(SHA256.hash(Array("abc".utf8)).hex == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(SHA256.hash(Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8)).hex
+                == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
+    }
+
+    @Test func oneShotStreamingAndSplitAgree() {
+        var generator = SplitMix64(seed: 0x5eed)
+        for length in [0, 1, 55, 56, 63, 64, 65, 1000, 4096] {
+            let data = (0..<length).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+            let oneShot = SHA256.hash(data)
+            for split in [0, length / 3, length / 2, length] {
+                var hasher = SHA256.Hasher()
+                hasher.update(Array(data[..<split]))
+                hasher.update(Array(data[split...]))
+                #expect(hasher.finalize() == oneShot, "length \(length) split \(split)")
+            }
+        }
+    }
+
+    @Test func hasherCopiesAreIndependent() {
+        var a = SHA256.Hasher()
+        a.update(Array("ab".utf8))
+        var b = a
+        b.update(Array("c".utf8))
+        #expect(a.finalize() == SHA256.hash(Array("ab".utf8)))
+        #expect(b.finalize() == SHA256.hash(Array("abc".utf8)))
+    }
+
+    @Test func merkleHelpersMatchTheirDefinitions() {
+        let entry = Array("entry".utf8)
+        #expect(SHA256.leafHash(entry) == SHA256.hash([0x00] + entry))
+        let l = SHA256.hash(Array("l".utf8)), r = SHA256.hash(Array("r".utf8))
+        #expect(SHA256.nodeHash(l, r) == SHA256.hash([0x01] + l.bytes + r.bytes))
+        #expect(SHA256.prefixedPair(0x03, l, r) == SHA256.hash([0x03] + l.bytes + r.bytes))
+        #expect(SHA256.nodeHash(l, r) != SHA256.nodeHash(r, l))
+    }
+}
+
+@Suite struct HashValueTests {
+    @Test func parsingAndOrdering() throws {
+        let h = SHA256.hash(Array("x".utf8))
+        #expect(Hash(hex: h.hex) == h)
+        #expect(Hash(hex: h.hex.uppercased()) == h)
+        #expect(Hash(hex: String(h.hex.dropLast())) == nil)
+        #expect(Hash(hex: h.hex + "00") == nil)
+        #expect(Hash([UInt8](repeating: 0, count: 31)) == nil)
+        #expect(Hash.zero < h)
+        let a = Hash([UInt8](repeating: 0, count: 31) + [1])!
+        let b = Hash([1] + [UInt8](repeating: 0, count: 31))!
+        #expect(a < b)
+    }
+
+    @Test func base64IsStrict() {
+        #expect(Base64.decode("AAEC") == [0, 1, 2])
+        #expect(Base64.decode("AAE=") == [0, 1])
+        #expect(Base64.decode("AAF=") == nil, "non-zero padding bits")
+        #expect(Base64.decode("AAE") == nil)
+        #expect(Base64.decode("AA E=") == nil)
+        #expect(Base64.decode("_-8=") == nil)
+    }
+
+    @Test func constantTimeComparison() {
+        #expect(constantTimeEqual([1, 2, 3], [1, 2, 3]))
+        #expect(!constantTimeEqual([1, 2, 3], [1, 2, 4]))
+        #expect(!constantTimeEqual([1, 2, 3], [1, 2]))
+        #expect(constantTimeEqual([], []))
+    }
+}
+
+@Suite struct Ed25519Tests {
+    // RFC 8032 section 7.1, TEST 1 and TEST 2.
+    @Test func rfc8032Vectors() throws {
+        let key1 = try Ed25519PrivateKey(seed: Hex.decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")!)
+        #expect(Hex.encode(key1.publicKey.rawRepresentation) == "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+        let sig1 = try key1.signature(for: [UInt8]())
+        #expect(Hex.encode(sig1) == "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b")
+        #expect(key1.publicKey.isValidSignature(sig1, for: [UInt8]()))
+
+        let key2 = try Ed25519PrivateKey(seed: Hex.decode("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb")!)
+        #expect(Hex.encode(key2.publicKey.rawRepresentation) == "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c")
+        let sig2 = try key2.signature(for: [0x72])
+        #expect(Hex.encode(sig2) == "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00")
+    }
+
+    @Test func rejectsTamperedSignaturesAndBadKeys() throws {
+        let key = try Ed25519PrivateKey()
+        let message = Array("checkpoint".utf8)
+        let signature = try key.signature(for: message)
+        #expect(key.publicKey.isValidSignature(signature, for: message))
+        for bit in [0, 7, 100, 511] {
+            var bad = signature
+            bad[bit / 8] ^= UInt8(1 << (bit % 8))
+            #expect(!key.publicKey.isValidSignature(bad, for: message))
+        }
+        #expect(!key.publicKey.isValidSignature(Array(signature.dropLast()), for: message))
+        #expect(!key.publicKey.isValidSignature(signature, for: message + [0]))
+        #expect(throws: CryptoError.self) { try Ed25519PrivateKey(seed: [1, 2, 3]) }
+        #expect(throws: CryptoError.self) { try Ed25519PublicKey(rawRepresentation: [UInt8](repeating: 1, count: 31)) }
+        #expect(!String(describing: key).contains(Hex.encode(key.withSeed { Array($0) })))
+    }
+
+    @Test func randomBytesDiffer() throws {
+        let a = try SecureRandom.bytes(32), b = try SecureRandom.bytes(32)
+        #expect(a.count == 32 && a != b)
+    }
+}
+
+/// A seeded generator so failures reproduce; the seed is in each test.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E3779B97F4A7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
+        z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
+        return z ^ (z >> 31)
+    }
+}
