@@ -1,0 +1,192 @@
+import Foundation
+import Testing
+import LedgerCrypto
+
+/// Runs the built `medledger` binary end to end.
+struct CLI {
+    static let binary: String = {
+        // Tests run from the build products directory, which also holds the executable.
+        let candidates = [
+            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("medledger").path,
+            Bundle.main.bundleURL.appendingPathComponent("medledger").path,
+            URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+                .appendingPathComponent(".build/debug/medledger").path,
+        ]
+        return candidates.first { FileManager.default.isExecutableFile(atPath: $0) } ?? candidates.last!
+    }()
+
+    struct Result {
+        let status: Int32
+        let stdout: Data
+        let stderr: String
+        var text: String { String(decoding: stdout, as: UTF8.self) }
+        func json() throws -> [String: Any] {
+            try #require(try JSONSerialization.jsonObject(with: stdout) as? [String: Any])
+        }
+    }
+
+    @discardableResult
+    static func run(_ arguments: [String], stdin: Data? = nil) throws -> Result {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = arguments
+        let out = Pipe(), err = Pipe(), input = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = input
+        try process.run()
+        if let stdin { input.fileHandleForWriting.write(stdin) }
+        try input.fileHandleForWriting.close()
+        let stdoutData = out.fileHandleForReading.readDataToEndOfFile()
+        let stderrData = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Result(status: process.terminationStatus, stdout: stdoutData, stderr: String(decoding: stderrData, as: UTF8.self))
+    }
+}
+
+func scratch(_ name: String) -> String {
+    NSTemporaryDirectory() + "medledger-cli-\(name)-\(UUID().uuidString)"
+}
+
+/// RFC 6962 root over `leaves`, computed independently of the library (plain recursion).
+func independentRoot(_ leaves: ArraySlice<[UInt8]>) -> Hash {
+    if leaves.isEmpty { return SHA256.hash([]) }
+    if leaves.count == 1 { return SHA256.hash([0] + leaves.first!) }
+    var k = 1
+    while k * 2 < leaves.count { k *= 2 }
+    let l = independentRoot(leaves.prefix(k)), r = independentRoot(leaves.dropFirst(k))
+    return SHA256.hash([1] + l.bytes + r.bytes)
+}
+
+/// RFC 9162 2.1.3.2, written again here so the CLI's proofs are checked by code it does not share.
+func independentInclusionRoot(index: UInt64, size: UInt64, leaf: Hash, path: [Hash]) -> Hash? {
+    guard index < size else { return nil }
+    var fn = index, sn = size - 1, r = leaf
+    for p in path {
+        if sn == 0 { return nil }
+        if fn & 1 == 1 || fn == sn {
+            r = SHA256.hash([1] + p.bytes + r.bytes)
+            while fn & 1 == 0 && fn != 0 { fn >>= 1; sn >>= 1 }
+        } else {
+            r = SHA256.hash([1] + r.bytes + p.bytes)
+        }
+        fn >>= 1; sn >>= 1
+    }
+    return sn == 0 ? r : nil
+}
+
+@Suite(.serialized) struct CLITests {
+    @Test func endToEndLinesProofsAndTampering() throws {
+        let dir = scratch("e2e")
+        let work = scratch("work")
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        defer {
+            try? FileManager.default.removeItem(atPath: dir)
+            try? FileManager.default.removeItem(atPath: work)
+        }
+        let initResult = try CLI.run(["init", dir, "--origin", "cli.example/log"])
+        #expect(initResult.status == 0, "\(initResult.stderr)")
+        let verifierKey = initResult.text.trimmingCharacters(in: .whitespacesAndNewlines)
+
+        let count = 100_000
+        let lines = (0..<count).map { "line \($0) {\"n\":\($0)}" }
+        try (lines.joined(separator: "\n") + "\n").write(toFile: work + "/lines.txt", atomically: true, encoding: .utf8)
+        let appended = try CLI.run(["append", dir, "--lines", work + "/lines.txt", "--batch", "7000"])
+        #expect(appended.status == 0, "\(appended.stderr)")
+        let summary = try appended.json()
+        #expect(summary["count"] as? Int == count && summary["tree_size"] as? Int == count && summary["first_index"] as? Int == 0)
+
+        // The checkpoint's root equals an independent RFC 6962 computation over the envelopes.
+        let envelopes = lines.map { [0x01, 0x00, 0x00, 0x00] + Array($0.utf8) }
+        let checkpoint = try CLI.run(["checkpoint", dir])
+        #expect(checkpoint.status == 0)
+        try checkpoint.stdout.write(to: URL(fileURLWithPath: work + "/checkpoint.txt"))
+        let checkpointLines = checkpoint.text.split(separator: "\n", omittingEmptySubsequences: false)
+        #expect(checkpointLines[0] == "cli.example/log" && checkpointLines[1] == "\(count)")
+        #expect(checkpointLines[2] == independentRoot(envelopes[...]).base64)
+        #expect(checkpointLines[3] == "map AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+
+        // Proofs verify under an independent verifier and under verify-proof; alterations exit 1.
+        for index in [0, 1, 4242, 65535, 65536, 99_999] {
+            let proved = try CLI.run(["prove", "inclusion", dir, "--index", "\(index)"])
+            #expect(proved.status == 0)
+            let json = try proved.json()
+            let path = (json["hashes"] as! [String]).map { Hash(hex: $0)! }
+            let leaf = Hash(hex: json["leaf_hash"] as! String)!
+            #expect(leaf == SHA256.hash([0] + envelopes[index]))
+            #expect(independentInclusionRoot(index: UInt64(index), size: UInt64(count), leaf: leaf, path: path)?.base64
+                    == String(checkpointLines[2]))
+            let ok = try CLI.run(["verify-proof", "--checkpoint", work + "/checkpoint.txt", "--key", verifierKey], stdin: proved.stdout)
+            #expect(ok.status == 0, "\(ok.stderr)")
+            #expect(try ok.json()["valid"] as? Bool == true)
+
+            var tampered = proved.text
+            let firstHash = path.first!.hex
+            var flipped = Array(firstHash)
+            flipped[10] = flipped[10] == "0" ? "1" : "0"
+            tampered = tampered.replacingOccurrences(of: firstHash, with: String(flipped))
+            let bad = try CLI.run(["verify-proof"], stdin: Data(tampered.utf8))
+            #expect(bad.status == 1)
+            #expect(try bad.json()["valid"] as? Bool == false)
+            let wrongIndex = proved.text.replacingOccurrences(of: "\"leaf_index\":\(index)", with: "\"leaf_index\":\(index ^ 1)")
+            #expect(try CLI.run(["verify-proof"], stdin: Data(wrongIndex.utf8)).status == 1)
+        }
+
+        for (old, new) in [(1, count), (4096, count), (77_777, 99_999), (count, count)] {
+            let proved = try CLI.run(["prove", "consistency", dir, "--old-size", "\(old)", "--size", "\(new)"])
+            #expect(proved.status == 0)
+            let json = try proved.json()
+            #expect(json["old_root"] as? String == independentRoot(envelopes.prefix(old)).hex)
+            #expect(json["new_root"] as? String == independentRoot(envelopes.prefix(new)).hex)
+            #expect(try CLI.run(["verify-proof", "-"], stdin: proved.stdout).status == 0)
+            let swapped = proved.text.replacingOccurrences(of: "\"old_root\":\"\(json["old_root"] as! String)\"",
+                                                          with: "\"old_root\":\"\(SHA256.hash([9]).hex)\"")
+            #expect(try CLI.run(["verify-proof"], stdin: Data(swapped.utf8)).status == 1)
+        }
+
+        // A proof for an older size does not match the current checkpoint.
+        let older = try CLI.run(["prove", "inclusion", dir, "--index", "5", "--size", "10"])
+        #expect(try CLI.run(["verify-proof", "--checkpoint", work + "/checkpoint.txt", "--key", verifierKey], stdin: older.stdout).status == 1)
+        // A tampered checkpoint fails even with a valid proof.
+        let forged = checkpoint.text.replacingOccurrences(of: "\n\(count)\n", with: "\n\(count + 1)\n")
+        try forged.write(toFile: work + "/forged.txt", atomically: true, encoding: .utf8)
+        let proof = try CLI.run(["prove", "inclusion", dir, "--index", "5"])
+        #expect(try CLI.run(["verify-proof", "--checkpoint", work + "/forged.txt", "--key", verifierKey], stdin: proof.stdout).status == 1)
+        // A different key fails.
+        let otherKey = "other.example+00000000+AWP0gA7FpJOpwTehRxzV1WbDFvBg5JyWrs9Rr0Sw3YLe"
+        #expect(try CLI.run(["verify-proof", "--checkpoint", work + "/checkpoint.txt", "--key", otherKey], stdin: proof.stdout).status == 2)
+    }
+
+    @Test func singleAppendGetAndExitCodes() throws {
+        let dir = scratch("single")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(try CLI.run(["init", dir, "--origin", "o.example"]).status == 0)
+        #expect(try CLI.run(["init", dir, "--origin", "o.example"]).status != 0, "no second ledger in one directory")
+
+        let set = try CLI.run(["append", dir, "--key", "patient/1"], stdin: Data([0, 1, 2, 255]))
+        #expect(set.status == 0)
+        let setJSON = try set.json()
+        #expect(setJSON["index"] as? Int == 0 && setJSON["tree_size"] as? Int == 1)
+        #expect(setJSON["leaf_hash"] as? String == SHA256.hash([0, 1, 0, 0, 9] + Array("patient/1".utf8) + [0, 1, 2, 255]).hex)
+
+        let delete = try CLI.run(["append", dir, "--key", "patient/1", "--delete"], stdin: Data())
+        #expect(delete.status == 0)
+
+        let raw = try CLI.run(["get", dir, "--index", "0"])
+        #expect(raw.status == 0 && raw.stdout == Data([0, 1, 2, 255]))
+        let json = try CLI.run(["get", dir, "--index", "1", "--json"]).json()
+        #expect(json["op"] as? String == "delete" && json["key"] as? String == "patient/1" && json["payload"] as? String == "")
+
+        // Exit codes: not found 3, usage 2.
+        #expect(try CLI.run(["get", dir, "--index", "2"]).status == 3)
+        #expect(try CLI.run(["get", dir + "-missing", "--index", "0"]).status == 3)
+        #expect(try CLI.run(["prove", "inclusion", dir, "--index", "9"]).status == 3)
+        #expect(try CLI.run(["prove", "inclusion", dir]).status == 2)
+        #expect(try CLI.run(["append", dir, "--delete"]).status == 2)
+        #expect(try CLI.run(["get", dir, "--index", "-1"]).status == 2)
+        #expect(try CLI.run(["no-such-command"]).status == 2)
+        #expect(try CLI.run(["verify-proof"], stdin: Data("not json".utf8)).status == 2)
+        #expect(try CLI.run(["verify-proof"], stdin: Data("{\"type\":\"inclusion\"}".utf8)).status == 2)
+        #expect(try CLI.run(["--help"]).status == 0)
+    }
+}

@@ -1,0 +1,164 @@
+import Foundation
+import Testing
+import LedgerCrypto
+import MedLedger
+import MerkleLog
+
+func ledgerPath(_ name: String) -> String {
+    NSTemporaryDirectory() + "medledger-ledger-\(name)-\(UUID().uuidString)"
+}
+
+func scratchOptions() -> Ledger.Options {
+    var options = Ledger.Options()
+    options.durable = false
+    return options
+}
+
+@Suite struct LedgerEntryTests {
+    @Test func envelopeIsExact() throws {
+        let entry = try LedgerEntry(set: "ké", payload: [0xde, 0xad])
+        #expect(entry.encoded() == [0x01, 0x00, 0x00, 0x03, 0x6b, 0xc3, 0xa9, 0xde, 0xad])
+        #expect(try LedgerEntry(decoding: entry.encoded()) == entry)
+        let delete = try LedgerEntry(delete: "k")
+        #expect(delete.encoded() == [0x01, 0x01, 0x00, 0x01, 0x6b])
+        let unkeyed = try LedgerEntry(payload: Array("x".utf8))
+        #expect(unkeyed.encoded() == [0x01, 0x00, 0x00, 0x00, 0x78])
+        let longest = try LedgerEntry(set: String(repeating: "k", count: 1024), payload: [])
+        #expect(try LedgerEntry(decoding: longest.encoded()) == longest)
+    }
+
+    @Test(arguments: [
+        [UInt8](),
+        [0x01, 0x00, 0x00],
+        [0x02, 0x00, 0x00, 0x00],
+        [0x01, 0x02, 0x00, 0x00],
+        [0x01, 0x00, 0x00, 0x05, 0x61],
+        [0x01, 0x01, 0x00, 0x00, 0x61],
+        [0x01, 0x00, 0x04, 0x01] + [UInt8](repeating: 0x61, count: 1025),
+        [0x01, 0x00, 0x00, 0x02, 0xc3, 0x28],
+    ] as [[UInt8]])
+    func malformedEnvelopesAreRejected(_ bytes: [UInt8]) {
+        #expect(throws: LedgerError(.invalidEntry, "")) { try LedgerEntry(decoding: bytes) }
+    }
+
+    @Test func invalidEntriesCannotBeBuilt() {
+        #expect(throws: LedgerError(.invalidEntry, "")) { try LedgerEntry(delete: "") }
+        #expect(throws: LedgerError(.invalidEntry, "")) { try LedgerEntry(set: String(repeating: "k", count: 1025), payload: []) }
+    }
+}
+
+@Suite struct LedgerTests {
+    @Test func createAppendProveAndReopen() throws {
+        let path = ledgerPath("basic")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let entries = try (0..<300).map { try LedgerEntry(set: $0 % 3 == 0 ? "key/\($0)" : "", payload: Array("payload \($0)".utf8)) }
+        let verifierKey: String
+        let root: Hash
+        do {
+            let (ledger, key) = try Ledger.create(at: path, origin: "test.example/ledger", options: scratchOptions())
+            verifierKey = key
+            #expect(try ledger.size == 0)
+            #expect(try ledger.append(Array(entries[..<100])) == 0)
+            #expect(try ledger.append(Array(entries[100...])) == 100)
+            #expect(try ledger.size == 300)
+            root = try ledger.rootHash(size: 300)
+            // The root is the RFC 6962 root over the envelopes.
+            let log = try MerkleLog(store: MemoryLogStore())
+            try log.append(entries.map { $0.encoded() })
+            #expect(root == log.rootHash)
+        }
+        let ledger = try Ledger(path: path, options: scratchOptions())
+        #expect(ledger.verifier.description == verifierKey)
+        #expect(try ledger.rootHash(size: 300) == root)
+        #expect(try ledger.entry(at: 3) == entries[3])
+        #expect(throws: LedgerError(.notFound, "")) { try ledger.entry(at: 300) }
+
+        let note = try ledger.signedCheckpoint()
+        let checkpoint = try SignedCheckpoint(verifying: note, verifiers: [try NoteVerifier(parsing: verifierKey)],
+                                              origin: "test.example/ledger").checkpoint
+        #expect(checkpoint.size == 300 && checkpoint.rootHash == root && checkpoint.mapRoot == .zero)
+        #expect(try ledger.signedCheckpoint() == note, "signing is deterministic")
+
+        let (proof, leaf, proofRoot) = try ledger.inclusionProof(index: 123)
+        #expect(proofRoot == root && leaf == SHA256.leafHash(entries[123].encoded()))
+        try ProofDocument.inclusion(.init(proof: proof, leafHash: leaf, rootHash: proofRoot)).verify(against: checkpoint)
+        let (consistency, oldRoot, newRoot) = try ledger.consistencyProof(oldSize: 100)
+        try consistency.verify(oldRoot: oldRoot, newRoot: newRoot)
+        #expect(newRoot == root)
+    }
+
+    @Test func creationAndOpeningErrorsAreClear() throws {
+        let path = ledgerPath("errors")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        #expect(throws: LedgerError(.ledgerNotFound, "")) { try Ledger(path: path) }
+        var readOnly = Ledger.Options()
+        readOnly.readOnly = true
+        #expect(throws: LedgerError(.ledgerNotFound, "")) { try Ledger(path: path, options: readOnly) }
+        #expect(throws: LedgerError(.invalidArgument, "")) { try Ledger.create(at: path, origin: "bad origin") }
+        #expect(throws: LedgerError(.invalidArgument, "")) { try Ledger.create(at: path, origin: "") }
+        _ = try Ledger.create(at: path, origin: "o.example", options: scratchOptions())
+        #expect(throws: LedgerError(.ledgerExists, "")) { try Ledger.create(at: path, origin: "o.example") }
+
+        // A read-only open needs no signer key but cannot sign or append.
+        let ro = try Ledger(path: path, options: readOnly)
+        #expect(throws: LedgerError(.keyFile, "")) { try ro.signedCheckpoint() }
+        #expect(throws: LedgerError.self) { try ro.append([try LedgerEntry(payload: [1])]) }
+
+        // A swapped signer key is refused.
+        let keyPath = path + "/signer.key"
+        let original = try String(contentsOfFile: keyPath, encoding: .utf8)
+        try FileManager.default.removeItem(atPath: keyPath)
+        #expect(throws: LedgerError(.keyFile, "")) { try Ledger(path: path) }
+        try (try NoteSigner(generatingFor: "o.example").secretKeyText()).write(toFile: keyPath, atomically: true, encoding: .utf8)
+        #expect(throws: LedgerError(.keyFile, "")) { try Ledger(path: path) }
+        try original.write(toFile: keyPath, atomically: true, encoding: .utf8)
+        _ = try Ledger(path: path)
+    }
+
+    @Test func signerKeyFileIsPrivate() throws {
+        let path = ledgerPath("perm")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        _ = try Ledger.create(at: path, origin: "o.example", options: scratchOptions())
+        let attributes = try FileManager.default.attributesOfItem(atPath: path + "/signer.key")
+        #expect((attributes[.posixPermissions] as? Int) == 0o600)
+    }
+
+    @Test func aBadEntryAbortsTheWholeBatch() throws {
+        let path = ledgerPath("batch")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (ledger, _) = try Ledger.create(at: path, origin: "o.example", options: scratchOptions())
+        try ledger.append([try LedgerEntry(payload: [1])])
+        let good = try LedgerEntry(payload: [2]).encoded()
+        #expect(throws: LedgerError(.invalidEntry, "")) {
+            try ledger.appendEncoded(count: 3) { i, body in
+                try (i == 2 ? [0x09, 0x00, 0x00, 0x00] : good).withUnsafeBytes(body)
+            }
+        }
+        #expect(try ledger.size == 1, "nothing of the failed batch is visible")
+        try ledger.append([try LedgerEntry(payload: [3])])
+        #expect(try ledger.entry(at: 1).payload == [3])
+    }
+
+    @Test func proofDocumentsRoundTripAndRejectGarbage() throws {
+        let path = ledgerPath("json")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (ledger, _) = try Ledger.create(at: path, origin: "o.example", options: scratchOptions())
+        try ledger.append(try (0..<10).map { try LedgerEntry(payload: [UInt8($0)]) })
+        let (p, l, r) = try ledger.inclusionProof(index: 4)
+        let doc = ProofDocument.inclusion(.init(proof: p, leafHash: l, rootHash: r))
+        let json = try doc.jsonData()
+        #expect(try ProofDocument(json: json) == doc)
+        let text = String(decoding: json, as: UTF8.self)
+        #expect(text.hasPrefix("{\"hashes\":["))
+        for bad in [
+            "", "[]", "{}", "{\"type\":\"inclusion\"}",
+            text.replacingOccurrences(of: "\"leaf_index\":4", with: "\"leaf_index\":-4"),
+            text.replacingOccurrences(of: "\"leaf_index\":4", with: "\"leaf_index\":4.5"),
+            text.replacingOccurrences(of: "\"type\":\"inclusion\"", with: "\"type\":\"other\""),
+            text.replacingOccurrences(of: l.hex, with: String(l.hex.dropLast())),
+            text.replacingOccurrences(of: l.hex, with: String(l.hex.dropLast()) + "g"),
+        ] {
+            #expect(throws: LedgerError(.invalidArgument, ""), "\(bad)") { try ProofDocument(json: Data(bad.utf8)) }
+        }
+    }
+}
