@@ -19,11 +19,16 @@ public final class LMDBLogStore: LogStore, @unchecked Sendable {
     let meta: Database
     let levels: [Database]
     static let levelCount = 64
+    /// Upper levels kept in memory (see ``UpperLevelCache``).
+    public let upperLevels: UpperLevelCache
+    /// Right-edge hashes of the latest size (see ``RightEdgeCache``).
+    public let rightEdge = RightEdgeCache()
 
     /// Opens the log's databases in `environment`, creating them when the environment is writable.
     /// - Throws: ``MerkleLogError`` `.missingData` when a read-only environment holds no log.
-    public init(environment: Environment) throws {
+    public init(environment: Environment, cacheFromLevel: Int = 6) throws {
         self.environment = environment
+        self.upperLevels = UpperLevelCache(firstLevel: cacheFromLevel)
         let create = !environment.isReadOnly
         let handles: (Database, Database, [Database])? = try {
             let open = { (txn: borrowing Transaction) throws -> (Database, Database, [Database])? in
@@ -46,25 +51,62 @@ public final class LMDBLogStore: LogStore, @unchecked Sendable {
     public struct Reader: LogStorageWriter {
         let view: TransactionView
         let store: LMDBLogStore
+        /// The committed size when this view began (read once; writers update their copy).
+        let size: UInt64
 
-        public var treeSize: UInt64 {
-            get throws {
-                let stored = try view.withValue(store.meta, key: "size") { UInt64(bigEndianBytes: $0) }
-                switch stored {
-                case .none: return 0
-                case .some(.none): throw MerkleLogError.missing("stored tree size is not 8 bytes")
-                case .some(.some(let size)): return size
-                }
+        init(view: TransactionView, store: LMDBLogStore) throws {
+            self.view = view
+            self.store = store
+            let stored = try view.withValue(store.meta, key: "size") { UInt64(bigEndianBytes: $0) }
+            switch stored {
+            case .none: size = 0
+            case .some(.none): throw MerkleLogError.missing("stored tree size is not 8 bytes")
+            case .some(.some(let value)): size = value
             }
         }
 
+        public var treeSize: UInt64 { size }
+
+        public var rightEdgeCache: RightEdgeCache? { store.rightEdge }
+
         public func storedHash(level: Int, index: UInt64) throws -> Hash {
             guard level < LMDBLogStore.levelCount else { throw MerkleLogError.missing("level \(level)") }
+            if level >= store.upperLevels.firstLevel {
+                if let hit = store.upperLevels.hash(level: level, index: index) { return hit }
+                if index < size >> UInt64(level) {
+                    try fillUpperLevel(level)
+                    if let hit = store.upperLevels.hash(level: level, index: index) { return hit }
+                }
+            }
             let hash = try view.withValue(store.levels[level], key: index) { Hash($0) }
             guard let found = hash, let value = found else {
                 throw MerkleLogError.missing("no stored hash at level \(level) index \(index)")
             }
             return value
+        }
+
+        /// Loads the committed hashes of `level` missing from the cache, with one cursor scan.
+        private func fillUpperLevel(_ level: Int) throws {
+            let from = store.upperLevels.count(level: level)
+            let upTo = size >> UInt64(level)
+            guard from < upTo else { return }
+            var loaded: [Hash] = []
+            loaded.reserveCapacity(Int(upTo - from))
+            try view.withCursor(store.levels[level]) { cursor in
+                var more = try cursor.seek(atOrAfter: from)
+                var expected = from
+                while more && expected < upTo {
+                    let ok = cursor.withCurrent { key, value -> Bool in
+                        guard UInt64(bigEndianBytes: key) == expected, let h = Hash(value) else { return false }
+                        loaded.append(h)
+                        return true
+                    }
+                    guard ok else { throw MerkleLogError.missing("stored hashes at level \(level) are not contiguous") }
+                    expected += 1
+                    more = try cursor.next()
+                }
+            }
+            store.upperLevels.extend(level: level, from: from, with: loaded)
         }
 
         public func withEntry<R>(at index: UInt64, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
@@ -91,11 +133,11 @@ public final class LMDBLogStore: LogStore, @unchecked Sendable {
     public typealias Writer = Reader
 
     public func read<R>(_ body: (Reader) throws -> R) throws -> R {
-        try environment.read { txn in try body(Reader(view: txn.unsafeView, store: self)) }
+        try environment.read { txn in try body(try Reader(view: txn.unsafeView, store: self)) }
     }
 
     public func write<R>(_ body: (Reader) throws -> R) throws -> R {
-        try environment.write { txn in try body(Reader(view: txn.unsafeView, store: self)) }
+        try environment.write { txn in try body(try Reader(view: txn.unsafeView, store: self)) }
     }
 
     /// Bytes of the data file used by the log's databases.

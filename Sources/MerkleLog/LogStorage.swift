@@ -14,6 +14,12 @@ public protocol LogStorageReader {
     func storedHash(level: Int, index: UInt64) throws -> Hash
     /// Calls `body` with the bytes of entry `index`; the buffer is valid only inside `body`.
     func withEntry<R>(at index: UInt64, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R
+    /// A cache of right-edge hashes shared by readers of this store, if it keeps one.
+    var rightEdgeCache: RightEdgeCache? { get }
+}
+
+extension LogStorageReader {
+    public var rightEdgeCache: RightEdgeCache? { nil }
 }
 
 /// A view inside a write transaction. Appends must come in increasing index order per level.

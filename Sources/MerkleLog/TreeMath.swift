@@ -17,8 +17,20 @@ extension LogStorageReader {
             let level = count.trailingZeroBitCount
             return try storedHash(level: level, index: start >> UInt64(level))
         }
-        // A ragged range [start, end) splits into complete pieces given by count's bits,
-        // largest first; fold them from the right.
+        if let cache = rightEdgeCache, end == (try treeSize) {
+            if let hit = cache.lookup(start: start, end: end) { return hit }
+            // Only ranges ending at a tree size are ragged in RFC 6962's recursion, and their
+            // start is a boundary of that size's decomposition: compute all such suffixes once.
+            let suffixes = try rightEdgeSuffixes(end: end)
+            cache.store(end: end, suffixes: suffixes)
+            if let found = suffixes.first(where: { $0.start == start }) { return found.hash }
+        }
+        return try raggedHash(start: start, end: end)
+    }
+
+    /// MTH(D[start ..< end]) folded from the complete pieces given by the bits of the count.
+    func raggedHash(start: UInt64, end: UInt64) throws -> Hash {
+        let count = end - start
         var pieces: [Hash] = []
         pieces.reserveCapacity(count.nonzeroBitCount)
         var offset = start
@@ -34,6 +46,28 @@ extension LogStorageReader {
         var acc = pieces[pieces.count - 1]
         for piece in pieces.dropLast().reversed() { acc = SHA256.nodeHash(piece, acc) }
         return acc
+    }
+
+    /// For each boundary b of `end`'s binary decomposition (0 first), MTH(D[b ..< end]).
+    func rightEdgeSuffixes(end: UInt64) throws -> [(start: UInt64, hash: Hash)] {
+        var pieces: [(start: UInt64, hash: Hash)] = []
+        var offset: UInt64 = 0
+        var bit = 63 - end.leadingZeroBitCount
+        while bit >= 0 {
+            let width = UInt64(1) << UInt64(bit)
+            if end & width != 0 {
+                pieces.append((offset, try storedHash(level: bit, index: offset >> UInt64(bit))))
+                offset += width
+            }
+            bit -= 1
+        }
+        var acc = pieces[pieces.count - 1].hash
+        var suffixes = [pieces[pieces.count - 1]]
+        for piece in pieces.dropLast().reversed() {
+            acc = SHA256.nodeHash(piece.hash, acc)
+            suffixes.append((piece.start, acc))
+        }
+        return suffixes
     }
 
     /// The root hash of the first `size` entries (`size` <= ``treeSize``).

@@ -67,6 +67,11 @@ func withEachStore(_ name: String, _ body: (String, any LogAppender) throws -> V
     options.durable = false
     let env = try Environment(path: path, options: options)
     try body("lmdb", try MerkleLog(store: try LMDBLogStore(environment: env)))
+    // The same environment again, with every level from 1 up served from the in-memory caches.
+    let cachedPath = tempPath(name + "-cached")
+    defer { try? FileManager.default.removeItem(atPath: cachedPath) }
+    let cachedEnv = try Environment(path: cachedPath, options: options)
+    try body("lmdb-cached", try MerkleLog(store: try LMDBLogStore(environment: cachedEnv, cacheFromLevel: 1)))
 }
 
 /// The operations the tests need, independent of the store type.

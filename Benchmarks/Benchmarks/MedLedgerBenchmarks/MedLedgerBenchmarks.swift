@@ -1,0 +1,118 @@
+import Benchmark
+import BenchSupport
+import Foundation
+import LedgerCrypto
+import MedLedger
+import MerkleLog
+
+// The ordo-one suite: per-operation figures with allocation counts. Ledger size for the
+// proof benchmarks: 1M entries, or MEDLEDGER_BENCH_SCALE (e.g. 10M).
+let scale = parseCount(ProcessInfo.processInfo.environment["MEDLEDGER_BENCH_SCALE"] ?? "1M") ?? 1_000_000
+
+nonisolated(unsafe) var proofLedger: Ledger?
+nonisolated(unsafe) var proofLedgerPath = ""
+
+func sharedLedger() throws -> Ledger {
+    if let proofLedger { return proofLedger }
+    proofLedgerPath = Workloads.scratch("suite")
+    var options = Ledger.Options()
+    options.durable = false  // setup only; the append benchmarks below are durable
+    let (ledger, _) = try Ledger.create(at: proofLedgerPath, origin: "bench.example/suite", options: options)
+    _ = try Workloads.ledgerAppend(ledger, count: scale, payloadSize: 124, batch: 10_000)
+    try ledger.environment.sync()
+    proofLedger = ledger
+    return ledger
+}
+
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(
+        metrics: [.throughput, .wallClock, .mallocCountTotal],
+        maxDuration: .seconds(5),
+        maxIterations: 1_000_000
+    )
+
+    Benchmark("SHA-256 64 B (limit)", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        var input = [UInt8](repeating: 1, count: 64)
+        for i in benchmark.scaledIterations {
+            input[0] = UInt8(truncatingIfNeeded: i)
+            blackHole(SHA256.hash(input))
+        }
+    }
+
+    Benchmark("RFC 6962 node hash", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        var h = SHA256.hash([1])
+        for _ in benchmark.scaledIterations { h = SHA256.nodeHash(h, h) }
+        blackHole(h)
+    }
+
+    for payload in [124, 4092] {
+        Benchmark("append batch 10k x \(payload + 4) B durable", configuration: .init(maxDuration: .seconds(10), maxIterations: 50)) { benchmark in
+            let path = Workloads.scratch("append")
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let (ledger, _) = try Ledger.create(at: path, origin: "bench.example/append")
+            var index = 0
+            benchmark.startMeasurement()
+            for _ in benchmark.scaledIterations {
+                _ = try Workloads.ledgerAppend(ledger, count: 10_000, payloadSize: payload, batch: 10_000, startIndex: index)
+                index += 10_000
+            }
+            benchmark.stopMeasurement()
+        }
+
+        Benchmark("raw LMDB MDB_APPEND batch 10k x \(payload + 4) B durable (limit)", configuration: .init(maxDuration: .seconds(10), maxIterations: 50)) { benchmark in
+            let path = Workloads.scratch("raw")
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            benchmark.startMeasurement()
+            _ = try Workloads.rawLMDBAppend(path: path, count: 10_000 * benchmark.scaledIterations.count, payloadSize: payload, batch: 10_000)
+            benchmark.stopMeasurement()
+        }
+
+        Benchmark("write+fdatasync batch 10k x \(payload + 4) B (limit)", configuration: .init(maxDuration: .seconds(10), maxIterations: 50)) { benchmark in
+            let path = Workloads.scratch("dd")
+            benchmark.startMeasurement()
+            _ = try Workloads.fdatasyncWrite(path: path, count: 10_000 * benchmark.scaledIterations.count, payloadSize: payload, batch: 10_000)
+            benchmark.stopMeasurement()
+        }
+    }
+
+    Benchmark("inclusion proof at \(scale)", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        let ledger = try sharedLedger()
+        var rng = Workloads.SplitMix64(seed: 1)
+        let size = try ledger.size
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            blackHole(try ledger.inclusionProof(index: UInt64.random(in: 0..<size, using: &rng), size: size))
+        }
+    }
+
+    Benchmark("consistency proof at \(scale)", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        let ledger = try sharedLedger()
+        var rng = Workloads.SplitMix64(seed: 2)
+        let size = try ledger.size
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            blackHole(try ledger.consistencyProof(oldSize: UInt64.random(in: 1...size, using: &rng), newSize: size))
+        }
+    }
+
+    Benchmark("verify inclusion proof at \(scale)", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        let ledger = try sharedLedger()
+        var rng = Workloads.SplitMix64(seed: 3)
+        let size = try ledger.size
+        let proofs = try (0..<1000).map { _ in try ledger.inclusionProof(index: UInt64.random(in: 0..<size, using: &rng), size: size) }
+        benchmark.startMeasurement()
+        for i in benchmark.scaledIterations {
+            let (proof, leaf, root) = proofs[i % proofs.count]
+            try proof.verify(leafHash: leaf, rootHash: root)
+        }
+    }
+
+    Benchmark("open ledger at \(scale)", configuration: .init(maxIterations: 200)) { benchmark in
+        let ledger = try sharedLedger()
+        let path = ledger.path
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            blackHole(try Ledger(path: path))
+        }
+    }
+}

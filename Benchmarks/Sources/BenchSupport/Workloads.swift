@@ -1,0 +1,156 @@
+import Foundation
+import LMDBKit
+import LedgerCrypto
+import MedLedger
+import MerkleLog
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Workloads shared by the scenario runner and the ordo-one suite. Each "limit" measures
+/// the raw cost of what the ledger does, on the same machine and disk, in the same run.
+public enum Workloads {
+    /// A scratch directory under `base` (default: the system temporary directory).
+    public static func scratch(_ name: String, base: String? = nil) -> String {
+        let root = base ?? NSTemporaryDirectory()
+        return root + "/medledger-bench-\(name)-\(UUID().uuidString)"
+    }
+
+    /// A payload of `size` bytes that varies with `i` (so no two entries are equal).
+    @inline(__always)
+    public static func fillPayload(_ buffer: inout [UInt8], size: Int, index i: Int) {
+        if buffer.count != size { buffer = [UInt8](repeating: 0x61, count: size) }
+        var v = UInt64(i)
+        withUnsafeBytes(of: &v) { raw in
+            for j in 0..<min(8, size) { buffer[j] = raw[j] }
+        }
+    }
+
+    /// Envelope bytes (`0x01 0x00 0x00 0x00` + payload) for entry `i` of `payloadSize` bytes,
+    /// written into `buffer`.
+    @inline(__always)
+    public static func fillEnvelope(_ buffer: inout [UInt8], payloadSize: Int, index i: Int) {
+        if buffer.count != payloadSize + 4 {
+            buffer = [UInt8](repeating: 0x61, count: payloadSize + 4)
+            buffer[0] = 0x01; buffer[1] = 0; buffer[2] = 0; buffer[3] = 0
+        }
+        var v = UInt64(i)
+        withUnsafeBytes(of: &v) { raw in
+            for j in 0..<min(8, payloadSize) { buffer[4 + j] = raw[j] }
+        }
+    }
+
+    /// Appends `count` entries of `payloadSize` bytes in batches; returns the seconds each batch took.
+    public static func ledgerAppend(_ ledger: Ledger, count: Int, payloadSize: Int, batch: Int, startIndex: Int = 0) throws -> [Double] {
+        var times: [Double] = []
+        var buffer: [UInt8] = []
+        var done = 0
+        while done < count {
+            let n = min(batch, count - done)
+            let start = DispatchTime.now().uptimeNanoseconds
+            try ledger.appendEncoded(count: n) { i, body in
+                fillEnvelope(&buffer, payloadSize: payloadSize, index: startIndex + done + i)
+                try buffer.withUnsafeBytes(body)
+            }
+            times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+            done += n
+        }
+        return times
+    }
+
+    /// Limit: raw LMDB `MDB_APPEND` puts of the same envelopes under sequential 8-byte keys,
+    /// one durable commit per batch, nothing else. Returns seconds per batch.
+    public static func rawLMDBAppend(path: String, count: Int, payloadSize: Int, batch: Int) throws -> [Double] {
+        let env = try Environment(path: path)
+        guard let db = try env.openDatabase("raw") else { return [] }
+        var times: [Double] = []
+        var buffer: [UInt8] = []
+        var done = 0
+        while done < count {
+            let n = min(batch, count - done)
+            let start = DispatchTime.now().uptimeNanoseconds
+            try env.write { txn in
+                for i in 0..<n {
+                    fillEnvelope(&buffer, payloadSize: payloadSize, index: done + i)
+                    try txn.put(db, key: UInt64(done + i), value: buffer, flags: .append)
+                }
+            }
+            times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+            done += n
+        }
+        return times
+    }
+
+    /// Limit: sequential `write` of the same bytes followed by `fdatasync` once per batch
+    /// (what `dd conv=fdatasync` does per block). Returns seconds per batch.
+    public static func fdatasyncWrite(path: String, count: Int, payloadSize: Int, batch: Int) throws -> [Double] {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard fd >= 0 else { throw POSIXError(.EIO) }
+        defer { close(fd); unlink(path) }
+        let batchBytes = [UInt8](repeating: 0x61, count: batch * (payloadSize + 4))
+        var times: [Double] = []
+        var done = 0
+        while done < count {
+            let n = min(batch, count - done)
+            let start = DispatchTime.now().uptimeNanoseconds
+            let bytes = n * (payloadSize + 4)
+            var written = 0
+            while written < bytes {
+                let w = batchBytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + written, bytes - written) }
+                guard w > 0 else { throw POSIXError(.EIO) }
+                written += w
+            }
+            guard fdatasync(fd) == 0 else { throw POSIXError(.EIO) }
+            times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+            done += n
+        }
+        return times
+    }
+
+    /// Limit: SHA-256 of `count` distinct 64-byte inputs. Returns seconds.
+    public static func sha256Small(count: Int) -> (seconds: Double, sink: Hash) {
+        var input = [UInt8](repeating: 7, count: 64)
+        var acc = Hash.zero
+        let start = DispatchTime.now().uptimeNanoseconds
+        for i in 0..<count {
+            input[0] = UInt8(truncatingIfNeeded: i)
+            input[1] = UInt8(truncatingIfNeeded: i >> 8)
+            acc = SHA256.hash(input)
+            input[2] = acc.withUnsafeBytes { $0[0] }
+        }
+        return (Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9, acc)
+    }
+
+    /// Seeded generator so runs are repeatable.
+    public struct SplitMix64: RandomNumberGenerator {
+        var state: UInt64
+        public init(seed: UInt64) { state = seed }
+        public mutating func next() -> UInt64 {
+            state &+= 0x9E3779B97F4A7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
+            z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
+            return z ^ (z >> 31)
+        }
+    }
+}
+
+/// Median and percentiles of samples.
+public struct Stats {
+    public let sorted: [Double]
+    public init(_ samples: [Double]) { sorted = samples.sorted() }
+    public func percentile(_ p: Double) -> Double {
+        guard !sorted.isEmpty else { return .nan }
+        let i = min(sorted.count - 1, max(0, Int((p / 100 * Double(sorted.count - 1)).rounded())))
+        return sorted[i]
+    }
+    public var median: Double { percentile(50) }
+}
+
+/// Parses counts like `1M`, `10M`, `250k`, `1000`.
+public func parseCount(_ text: String) -> Int? {
+    let lower = text.lowercased()
+    if lower.hasSuffix("m"), let v = Double(lower.dropLast()) { return Int(v * 1_000_000) }
+    if lower.hasSuffix("k"), let v = Double(lower.dropLast()) { return Int(v * 1_000) }
+    return Int(lower)
+}

@@ -1,0 +1,210 @@
+// The scenario runner: measures the ledger and, in the same run, the limits it is held to,
+// then prints a table of medians with ratios and writes the figures as JSON.
+//
+//   swift run -c release ledger-bench [--entries 1M] [--entries-4k 250k] [--dir PATH] [--json FILE]
+//
+// MEDLEDGER_BENCH_SCALE=10M sets --entries to 10M.
+import BenchSupport
+import Foundation
+import LMDBKit
+import LedgerCrypto
+import MedLedger
+import MerkleLog
+
+var entries = parseCount(ProcessInfo.processInfo.environment["MEDLEDGER_BENCH_SCALE"] ?? "1M") ?? 1_000_000
+var entries4k = 250_000
+var baseDir: String? = nil
+var jsonPath: String? = nil
+var queries = 200_000
+let batch = 10_000
+
+var args = CommandLine.arguments.dropFirst()
+while let arg = args.popFirst() {
+    switch arg {
+    case "--entries": entries = parseCount(args.popFirst() ?? "") ?? entries
+    case "--entries-4k": entries4k = parseCount(args.popFirst() ?? "") ?? entries4k
+    case "--queries": queries = parseCount(args.popFirst() ?? "") ?? queries
+    case "--dir": baseDir = args.popFirst()
+    case "--json": jsonPath = args.popFirst()
+    default:
+        FileHandle.standardError.write(Data("usage: ledger-bench [--entries N] [--entries-4k N] [--queries N] [--dir PATH] [--json FILE]\n".utf8))
+        exit(2)
+    }
+}
+
+struct Row {
+    let name: String
+    let value: Double
+    let unit: String
+    let limitName: String?
+    let limit: Double?
+    let extra: [String: Double]
+}
+var rows: [Row] = []
+
+func log(_ text: String) { FileHandle.standardError.write(Data((text + "\n").utf8)) }
+
+func perSecond(_ batchTimes: [Double], itemsPerBatch: Int) -> (median: Double, p99Latency: Double, p50Latency: Double) {
+    let full = batchTimes.count > 1 ? Array(batchTimes.dropLast()) : batchTimes  // last batch may be short
+    let s = Stats(full)
+    return (Double(itemsPerBatch) / s.median, s.percentile(99), s.median)
+}
+
+func measureMedian(repeats: Int, _ body: () throws -> Double) rethrows -> Double {
+    var samples: [Double] = []
+    for _ in 0..<repeats { samples.append(try body()) }
+    return Stats(samples).median
+}
+
+var rng = Workloads.SplitMix64(seed: 0xbe9c4)
+
+// ---- Limits measured first, on the same disk ----
+log("limits: SHA-256 of 64-byte inputs")
+let shaRate = measureMedian(repeats: 5) { Double(2_000_000) / Workloads.sha256Small(count: 2_000_000).seconds }
+rows.append(Row(name: "limit: SHA-256 64 B", value: shaRate, unit: "hash/s", limitName: nil, limit: nil, extra: [:]))
+
+@MainActor func limitsFor(payload: Int, count: Int) throws -> (lmdb: Double, fsync: Double) {
+    let rawPath = Workloads.scratch("raw", base: baseDir)
+    defer { try? FileManager.default.removeItem(atPath: rawPath) }
+    log("limits: raw LMDB MDB_APPEND, \(count) x \(payload) B, batches of \(batch), durable")
+    let raw = perSecond(try Workloads.rawLMDBAppend(path: rawPath, count: count, payloadSize: payload, batch: batch), itemsPerBatch: batch)
+    log("limits: write + fdatasync per batch, \(count) x \(payload + 4) B")
+    try FileManager.default.createDirectory(atPath: rawPath, withIntermediateDirectories: true)
+    let dd = perSecond(try Workloads.fdatasyncWrite(path: rawPath + "/dd", count: count, payloadSize: payload, batch: batch), itemsPerBatch: batch)
+    return (raw.median, dd.median)
+}
+
+// ---- 128-byte entries ----
+let limits128 = try limitsFor(payload: 124, count: entries)
+let ledgerPath = Workloads.scratch("ledger", base: baseDir)
+defer { try? FileManager.default.removeItem(atPath: ledgerPath) }
+let (ledger, _) = try Ledger.create(at: ledgerPath, origin: "bench.example/log")
+log("ledger: append \(entries) x 128 B entries, batches of \(batch), durable")
+let append128 = perSecond(try Workloads.ledgerAppend(ledger, count: entries, payloadSize: 124, batch: batch), itemsPerBatch: batch)
+rows.append(Row(name: "append 128 B (batch 10k, durable)", value: append128.median, unit: "entries/s",
+                limitName: "raw LMDB MDB_APPEND", limit: limits128.lmdb,
+                extra: ["p50_batch_s": append128.p50Latency, "p99_batch_s": append128.p99Latency,
+                        "fdatasync_limit_entries_per_s": limits128.fsync,
+                        "ratio_to_fdatasync": append128.median / limits128.fsync]))
+let bytesOnDisk = try ledger.storedBytes()
+
+// ---- Proofs at the full size ----
+let size = try ledger.size
+log("proofs: \(queries) inclusion proofs at size \(size), random indexes")
+var sink = 0
+var inclusionSamples: [(InclusionProof, Hash, Hash)] = []
+let inclusionRate = try measureMedian(repeats: 5) {
+    let start = DispatchTime.now().uptimeNanoseconds
+    for _ in 0..<queries {
+        let p = try ledger.inclusionProof(index: UInt64.random(in: 0..<size, using: &rng), size: size)
+        sink &+= p.proof.hashes.count
+        if inclusionSamples.count < 10_000 { inclusionSamples.append(p) }
+    }
+    return Double(queries) / (Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+}
+rows.append(Row(name: "inclusion proof (one read txn each)", value: inclusionRate, unit: "proofs/s", limitName: nil, limit: nil, extra: [:]))
+
+log("proofs: \(queries) consistency proofs to size \(size), random old sizes")
+var consistencySamples: [(ConsistencyProof, Hash, Hash)] = []
+let consistencyRate = try measureMedian(repeats: 5) {
+    let start = DispatchTime.now().uptimeNanoseconds
+    for _ in 0..<queries {
+        let p = try ledger.consistencyProof(oldSize: UInt64.random(in: 1...size, using: &rng), newSize: size)
+        sink &+= p.proof.hashes.count
+        if consistencySamples.count < 10_000 { consistencySamples.append(p) }
+    }
+    return Double(queries) / (Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+}
+rows.append(Row(name: "consistency proof (one read txn each)", value: consistencyRate, unit: "proofs/s", limitName: nil, limit: nil, extra: [:]))
+
+let verifyInclusionRate = try measureMedian(repeats: 5) {
+    let start = DispatchTime.now().uptimeNanoseconds
+    for (proof, leaf, root) in inclusionSamples { try proof.verify(leafHash: leaf, rootHash: root) }
+    return Double(inclusionSamples.count) / (Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+}
+rows.append(Row(name: "verify inclusion proof", value: verifyInclusionRate, unit: "proofs/s", limitName: "SHA-256 64 B / path length",
+                limit: shaRate / Double(64 - size.leadingZeroBitCount), extra: [:]))
+let verifyConsistencyRate = try measureMedian(repeats: 5) {
+    let start = DispatchTime.now().uptimeNanoseconds
+    for (proof, old, new) in consistencySamples { try proof.verify(oldRoot: old, newRoot: new) }
+    return Double(consistencySamples.count) / (Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+}
+rows.append(Row(name: "verify consistency proof", value: verifyConsistencyRate, unit: "proofs/s", limitName: nil, limit: nil, extra: [:]))
+
+// ---- Diagnostics: what one proof is made of ----
+do {
+    let n = 200_000
+    var start = DispatchTime.now().uptimeNanoseconds
+    for _ in 0..<n { sink &+= Int(try ledger.environment.read { _ in 1 }) }
+    let txnNs = Double(DispatchTime.now().uptimeNanoseconds - start) / Double(n)
+    let store = try LMDBLogStore(environment: ledger.environment)
+    start = DispatchTime.now().uptimeNanoseconds
+    try store.read { reader in
+        for i in 0..<n { sink &+= Int(try reader.storedHash(level: 0, index: UInt64(i) % size).withUnsafeBytes { $0[0] }) }
+    }
+    let getNs = Double(DispatchTime.now().uptimeNanoseconds - start) / Double(n)
+    start = DispatchTime.now().uptimeNanoseconds
+    try store.read { reader in
+        for i in 0..<n / 10 { sink &+= try reader.inclusionPath(index: UInt64(i * 7919) % size, size: size).count }
+    }
+    let pathNs = Double(DispatchTime.now().uptimeNanoseconds - start) / Double(n / 10)
+    rows.append(Row(name: "diagnostic: empty read transaction", value: txnNs, unit: "ns", limitName: nil, limit: nil, extra: [:]))
+    rows.append(Row(name: "diagnostic: one stored-hash get", value: getNs, unit: "ns", limitName: nil, limit: nil, extra: [:]))
+    rows.append(Row(name: "diagnostic: inclusion path in an open txn", value: pathNs, unit: "ns", limitName: nil, limit: nil, extra: [:]))
+}
+
+// ---- Open time ----
+var openTimes: [Double] = []
+for _ in 0..<21 {
+    let start = DispatchTime.now().uptimeNanoseconds
+    let reopened = try Ledger(path: ledgerPath)
+    sink &+= Int(try reopened.size & 1)
+    openTimes.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6)
+}
+rows.append(Row(name: "open existing ledger (\(size) entries)", value: Stats(openTimes).median, unit: "ms", limitName: nil, limit: nil, extra: [:]))
+
+// ---- 4 KB entries ----
+if entries4k > 0 {
+    let limits4k = try limitsFor(payload: 4092, count: entries4k)
+    let path4k = Workloads.scratch("ledger4k", base: baseDir)
+    defer { try? FileManager.default.removeItem(atPath: path4k) }
+    let (ledger4k, _) = try Ledger.create(at: path4k, origin: "bench.example/log4k")
+    log("ledger: append \(entries4k) x 4 KB entries, batches of \(batch), durable")
+    let append4k = perSecond(try Workloads.ledgerAppend(ledger4k, count: entries4k, payloadSize: 4092, batch: batch), itemsPerBatch: batch)
+    rows.append(Row(name: "append 4 KB (batch 10k, durable)", value: append4k.median * 4096 / 1e6, unit: "MB/s",
+                    limitName: "write+fdatasync", limit: limits4k.fsync * 4096 / 1e6,
+                    extra: ["entries_per_s": append4k.median, "raw_lmdb_MB_per_s": limits4k.lmdb * 4096 / 1e6,
+                            "ratio_to_raw_lmdb": append4k.median / limits4k.lmdb,
+                            "p99_batch_s": append4k.p99Latency]))
+}
+
+// ---- Report ----
+func format(_ v: Double) -> String {
+    if v >= 100 { return String(format: "%.0f", v) }
+    return String(format: "%.2f", v)
+}
+print("MedLedger ledger-bench: \(entries) entries of 128 B, \(entries4k) of 4 KB, \(ProcessInfo.processInfo.activeProcessorCount) cores")
+print("| figure | median | unit | limit (same run) | ratio |")
+print("| --- | ---: | --- | --- | ---: |")
+for row in rows {
+    let limit = row.limit.map { "\(row.limitName!): \(format($0))" } ?? ""
+    let ratio = row.limit.map { String(format: "%.2fx", row.value / $0) } ?? ""
+    print("| \(row.name) | \(format(row.value)) | \(row.unit) | \(limit) | \(ratio) |")
+}
+print(String(format: "| 128 B append vs write+fdatasync of the same bytes | %.2fx | | %@ entries/s | |",
+             append128.median / limits128.fsync, format(limits128.fsync)))
+print("| bytes on disk after \(entries) x 128 B | \(bytesOnDisk) | bytes | \(bytesOnDisk / max(entries, 1)) B/entry | |")
+
+if let jsonPath {
+    var object: [String: Any] = ["entries": entries, "entries_4k": entries4k, "bytes_on_disk": bytesOnDisk,
+                                 "date": ISO8601DateFormatter().string(from: Date())]
+    object["figures"] = rows.map { row -> [String: Any] in
+        var o: [String: Any] = ["name": row.name, "median": row.value, "unit": row.unit]
+        if let l = row.limit { o["limit"] = l; o["limit_name"] = row.limitName!; o["ratio"] = row.value / l }
+        for (k, v) in row.extra { o[k] = v }
+        return o
+    }
+    let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted])
+    try data.write(to: URL(fileURLWithPath: jsonPath))
+}
+if sink == 42 { print("") }
