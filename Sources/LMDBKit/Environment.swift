@@ -97,9 +97,22 @@ public final class Environment: @unchecked Sendable {
             throw LMDBError(code: .fileNotFound, rawCode: 2, operation: "open environment \(path) (no data.mdb)")
         }
 
+        // LMDB forbids opening one environment twice in a process (closing either copy drops
+        // the other's locks and reader slots), so refuse a second open of the same directory.
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw LMDBError.from(errno, "open environment \(path)") }
+        let identity = OpenEnvironments.Identity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+        guard OpenEnvironments.shared.claim(identity) else {
+            throw LMDBError(code: .busy, rawCode: 16, operation: "open environment \(path) (already open in this process; share the open instance)")
+        }
+        self.identity = identity
+
         var handle: OpaquePointer?
-        try check(mdb_env_create(&handle), "mdb_env_create")
-        guard let handle else { throw LMDBError(code: .other, operation: "mdb_env_create") }
+        let created = mdb_env_create(&handle)
+        guard created == 0, let handle else {
+            OpenEnvironments.shared.release(identity)
+            throw LMDBError.from(created, "mdb_env_create")
+        }
         // From here every failure must close the handle.
         do {
             try check(mdb_env_set_mapsize(handle, options.mapSize), "mdb_env_set_mapsize")
@@ -115,13 +128,17 @@ public final class Environment: @unchecked Sendable {
             self.currentMapSize = info.me_mapsize
         } catch {
             mdb_env_close(handle)
+            OpenEnvironments.shared.release(identity)
             throw error
         }
         self.env = handle
     }
 
+    private let identity: OpenEnvironments.Identity
+
     deinit {
         mdb_env_close(env)
+        OpenEnvironments.shared.release(identity)
     }
 
     private static func directoryExists(_ path: String, isDirectory: inout Bool) -> Bool {
@@ -241,5 +258,25 @@ public final class Environment: @unchecked Sendable {
             try check(mdb_env_set_mapsize(env, newSize), "mdb_env_set_mapsize")
             currentMapSize = newSize
         }
+    }
+}
+
+/// The directories this process has open as environments.
+final class OpenEnvironments: @unchecked Sendable {
+    // Sendable: `lock` guards `open`.
+    struct Identity: Hashable {
+        let device: UInt64
+        let inode: UInt64
+    }
+    static let shared = OpenEnvironments()
+    private let lock = Mutex()
+    private var open = Set<Identity>()
+
+    func claim(_ identity: Identity) -> Bool {
+        lock.withLock { open.insert(identity).inserted }
+    }
+
+    func release(_ identity: Identity) {
+        _ = lock.withLock { open.remove(identity) }
     }
 }

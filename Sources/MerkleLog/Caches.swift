@@ -16,7 +16,7 @@ public final class UpperLevelCache: @unchecked Sendable {
     private let lock = NSLock()
     private var levels: [[Hash]]
 
-    public init(firstLevel: Int = 6) {
+    public init(firstLevel: Int = 5) {
         self.firstLevel = firstLevel
         self.levels = Array(repeating: [], count: max(0, 64 - firstLevel))
     }

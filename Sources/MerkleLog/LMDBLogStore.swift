@@ -18,6 +18,9 @@ public final class LMDBLogStore: LogStore, @unchecked Sendable {
     let entries: Database
     let meta: Database
     let levels: [Database]
+    let tiles: Database
+    /// Height of the bottom tiles (32 leaves: 62 hashes, 1,984 bytes, two records a page).
+    public static let tileHeight = 5
     static let levelCount = 64
     /// Upper levels kept in memory (see ``UpperLevelCache``).
     public let upperLevels: UpperLevelCache
@@ -26,26 +29,27 @@ public final class LMDBLogStore: LogStore, @unchecked Sendable {
 
     /// Opens the log's databases in `environment`, creating them when the environment is writable.
     /// - Throws: ``MerkleLogError`` `.missingData` when a read-only environment holds no log.
-    public init(environment: Environment, cacheFromLevel: Int = 6) throws {
+    public init(environment: Environment, cacheFromLevel: Int = LMDBLogStore.tileHeight) throws {
         self.environment = environment
         self.upperLevels = UpperLevelCache(firstLevel: cacheFromLevel)
         let create = !environment.isReadOnly
-        let handles: (Database, Database, [Database])? = try {
-            let open = { (txn: borrowing Transaction) throws -> (Database, Database, [Database])? in
+        let handles: (Database, Database, Database, [Database])? = try {
+            let open = { (txn: borrowing Transaction) throws -> (Database, Database, Database, [Database])? in
                 guard let entries = try txn.openDatabase("log.entries", create: create),
-                      let meta = try txn.openDatabase("log.meta", create: create) else { return nil }
+                      let meta = try txn.openDatabase("log.meta", create: create),
+                      let tiles = try txn.openDatabase("log.tiles", create: create) else { return nil }
                 var levels: [Database] = []
                 for level in 0..<Self.levelCount {
                     let name = level < 10 ? "log.h0\(level)" : "log.h\(level)"
                     guard let db = try txn.openDatabase(name, create: create) else { return nil }
                     levels.append(db)
                 }
-                return (entries, meta, levels)
+                return (entries, meta, tiles, levels)
             }
             return create ? try environment.write(open) : try environment.read(open)
         }()
         guard let handles else { throw MerkleLogError.missing("no log in \(environment.path)") }
-        (entries, meta, levels) = handles
+        (entries, meta, tiles, levels) = handles
     }
 
     public struct Reader: LogStorageWriter {
@@ -77,6 +81,19 @@ public final class LMDBLogStore: LogStore, @unchecked Sendable {
                     try fillUpperLevel(level)
                     if let hit = store.upperLevels.hash(level: level, index: index) { return hit }
                 }
+            }
+            let height = LMDBLogStore.tileHeight
+            if level < height, index >> UInt64(height - level) < size >> UInt64(height) {
+                // Inside a complete bottom block: one read of its tile serves the whole path.
+                let offset = Frontier.tileOffset(level: level, height: height) + Int(index & ((1 << UInt64(height - level)) - 1))
+                let hash = try view.withValue(store.tiles, key: index >> UInt64(height - level)) { raw -> Hash? in
+                    guard raw.count == 32 * ((2 << height) - 2) else { return nil }
+                    return Hash(UnsafeRawBufferPointer(rebasing: raw[(offset * 32)..<(offset * 32 + 32)]))
+                }
+                guard let found = hash, let value = found else {
+                    throw MerkleLogError.missing("no stored tile for level \(level) index \(index)")
+                }
+                return value
             }
             let hash = try view.withValue(store.levels[level], key: index) { Hash($0) }
             guard let found = hash, let value = found else {
@@ -124,6 +141,12 @@ public final class LMDBLogStore: LogStore, @unchecked Sendable {
             try hash.withUnsafeBytes { bytes in
                 try view.put(store.levels[level], key: index, value: bytes, flags: .append)
             }
+        }
+
+        public var tileHeight: Int { LMDBLogStore.tileHeight }
+
+        public func appendTile(_ hashes: UnsafeBufferPointer<Hash>, index: UInt64) throws {
+            try view.put(store.tiles, key: index, value: UnsafeRawBufferPointer(hashes), flags: .append)
         }
 
         public func setTreeSize(_ size: UInt64) throws {

@@ -16,10 +16,14 @@ public protocol LogStorageReader {
     func withEntry<R>(at index: UInt64, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R
     /// A cache of right-edge hashes shared by readers of this store, if it keeps one.
     var rightEdgeCache: RightEdgeCache? { get }
+    /// The height of the bottom tiles this store keeps, or 0 for none. A tile holds all the
+    /// hashes at levels 0 ..< height of one complete subtree of 2^height leaves.
+    var tileHeight: Int { get }
 }
 
 extension LogStorageReader {
     public var rightEdgeCache: RightEdgeCache? { nil }
+    public var tileHeight: Int { 0 }
 }
 
 /// A view inside a write transaction. Appends must come in increasing index order per level.
@@ -31,6 +35,12 @@ public protocol LogStorageWriter: LogStorageReader {
     /// Records the new tree size; called once per batch, in the same transaction as the data,
     /// so a size is never visible without the hashes that prove it.
     func setTreeSize(_ size: UInt64) throws
+    /// Stores the tile of block `index`: its hashes level by level, leaves first.
+    func appendTile(_ hashes: UnsafeBufferPointer<Hash>, index: UInt64) throws
+}
+
+extension LogStorageWriter {
+    public func appendTile(_ hashes: UnsafeBufferPointer<Hash>, index: UInt64) throws {}
 }
 
 /// A place that holds one log and lends read and write views of it.

@@ -151,15 +151,40 @@ public struct Frontier: Sendable, Equatable {
     /// The tree size this frontier belongs to.
     public private(set) var size: UInt64 = 0
     var hashes = [Hash](repeating: .zero, count: 64)
+    /// For stores with tiles: the hashes of the current, incomplete bottom block so far.
+    var tileHeight = 0
+    var tile: [Hash] = []
 
     public init() {}
 
-    /// Loads the frontier of `reader`'s tree size from stored hashes (at most 64 reads).
+    /// Offset of `level`'s first hash in a tile of `height`: 2^h + 2^(h-1) + … for lower levels.
+    @inline(__always)
+    static func tileOffset(level: Int, height: Int) -> Int {
+        (1 << (height + 1)) - (1 << (height + 1 - level))
+    }
+
+    /// Loads the frontier of `reader`'s tree size from stored hashes (at most 64 reads, plus
+    /// the hashes of the incomplete bottom block when the store keeps tiles).
     public init<R: LogStorageReader>(reading reader: R) throws {
         let size = try reader.treeSize
         self.size = size
         for level in 0..<64 where size & (UInt64(1) << UInt64(level)) != 0 {
             hashes[level] = try reader.storedHash(level: level, index: (size >> UInt64(level)) - 1)
+        }
+        tileHeight = reader.tileHeight
+        if tileHeight > 0 {
+            tile = [Hash](repeating: .zero, count: (2 << tileHeight) - 2)
+            let block = size >> UInt64(tileHeight)
+            for level in 0..<tileHeight {
+                let first = block << UInt64(tileHeight - level)
+                let end = size >> UInt64(level)
+                var k = first
+                while k < end {
+                    tile[Self.tileOffset(level: level, height: tileHeight) + Int(k - first)] =
+                        try reader.storedHash(level: level, index: k)
+                    k += 1
+                }
+            }
         }
     }
 
@@ -173,6 +198,12 @@ public struct Frontier: Sendable, Equatable {
         return acc!
     }
 
+    @inline(__always)
+    mutating func recordInTile(_ hash: Hash, level: Int, index: UInt64) {
+        let within = Int(index & ((1 << UInt64(tileHeight - level)) - 1))
+        tile[Self.tileOffset(level: level, height: tileHeight) + within] = hash
+    }
+
     /// Adds a leaf hash, writing the leaf and every subtree it completes through `writer`.
     @inline(__always)
     mutating func append<W: LogStorageWriter>(leaf: Hash, writer: W) throws {
@@ -180,13 +211,18 @@ public struct Frontier: Sendable, Equatable {
         var index = size
         var level = 0
         try writer.appendHash(hash, level: 0, index: index)
+        if tileHeight > 0 { recordInTile(hash, level: 0, index: index) }
         while index & 1 == 1 {
             hash = SHA256.nodeHash(hashes[level], hash)
             level += 1
             index >>= 1
             try writer.appendHash(hash, level: level, index: index)
+            if level < tileHeight { recordInTile(hash, level: level, index: index) }
         }
         hashes[level] = hash
         size += 1
+        if tileHeight > 0 && size & ((1 << UInt64(tileHeight)) - 1) == 0 {
+            try tile.withUnsafeBufferPointer { try writer.appendTile($0, index: (size >> UInt64(tileHeight)) - 1) }
+        }
     }
 }

@@ -91,6 +91,23 @@ func temporaryDirectory(_ name: String = "lmdb") -> String {
         try env.write { txn in try txn.put(db, key: UInt64(1), value: [2]) }
     }
 
+    @Test func secondOpenInOneProcessIsRefused() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let first = try Environment(path: path)
+        #expect(throws: LMDBError(code: .busy, operation: "")) { try Environment(path: path) }
+        var options = Environment.Options()
+        options.readOnly = true
+        #expect(throws: LMDBError(code: .busy, operation: "")) { try Environment(path: path, options: options) }
+        _ = first
+    }
+
+    @Test func closingReleasesThePath() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        for _ in 0..<3 { _ = try Environment(path: path).openDatabase("x") }
+    }
+
     @Test func readOnlyOpenOfMissingEnvironmentIsClear() throws {
         var options = Environment.Options()
         options.readOnly = true

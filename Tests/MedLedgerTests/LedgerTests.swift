@@ -100,9 +100,13 @@ func scratchOptions() -> Ledger.Options {
         #expect(throws: LedgerError(.ledgerExists, "")) { try Ledger.create(at: path, origin: "o.example") }
 
         // A read-only open needs no signer key but cannot sign or append.
-        let ro = try Ledger(path: path, options: readOnly)
-        #expect(throws: LedgerError(.keyFile, "")) { try ro.signedCheckpoint() }
-        #expect(throws: LedgerError.self) { try ro.append([try LedgerEntry(payload: [1])]) }
+        do {
+            let ro = try Ledger(path: path, options: readOnly)
+            #expect(throws: LedgerError(.keyFile, "")) { try ro.signedCheckpoint() }
+            #expect(throws: LedgerError.self) { try ro.append([try LedgerEntry(payload: [1])]) }
+            // One open per process: a second open is refused, not allowed to break the first.
+            #expect(throws: LedgerError(.storage, "")) { try Ledger(path: path) }
+        }
 
         // A swapped signer key is refused.
         let keyPath = path + "/signer.key"

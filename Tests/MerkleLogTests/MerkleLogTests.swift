@@ -272,13 +272,42 @@ extension MerkleLog: LogAppender {
         #expect(log.rootHash == Reference.mth((entries + [Array("more".utf8)])[...]))
     }
 
+    @Test func reopeningBetweenEveryBatchKeepsTilesAndProofsRight() throws {
+        let path = tempPath("reopen-batches")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var options = Environment.Options()
+        options.durable = false
+        let env = try Environment(path: path, options: options)
+        let all: [[UInt8]] = (0..<150).map { Array("r\($0)".utf8) }
+        var generator = SplitMix64(seed: 0x7115)
+        var done = 0
+        while done < all.count {
+            let n = min(all.count - done, Int(generator.next() % 11) + 1)
+            let log = try MerkleLog(store: try LMDBLogStore(environment: env))  // frontier and tile reloaded
+            try log.append(Array(all[done..<(done + n)]))
+            done += n
+            #expect(log.rootHash == Reference.mth(all.prefix(done)[...]), "size \(done)")
+        }
+        let log = try MerkleLog(store: try LMDBLogStore(environment: env))
+        for n in [31, 32, 33, 64, 97, 128, 150] {
+            for m in 0..<n {
+                #expect(try log.inclusionProof(index: UInt64(m), size: UInt64(n)).hashes == Reference.path(m, all.prefix(n)[...]))
+            }
+            for m in 1..<n {
+                #expect(try log.consistencyProof(oldSize: UInt64(m), newSize: UInt64(n)).hashes == Reference.proof(m, all.prefix(n)[...]))
+            }
+        }
+    }
+
     @Test func twoWritersOnOneEnvironmentStayConsistent() throws {
         let path = tempPath("twowriters")
         defer { try? FileManager.default.removeItem(atPath: path) }
         var options = Environment.Options()
         options.durable = false
-        let a = try MerkleLog(store: try LMDBLogStore(environment: try Environment(path: path, options: options)))
-        let b = try MerkleLog(store: try LMDBLogStore(environment: try Environment(path: path, options: options)))
+        // One environment per process (LMDB's rule); two logs over it stand in for two writers.
+        let env = try Environment(path: path, options: options)
+        let a = try MerkleLog(store: try LMDBLogStore(environment: env))
+        let b = try MerkleLog(store: try LMDBLogStore(environment: env))
         var all: [[UInt8]] = []
         for i in 0..<20 {
             let e = [Array("x\(i)".utf8)]

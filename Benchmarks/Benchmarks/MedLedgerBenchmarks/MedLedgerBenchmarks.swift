@@ -108,8 +108,16 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     Benchmark("open ledger at \(scale)", configuration: .init(maxIterations: 200)) { benchmark in
-        let ledger = try sharedLedger()
-        let path = ledger.path
+        // A ledger may be open once per process: build a separate one and close it first.
+        let path = Workloads.scratch("open")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        do {
+            var options = Ledger.Options()
+            options.durable = false
+            let (ledger, _) = try Ledger.create(at: path, origin: "bench.example/open", options: options)
+            _ = try Workloads.ledgerAppend(ledger, count: scale, payloadSize: 124, batch: 10_000)
+            try ledger.environment.sync()
+        }
         benchmark.startMeasurement()
         for _ in benchmark.scaledIterations {
             blackHole(try Ledger(path: path))
