@@ -48,7 +48,7 @@ public final class Environment: @unchecked Sendable {
         /// Reader slots shared by all processes (`mdb_env_set_maxreaders`).
         public var maxReaders: UInt32 = 254
         /// Named databases (`mdb_env_set_maxdbs`).
-        public var maxDatabases: UInt32 = 128
+        public var maxDatabases: UInt32 = 96
         /// Open without write access (`MDB_RDONLY`); the directory must exist.
         public var readOnly: Bool = false
         /// Create the directory when missing (ignored when read-only).

@@ -89,10 +89,7 @@ struct Append: ParsableCommand {
         func flush() throws {
             guard !ends.isEmpty else { return }
             let first = try packed.withUnsafeBytes { all in
-                try ledger.appendEncoded(count: ends.count) { i, body in
-                    let start = i == 0 ? 0 : ends[i - 1]
-                    try body(UnsafeRawBufferPointer(rebasing: all[start..<ends[i]]))
-                }
+                try ends.withUnsafeBufferPointer { try ledger.appendPacked(all, ends: $0) }
             }
             if firstIndex == nil { firstIndex = first }
             count += UInt64(ends.count)

@@ -24,11 +24,10 @@ public final class UpperLevelCache: @unchecked Sendable {
     /// The cached hash, or `nil` when not (yet) cached.
     @inline(__always)
     func hash(level: Int, index: UInt64) -> Hash? {
+        let row = level - firstLevel
         lock.lock()
         defer { lock.unlock() }
-        let row = level - firstLevel
-        guard index < UInt64(levels[row].count) else { return nil }
-        return levels[row][Int(index)]
+        return index < UInt64(levels[row].count) ? levels[row][Int(index)] : nil
     }
 
     /// Number of hashes cached at `level`.
@@ -38,18 +37,15 @@ public final class UpperLevelCache: @unchecked Sendable {
         return UInt64(levels[level - firstLevel].count)
     }
 
-    /// Adds hashes that continue `level` from index `from`; ignored if another thread got there first.
+    /// Adds hashes that continue `level` from index `from`; the part another thread already
+    /// added is skipped.
     func extend(level: Int, from: UInt64, with hashes: [Hash]) {
+        let row = level - firstLevel
         lock.lock()
         defer { lock.unlock() }
-        let row = level - firstLevel
-        guard UInt64(levels[row].count) == from else {
-            if UInt64(levels[row].count) > from, UInt64(levels[row].count) < from + UInt64(hashes.count) {
-                levels[row].append(contentsOf: hashes[Int(UInt64(levels[row].count) - from)...])
-            }
-            return
-        }
-        levels[row].append(contentsOf: hashes)
+        let have = UInt64(levels[row].count)
+        guard have >= from, have < from + UInt64(hashes.count) else { return }
+        levels[row].append(contentsOf: hashes[Int(have - from)...])
     }
 }
 

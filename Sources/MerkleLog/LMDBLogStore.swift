@@ -57,10 +57,14 @@ public final class LMDBLogStore: LogStore, @unchecked Sendable {
         let store: LMDBLogStore
         /// The committed size when this view began (read once; writers update their copy).
         let size: UInt64
+        /// The last tile read in this transaction: a proof reads its five bottom levels from
+        /// one tile, so one lookup serves them all. Valid only while the transaction lives.
+        let lastTile: TileMemo
 
-        init(view: TransactionView, store: LMDBLogStore) throws {
+        init(view: TransactionView, store: LMDBLogStore, memo: TileMemo) throws {
             self.view = view
             self.store = store
+            self.lastTile = memo
             let stored = try view.withValue(store.meta, key: "size") { UInt64(bigEndianBytes: $0) }
             switch stored {
             case .none: size = 0
@@ -86,14 +90,18 @@ public final class LMDBLogStore: LogStore, @unchecked Sendable {
             if level < height, index >> UInt64(height - level) < size >> UInt64(height) {
                 // Inside a complete bottom block: one read of its tile serves the whole path.
                 let offset = Frontier.tileOffset(level: level, height: height) + Int(index & ((1 << UInt64(height - level)) - 1))
-                let hash = try view.withValue(store.tiles, key: index >> UInt64(height - level)) { raw -> Hash? in
-                    guard raw.count == 32 * ((2 << height) - 2) else { return nil }
-                    return Hash(UnsafeRawBufferPointer(rebasing: raw[(offset * 32)..<(offset * 32 + 32)]))
+                let block = index >> UInt64(height - level)
+                if lastTile.block != block || lastTile.bytes == nil {
+                    let found = try view.withValue(store.tiles, key: block) { raw -> UnsafeRawPointer? in
+                        raw.count == 32 * ((2 << height) - 2) ? raw.baseAddress : nil
+                    }
+                    guard let found, let pointer = found else {
+                        throw MerkleLogError.missing("no stored tile for level \(level) index \(index)")
+                    }
+                    lastTile.block = block
+                    lastTile.bytes = pointer
                 }
-                guard let found = hash, let value = found else {
-                    throw MerkleLogError.missing("no stored tile for level \(level) index \(index)")
-                }
-                return value
+                return Hash(UnsafeRawBufferPointer(start: lastTile.bytes! + offset * 32, count: 32))!
             }
             let hash = try view.withValue(store.levels[level], key: index) { Hash($0) }
             guard let found = hash, let value = found else {
@@ -156,11 +164,19 @@ public final class LMDBLogStore: LogStore, @unchecked Sendable {
     public typealias Writer = Reader
 
     public func read<R>(_ body: (Reader) throws -> R) throws -> R {
-        try environment.read { txn in try body(try Reader(view: txn.unsafeView, store: self)) }
+        let memo = TileMemo()
+        return try environment.read { txn in
+            memo.reset()
+            return try body(try Reader(view: txn.unsafeView, store: self, memo: memo))
+        }
     }
 
     public func write<R>(_ body: (Reader) throws -> R) throws -> R {
-        try environment.write { txn in try body(try Reader(view: txn.unsafeView, store: self)) }
+        let memo = TileMemo()
+        return try environment.write { txn in
+            memo.reset()
+            return try body(try Reader(view: txn.unsafeView, store: self, memo: memo))
+        }
     }
 
     /// Bytes of the data file used by the log's databases.
@@ -170,5 +186,15 @@ public final class LMDBLogStore: LogStore, @unchecked Sendable {
             for db in levels { total += try txn.unsafeView.storedBytes(db) }
             return total
         }
+    }
+}
+
+/// Remembers where the last tile read lives in the memory map (valid for one transaction).
+final class TileMemo {
+    var block: UInt64 = .max
+    var bytes: UnsafeRawPointer?
+    func reset() {
+        block = .max
+        bytes = nil
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 public import LedgerCrypto
 
 /// An append-only RFC 6962 / RFC 9162 Merkle log over a ``LogStore``.
@@ -62,6 +63,15 @@ public final class MerkleLog<Store: LogStore> {
         entry: (Int, (UnsafeRawBufferPointer) throws -> Void) throws -> Void,
         extra: ((Store.Writer, UInt64, [Hash]) throws -> Void)? = nil
     ) throws -> UInt64 {
+        try append(count: count, entry: entry, precomputedLeaves: nil, extra: extra)
+    }
+
+    private func append(
+        count: Int,
+        entry: (Int, (UnsafeRawBufferPointer) throws -> Void) throws -> Void,
+        precomputedLeaves: UnsafeBufferPointer<Hash>?,
+        extra: ((Store.Writer, UInt64, [Hash]) throws -> Void)? = nil
+    ) throws -> UInt64 {
         guard count > 0 else { return frontier.size }
         let cached = frontier
         let (first, updated) = try store.write { writer -> (UInt64, Frontier) in
@@ -77,7 +87,7 @@ public final class MerkleLog<Store: LogStore> {
                     }
                     let index = working.size
                     try writer.appendEntry(bytes, at: index)
-                    let leaf = SHA256.leafHash(bytes)
+                    let leaf = precomputedLeaves?[i] ?? SHA256.leafHash(bytes)
                     try working.append(leaf: leaf, writer: writer)
                     if extra != nil { leaves.append(leaf) }
                 }
@@ -91,6 +101,53 @@ public final class MerkleLog<Store: LogStore> {
         }
         frontier = updated
         return first
+    }
+
+    /// Appends a batch packed back to back in `packed`, entry `i` ending at `ends[i]`, in one
+    /// atomic write. Leaf hashes are computed before the transaction, on all cores for large
+    /// batches, so the write transaction is held only for the stores. Returns the first index.
+    @discardableResult
+    public func append(packed: UnsafeRawBufferPointer, ends: UnsafeBufferPointer<Int>) throws -> UInt64 {
+        let count = ends.count
+        guard count > 0 else { return frontier.size }
+        var previous = 0
+        for end in ends {
+            guard end >= previous, end <= packed.count else {
+                throw MerkleLogError.malformed("entry boundaries are not increasing within the buffer")
+            }
+            guard end - previous <= Self.maxEntrySize else {
+                throw MerkleLogError(.entryTooLarge, "entry of \(end - previous) bytes exceeds \(Self.maxEntrySize)")
+            }
+            previous = end
+        }
+        let leaves = Self.leafHashes(packed: packed, ends: ends)
+        return try leaves.withUnsafeBufferPointer { leaves in
+            try append(count: count, entry: { i, body in
+                let start = i == 0 ? 0 : ends[i - 1]
+                try body(UnsafeRawBufferPointer(rebasing: packed[start..<ends[i]]))
+            }, precomputedLeaves: leaves)
+        }
+    }
+
+    /// RFC 6962 leaf hashes of packed entries, split across the available cores.
+    static func leafHashes(packed: UnsafeRawBufferPointer, ends: UnsafeBufferPointer<Int>) -> [Hash] {
+        let count = ends.count
+        let workers = count >= 2048 ? min(ProcessInfo.processInfo.activeProcessorCount, 8) : 1
+        return [Hash](unsafeUninitializedCapacity: count) { out, initialized in
+            let chunk = (count + workers - 1) / workers
+            let shared = HashingJob(packed: packed, ends: ends, out: out.baseAddress!)
+            DispatchQueue.concurrentPerform(iterations: workers) { w in
+                let lower = w * chunk
+                let upper = min(count, lower + chunk)
+                guard lower < upper else { return }
+                for i in lower..<upper {
+                    let start = i == 0 ? 0 : shared.ends[i - 1]
+                    (shared.out + i).initialize(
+                        to: SHA256.leafHash(UnsafeRawBufferPointer(rebasing: shared.packed[start..<shared.ends[i]])))
+                }
+            }
+            initialized = count
+        }
     }
 
     /// Runs `body` on a consistent snapshot of the committed log.
@@ -135,4 +192,13 @@ public final class MerkleLog<Store: LogStore> {
             return try reader.storedHash(level: 0, index: index)
         }
     }
+}
+
+/// The buffers one parallel hashing pass shares between workers.
+struct HashingJob: @unchecked Sendable {
+    // Sendable: the inputs are only read, and each worker writes a disjoint range of `out`;
+    // all workers finish before the caller returns.
+    let packed: UnsafeRawBufferPointer
+    let ends: UnsafeBufferPointer<Int>
+    let out: UnsafeMutablePointer<Hash>
 }

@@ -40,17 +40,26 @@ public enum Workloads {
         }
     }
 
-    /// Appends `count` entries of `payloadSize` bytes in batches; returns the seconds each batch took.
+    /// Appends `count` entries of `payloadSize` bytes in batches with ``Ledger/appendPacked(_:ends:)``;
+    /// returns the seconds each batch took, including packing the batch.
     public static func ledgerAppend(_ ledger: Ledger, count: Int, payloadSize: Int, batch: Int, startIndex: Int = 0) throws -> [Double] {
         var times: [Double] = []
         var buffer: [UInt8] = []
+        var packed: [UInt8] = []
+        var ends: [Int] = []
         var done = 0
         while done < count {
             let n = min(batch, count - done)
             let start = DispatchTime.now().uptimeNanoseconds
-            try ledger.appendEncoded(count: n) { i, body in
+            packed.removeAll(keepingCapacity: true)
+            ends.removeAll(keepingCapacity: true)
+            for i in 0..<n {
                 fillEnvelope(&buffer, payloadSize: payloadSize, index: startIndex + done + i)
-                try buffer.withUnsafeBytes(body)
+                packed.append(contentsOf: buffer)
+                ends.append(packed.count)
+            }
+            try packed.withUnsafeBytes { bytes in
+                try ends.withUnsafeBufferPointer { _ = try ledger.appendPacked(bytes, ends: $0) }
             }
             times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
             done += n
