@@ -21,6 +21,9 @@ public final class LMDBLogStore: LogStore, @unchecked Sendable {
     let tiles: Database
     /// Height of the bottom tiles (32 leaves: 62 hashes, 1,984 bytes, two records a page).
     public static let tileHeight = 5
+    static let tileHashCount = (2 << tileHeight) - 2
+    /// Key in `log.meta` of the incomplete block's hashes: 8-byte block index, then a tile.
+    static let pendingTileKey = "tile.pending"
     static let levelCount = 64
     /// Upper levels kept in memory (see ``UpperLevelCache``).
     public let upperLevels: UpperLevelCache
@@ -87,16 +90,28 @@ public final class LMDBLogStore: LogStore, @unchecked Sendable {
                 }
             }
             let height = LMDBLogStore.tileHeight
-            if level < height, index >> UInt64(height - level) < size >> UInt64(height) {
-                // Inside a complete bottom block: one read of its tile serves the whole path.
+            if level < height {
+                // Bottom levels live in tiles: one read of a block's tile serves a whole path.
                 let offset = Frontier.tileOffset(level: level, height: height) + Int(index & ((1 << UInt64(height - level)) - 1))
                 let block = index >> UInt64(height - level)
+                guard index < size >> UInt64(level) else {
+                    throw MerkleLogError.missing("no stored hash at level \(level) index \(index)")
+                }
                 if lastTile.block != block || lastTile.bytes == nil {
-                    let found = try view.withValue(store.tiles, key: block) { raw -> UnsafeRawPointer? in
-                        raw.count == 32 * ((2 << height) - 2) ? raw.baseAddress : nil
+                    let complete = block < size >> UInt64(height)
+                    let tileBytes = 32 * LMDBLogStore.tileHashCount
+                    let parse = { (raw: UnsafeRawBufferPointer) -> UnsafeRawPointer? in
+                        if complete { return raw.count == tileBytes ? raw.baseAddress : nil }
+                        // The pending tile is prefixed with its block index.
+                        guard raw.count == 8 + tileBytes,
+                              UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: raw[0..<8])) == block else { return nil }
+                        return raw.baseAddress! + 8
                     }
+                    let found = complete
+                        ? try view.withValue(store.tiles, key: block, parse)
+                        : try view.withValue(store.meta, key: LMDBLogStore.pendingTileKey, parse)
                     guard let found, let pointer = found else {
-                        throw MerkleLogError.missing("no stored tile for level \(level) index \(index)")
+                        throw MerkleLogError.missing("no stored tile for block \(block)")
                     }
                     lastTile.block = block
                     lastTile.bytes = pointer
@@ -155,6 +170,13 @@ public final class LMDBLogStore: LogStore, @unchecked Sendable {
 
         public func appendTile(_ hashes: UnsafeBufferPointer<Hash>, index: UInt64) throws {
             try view.put(store.tiles, key: index, value: UnsafeRawBufferPointer(hashes), flags: .append)
+        }
+
+        public func setPendingTile(_ hashes: UnsafeBufferPointer<Hash>, index: UInt64) throws {
+            try view.put(store.meta, key: LMDBLogStore.pendingTileKey, reservingCapacity: 8 + 32 * hashes.count) { out in
+                out.storeBytes(of: index.bigEndian, toByteOffset: 0, as: UInt64.self)
+                UnsafeMutableRawBufferPointer(rebasing: out[8...]).copyMemory(from: UnsafeRawBufferPointer(hashes))
+            }
         }
 
         public func setTreeSize(_ size: UInt64) throws {

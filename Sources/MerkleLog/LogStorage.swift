@@ -37,10 +37,15 @@ public protocol LogStorageWriter: LogStorageReader {
     func setTreeSize(_ size: UInt64) throws
     /// Stores the tile of block `index`: its hashes level by level, leaves first.
     func appendTile(_ hashes: UnsafeBufferPointer<Hash>, index: UInt64) throws
+    /// Stores the hashes so far of the incomplete block `index` (same layout as a tile),
+    /// replacing the previous ones; called once per batch when the size is not a multiple
+    /// of the tile width.
+    func setPendingTile(_ hashes: UnsafeBufferPointer<Hash>, index: UInt64) throws
 }
 
 extension LogStorageWriter {
     public func appendTile(_ hashes: UnsafeBufferPointer<Hash>, index: UInt64) throws {}
+    public func setPendingTile(_ hashes: UnsafeBufferPointer<Hash>, index: UInt64) throws {}
 }
 
 /// A place that holds one log and lends read and write views of it.

@@ -95,6 +95,7 @@ public final class MerkleLog<Store: LogStore> {
             guard working.size == first + UInt64(count) else {
                 throw MerkleLogError.malformed("entry callback produced \(working.size - first) entries, expected \(count)")
             }
+            try working.flushPendingTile(writer: writer)
             try extra?(writer, first, leaves)
             try writer.setTreeSize(working.size)
             return (first, working)

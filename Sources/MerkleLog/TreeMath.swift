@@ -198,6 +198,12 @@ public struct Frontier: Sendable, Equatable {
         return acc!
     }
 
+    /// Writes the incomplete block's hashes, if any; call once at the end of a batch.
+    func flushPendingTile<W: LogStorageWriter>(writer: W) throws {
+        guard tileHeight > 0, size & ((1 << UInt64(tileHeight)) - 1) != 0 else { return }
+        try tile.withUnsafeBufferPointer { try writer.setPendingTile($0, index: size >> UInt64(tileHeight)) }
+    }
+
     @inline(__always)
     mutating func recordInTile(_ hash: Hash, level: Int, index: UInt64) {
         let within = Int(index & ((1 << UInt64(tileHeight - level)) - 1))
@@ -210,14 +216,13 @@ public struct Frontier: Sendable, Equatable {
         var hash = leaf
         var index = size
         var level = 0
-        try writer.appendHash(hash, level: 0, index: index)
-        if tileHeight > 0 { recordInTile(hash, level: 0, index: index) }
+        // With tiles, the bottom levels live only in tiles (and the pending tile).
+        if tileHeight > 0 { recordInTile(hash, level: 0, index: index) } else { try writer.appendHash(hash, level: 0, index: index) }
         while index & 1 == 1 {
             hash = SHA256.nodeHash(hashes[level], hash)
             level += 1
             index >>= 1
-            try writer.appendHash(hash, level: level, index: index)
-            if level < tileHeight { recordInTile(hash, level: level, index: index) }
+            if level < tileHeight { recordInTile(hash, level: level, index: index) } else { try writer.appendHash(hash, level: level, index: index) }
         }
         hashes[level] = hash
         size += 1

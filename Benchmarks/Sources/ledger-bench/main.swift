@@ -148,6 +148,13 @@ do {
         for i in 0..<n / 10 { sink &+= try reader.inclusionPath(index: UInt64(i * 7919) % size, size: size).count }
     }
     let pathNs = Double(DispatchTime.now().uptimeNanoseconds - start) / Double(n / 10)
+    let scratchPath = Workloads.scratch("nosync", base: baseDir)
+    defer { try? FileManager.default.removeItem(atPath: scratchPath) }
+    var noSync = Ledger.Options()
+    noSync.durable = false
+    let (scratchLedger, _) = try Ledger.create(at: scratchPath, origin: "bench.example/nosync", options: noSync)
+    let noSyncAppend = perSecond(try Workloads.ledgerAppend(scratchLedger, count: min(entries, 300_000), payloadSize: 124, batch: batch), itemsPerBatch: batch)
+    rows.append(Row(name: "diagnostic: append 128 B without fsync", value: noSyncAppend.median, unit: "entries/s", limitName: nil, limit: nil, extra: [:]))
     rows.append(Row(name: "diagnostic: empty read transaction", value: txnNs, unit: "ns", limitName: nil, limit: nil, extra: [:]))
     rows.append(Row(name: "diagnostic: one stored-hash get", value: getNs, unit: "ns", limitName: nil, limit: nil, extra: [:]))
     rows.append(Row(name: "diagnostic: inclusion path in an open txn", value: pathNs, unit: "ns", limitName: nil, limit: nil, extra: [:]))
