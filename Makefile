@@ -14,5 +14,12 @@ demo: build
 test: deps
 	swift test
 
+# The scenario runner. Its release products are removed first: SwiftPM does not always
+# rebuild a path dependency's objects after the root package changes, and stale objects
+# have crashed runs.
+SCALE ?= $(or $(MEDLEDGER_BENCH_SCALE),1M)
 bench: deps
-	cd Benchmarks && swift package --allow-writing-to-package-directory benchmark --no-progress
+	cd Benchmarks && rm -rf .build/release .build/*/release && swift build -c release --product ledger-bench
+	mkdir -p Benchmarks/results
+	Benchmarks/.build/release/ledger-bench --entries $(SCALE) --json Benchmarks/results/ledger-bench-$(SCALE).json \
+		| tee Benchmarks/results/ledger-bench-$(SCALE).md

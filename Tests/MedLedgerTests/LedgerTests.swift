@@ -143,6 +143,31 @@ func scratchOptions() -> Ledger.Options {
         #expect(try ledger.entry(at: 1).payload == [3])
     }
 
+    @Test func packedBatchesAreCheckedWhole() throws {
+        let path = ledgerPath("packed")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (ledger, _) = try Ledger.create(at: path, origin: "o.example", options: scratchOptions())
+        let entries = try (0..<5000).map { try LedgerEntry(set: $0 % 2 == 0 ? "k\($0)" : "", payload: Array("p\($0)".utf8)) }
+        var packed: [UInt8] = []
+        var ends: [Int] = []
+        for e in entries { packed += e.encoded(); ends.append(packed.count) }
+        func append(_ bytes: [UInt8], _ ends: [Int]) throws -> UInt64 {
+            try bytes.withUnsafeBytes { b in try ends.withUnsafeBufferPointer { try ledger.appendPacked(b, ends: $0) } }
+        }
+        #expect(try append(packed, ends) == 0)
+        let log = try MerkleLog(store: MemoryLogStore())
+        try log.append(entries.map { $0.encoded() })
+        #expect(try ledger.rootHash(size: 5000) == log.rootHash, "parallel leaf hashing gives the same root")
+
+        var badHeader = packed
+        badHeader[ends[2500]] = 0x07  // format byte of entry 2501
+        #expect(throws: LedgerError(.invalidEntry, "")) { try append(badHeader, ends) }
+        #expect(throws: LedgerError(.invalidArgument, "")) { try append(packed, ends.dropLast() + [packed.count + 1]) }
+        #expect(throws: LedgerError(.invalidArgument, "")) { try append(packed, [ends[1], ends[0]]) }
+        #expect(try ledger.size == 5000, "rejected batches leave nothing behind")
+        #expect(try append(packed, ends) == 5000)
+    }
+
     @Test func proofDocumentsRoundTripAndRejectGarbage() throws {
         let path = ledgerPath("json")
         defer { try? FileManager.default.removeItem(atPath: path) }
