@@ -8,11 +8,11 @@ deps:
 build: deps
 	swift build -c release
 
-demo: build
+demo:
 	bash scripts/demo.sh $(DIR)
 
-test: deps
-	swift test
+test:
+	bash scripts/test.sh
 
 # The scenario runner. Its release products are removed first: SwiftPM does not always
 # rebuild a path dependency's objects after the root package changes, and stale objects

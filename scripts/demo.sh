@@ -2,7 +2,12 @@
 # Creates a ledger, appends entries, prints a signed checkpoint and an inclusion proof,
 # and verifies the proof offline against the checkpoint. Usage: scripts/demo.sh [DIR]
 set -euo pipefail
-BIN="${MEDLEDGER_BIN:-$(swift build -c release --show-bin-path)/medledger}"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+if [ -z "${MEDLEDGER_BIN:-}" ]; then
+    bash "$ROOT/scripts/install-deps.sh"
+    (cd "$ROOT" && swift build -c release >&2)
+fi
+BIN="${MEDLEDGER_BIN:-$(cd "$ROOT" && swift build -c release --show-bin-path)/medledger}"
 DIR="${1:-$(mktemp -d)/ledger}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT

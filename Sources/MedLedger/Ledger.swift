@@ -182,7 +182,7 @@ public final class Ledger: @unchecked Sendable {
 
     /// The committed number of entries (reads the latest committed state).
     public var size: UInt64 {
-        get throws { try Self.storage { try store.read { try $0.treeSize } } }
+        get throws { try Self.storage { try store.read { $0.treeSize } } }
     }
 
     /// Appends `entries` in one durable transaction (group commit).
@@ -255,7 +255,7 @@ public final class Ledger: @unchecked Sendable {
     public func entry(at index: UInt64) throws -> LedgerEntry {
         try Self.storage {
             try store.read { reader in
-                guard index < (try reader.treeSize) else { throw LedgerError(.notFound, "no entry at index \(index)") }
+                guard index < reader.treeSize else { throw LedgerError(.notFound, "no entry at index \(index)") }
                 return try reader.withEntry(at: index) { try LedgerEntry(decoding: $0) }
             }
         }
@@ -265,7 +265,7 @@ public final class Ledger: @unchecked Sendable {
     public func rawEntry(at index: UInt64) throws -> (bytes: [UInt8], leafHash: Hash) {
         try Self.storage {
             try store.read { reader in
-                guard index < (try reader.treeSize) else { throw LedgerError(.notFound, "no entry at index \(index)") }
+                guard index < reader.treeSize else { throw LedgerError(.notFound, "no entry at index \(index)") }
                 return (try reader.withEntry(at: index) { Array($0) }, try reader.storedHash(level: 0, index: index))
             }
         }
@@ -281,7 +281,7 @@ public final class Ledger: @unchecked Sendable {
     public func inclusionProof(index: UInt64, size: UInt64? = nil) throws -> (proof: InclusionProof, leafHash: Hash, rootHash: Hash) {
         try Self.storage {
             try store.read { reader in
-                let n = try size ?? reader.treeSize
+                let n = size ?? reader.treeSize
                 let path = try reader.inclusionPath(index: index, size: n)
                 return (InclusionProof(leafIndex: index, treeSize: n, hashes: path),
                         try reader.storedHash(level: 0, index: index), try reader.rootHash(size: n))
@@ -293,7 +293,7 @@ public final class Ledger: @unchecked Sendable {
     public func consistencyProof(oldSize: UInt64, newSize: UInt64? = nil) throws -> (proof: ConsistencyProof, oldRoot: Hash, newRoot: Hash) {
         try Self.storage {
             try store.read { reader in
-                let n = try newSize ?? reader.treeSize
+                let n = newSize ?? reader.treeSize
                 let path = try reader.consistencyPath(oldSize: oldSize, newSize: n)
                 return (ConsistencyProof(oldSize: oldSize, newSize: n, hashes: path),
                         try reader.rootHash(size: oldSize), try reader.rootHash(size: n))
@@ -309,7 +309,7 @@ public final class Ledger: @unchecked Sendable {
     public func checkpoint() throws -> Checkpoint {
         try Self.storage {
             try store.read { reader in
-                let n = try reader.treeSize
+                let n = reader.treeSize
                 return Checkpoint(origin: origin, size: n, rootHash: try reader.rootHash(size: n), mapRoot: try mapRoot())
             }
         }

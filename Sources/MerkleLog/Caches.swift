@@ -1,5 +1,5 @@
 import Foundation
-public import LedgerCrypto
+import LedgerCrypto
 
 /// Hashes of the complete subtrees at the upper levels of a log, kept in memory.
 ///

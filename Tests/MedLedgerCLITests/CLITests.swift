@@ -157,6 +157,47 @@ func independentInclusionRoot(index: UInt64, size: UInt64, leaf: Hash, path: [Ha
         #expect(try CLI.run(["verify-proof", "--checkpoint", work + "/checkpoint.txt", "--key", otherKey], stdin: proof.stdout).status == 2)
     }
 
+    @Test func readerProcessesDuringAWriterProcess() throws {
+        let dir = scratch("concurrent")
+        let work = scratch("concurrent-work")
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        defer {
+            try? FileManager.default.removeItem(atPath: dir)
+            try? FileManager.default.removeItem(atPath: work)
+        }
+        let key = try CLI.run(["init", dir, "--origin", "o.example"]).text.trimmingCharacters(in: .whitespacesAndNewlines)
+        try CLI.run(["append", dir, "--key", "first"], stdin: Data("x".utf8))
+        let lines = (0..<300_000).map { "entry \($0)" }.joined(separator: "\n") + "\n"
+        try lines.write(toFile: work + "/lines.txt", atomically: true, encoding: .utf8)
+
+        // A writer process commits 300 batches while reader processes prove and verify.
+        let writer = Process()
+        writer.executableURL = URL(fileURLWithPath: CLI.binary)
+        writer.arguments = ["append", dir, "--lines", work + "/lines.txt", "--batch", "1000"]
+        writer.standardOutput = FileHandle.nullDevice
+        try writer.run()
+        var sizesSeen = Set<Int>()
+        var rounds = 0
+        while writer.isRunning || rounds < 3 {
+            rounds += 1
+            let proof = try CLI.run(["prove", "inclusion", dir, "--index", "0"])
+            #expect(proof.status == 0, "\(proof.stderr)")
+            let json = try proof.json()
+            sizesSeen.insert(json["tree_size"] as? Int ?? -1)
+            #expect(try CLI.run(["verify-proof"], stdin: proof.stdout).status == 0)
+            #expect(try CLI.run(["get", dir, "--index", "0"]).stdout == Data("x".utf8))
+        }
+        writer.waitUntilExit()
+        #expect(writer.terminationStatus == 0)
+        // Every size a reader saw was a batch boundary: no half-committed batch was visible.
+        for size in sizesSeen { #expect((size - 1) % 1000 == 0, "size \(size)") }
+        let checkpoint = try CLI.run(["checkpoint", dir])
+        #expect(checkpoint.text.contains("\n300001\n"))
+        try checkpoint.stdout.write(to: URL(fileURLWithPath: work + "/cp.txt"))
+        let last = try CLI.run(["prove", "inclusion", dir, "--index", "300000"])
+        #expect(try CLI.run(["verify-proof", "--checkpoint", work + "/cp.txt", "--key", key], stdin: last.stdout).status == 0)
+    }
+
     @Test func singleAppendGetAndExitCodes() throws {
         let dir = scratch("single")
         defer { try? FileManager.default.removeItem(atPath: dir) }
