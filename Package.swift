@@ -7,6 +7,7 @@ let package = Package(
         .library(name: "LMDBKit", targets: ["LMDBKit"]),
         .library(name: "LedgerCrypto", targets: ["LedgerCrypto"]),
         .library(name: "MerkleLog", targets: ["MerkleLog"]),
+        .library(name: "SparseMerkle", targets: ["SparseMerkle"]),
         .library(name: "MedLedger", targets: ["MedLedger"]),
         .executable(name: "medledger", targets: ["MedLedgerCLI"]),
     ],
@@ -27,7 +28,8 @@ let package = Package(
         .target(name: "LMDBKit", dependencies: ["CLMDB"]),
         .target(name: "LedgerCrypto", dependencies: ["CCrypto"]),
         .target(name: "MerkleLog", dependencies: ["LMDBKit", "LedgerCrypto"]),
-        .target(name: "MedLedger", dependencies: ["LMDBKit", "LedgerCrypto", "MerkleLog"]),
+        .target(name: "SparseMerkle", dependencies: ["LMDBKit", "LedgerCrypto"]),
+        .target(name: "MedLedger", dependencies: ["LMDBKit", "LedgerCrypto", "MerkleLog", "SparseMerkle"]),
         .executableTarget(
             name: "MedLedgerCLI",
             dependencies: [
@@ -38,6 +40,7 @@ let package = Package(
         .testTarget(name: "LMDBKitTests", dependencies: ["LMDBKit"]),
         .testTarget(name: "LedgerCryptoTests", dependencies: ["LedgerCrypto"]),
         .testTarget(name: "MerkleLogTests", dependencies: ["MerkleLog", "LedgerCrypto", "LMDBKit"]),
+        .testTarget(name: "SparseMerkleTests", dependencies: ["SparseMerkle", "LedgerCrypto", "LMDBKit"]),
         .testTarget(name: "MedLedgerTests", dependencies: ["MedLedger", "MerkleLog", "LedgerCrypto"]),
         .testTarget(name: "MedLedgerCLITests", dependencies: ["MedLedgerCLI", "LedgerCrypto"]),
     ]

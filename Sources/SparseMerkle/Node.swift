@@ -1,0 +1,190 @@
+public import LedgerCrypto
+
+/// The bit of a key hash at binary depth `t`: bit (7 - t mod 8) of byte t/8, most significant first.
+@inline(__always)
+public func keyBit(_ k: Hash, _ t: Int) -> Int {
+    k.withUnsafeBytes { Int(($0[t >> 3] >> (7 - UInt8(t & 7))) & 1) }
+}
+
+/// The 4-bit slot index of a key hash at page depth `depth` (a multiple of 4).
+@inline(__always)
+func nibble(_ k: Hash, at depth: Int) -> Int {
+    k.withUnsafeBytes { raw in
+        let byte = raw[depth >> 3]
+        return Int(depth & 4 == 0 ? byte >> 4 : byte & 0x0f)
+    }
+}
+
+/// `prefix` with the nibble at `depth` set to `n` (bits below are zero).
+@inline(__always)
+func extend(_ prefix: Hash, depth: Int, nibble n: Int) -> Hash {
+    var bytes = prefix.bytes
+    let i = depth >> 3
+    bytes[i] = depth & 4 == 0 ? (bytes[i] & 0x0f) | UInt8(n << 4) : (bytes[i] & 0xf0) | UInt8(n)
+    return Hash(bytes)!
+}
+
+/// The hashing rules of DESIGN.md section 3.
+public enum SparseHash {
+    /// `EMPTY`: 32 zero bytes, the hash of a subtree with no key.
+    public static let empty = Hash.zero
+
+    /// A leaf: SHA-256(0x02 || k || v), with v = SHA-256(value).
+    public static func leaf(keyHash k: Hash, valueHash v: Hash) -> Hash {
+        SHA256.prefixedPair(0x02, k, v)
+    }
+
+    /// An interior node: SHA-256(0x03 || left || right).
+    public static func interior(_ left: Hash, _ right: Hash) -> Hash {
+        SHA256.prefixedPair(0x03, left, right)
+    }
+
+    /// The key hash of a key: SHA-256 of its bytes.
+    public static func key(_ key: [UInt8]) -> Hash { SHA256.hash(key) }
+}
+
+/// What sits at a position of the tree: nothing, a single key's leaf, or a page of ≥ 2 keys.
+public enum SparseNode: Sendable, Equatable {
+    case empty
+    case leaf(keyHash: Hash, value: [UInt8])
+    /// A page at the next page depth: its subtree hash and the version that wrote it.
+    case page(hash: Hash, version: UInt64)
+
+    /// The node's hash in the tree.
+    public var hash: Hash {
+        switch self {
+        case .empty: return SparseHash.empty
+        case .leaf(let k, let value): return SparseHash.leaf(keyHash: k, valueHash: SHA256.hash(value))
+        case .page(let h, _): return h
+        }
+    }
+
+    var isEmpty: Bool { if case .empty = self { return true } else { return false } }
+    var isLeaf: Bool { if case .leaf = self { return true } else { return false } }
+}
+
+/// Identifies a stored page: the version that wrote it, its depth (a multiple of 4) and the
+/// key-hash prefix of its position (bits past `depth` zero).
+public struct PageID: Hashable, Sendable, Comparable {
+    public let version: UInt64
+    public let depth: Int
+    public let prefix: Hash
+
+    /// The storage key: version (8 bytes BE) || depth/4 (1 byte) || the prefix's first
+    /// ceil(depth/8) bytes. Keys of one version sort together, so a batch appends in order.
+    public var storageKey: [UInt8] {
+        var out = [UInt8]()
+        out.reserveCapacity(9 + (depth + 7) / 8)
+        withUnsafeBytes(of: version.bigEndian) { out.append(contentsOf: $0) }
+        out.append(UInt8(depth / 4))
+        prefix.withUnsafeBytes { out.append(contentsOf: $0[0..<((depth + 7) / 8)]) }
+        return out
+    }
+
+    public static func < (a: PageID, b: PageID) -> Bool {
+        if a.version != b.version { return a.version < b.version }
+        if a.depth != b.depth { return a.depth < b.depth }
+        return a.prefix < b.prefix
+    }
+}
+
+/// A page: the 16 positions at depth + 4 below one position at a page depth.
+///
+/// Invariant: a stored page holds at least two keys (a single key is a leaf in its parent).
+public struct SparsePage: Sendable, Equatable {
+    public var slots: [SparseNode]
+
+    public init(slots: [SparseNode] = Array(repeating: .empty, count: 16)) { self.slots = slots }
+
+    /// The hash of slots `lo ..< hi` (a power-of-two aligned range): EMPTY without keys, the
+    /// leaf itself when it holds one leaf and nothing else, otherwise an interior node.
+    public func rangeHash(_ lo: Int, _ hi: Int) -> Hash {
+        var nonEmpty = 0
+        var only = lo
+        for i in lo..<hi where !slots[i].isEmpty {
+            nonEmpty += 1
+            only = i
+        }
+        if nonEmpty == 0 { return SparseHash.empty }
+        if nonEmpty == 1 && (slots[only].isLeaf || hi - lo == 1) { return slots[only].hash }
+        let mid = (lo + hi) / 2
+        return SparseHash.interior(rangeHash(lo, mid), rangeHash(mid, hi))
+    }
+
+    /// The page's subtree hash.
+    public var hash: Hash { rangeHash(0, 16) }
+
+    /// Binary encoding: u16 occupied bitmap, u16 leaf bitmap, then per occupied slot a leaf
+    /// (key hash, u16 value length, value) or a page (hash, u64 version).
+    public func encoded() -> [UInt8] {
+        var occupied: UInt16 = 0, leaves: UInt16 = 0
+        var body: [UInt8] = []
+        for (i, slot) in slots.enumerated() {
+            switch slot {
+            case .empty: continue
+            case .leaf(let k, let value):
+                occupied |= 1 << i
+                leaves |= 1 << i
+                body += k.bytes
+                body.append(UInt8(value.count >> 8))
+                body.append(UInt8(value.count & 0xff))
+                body += value
+            case .page(let h, let v):
+                occupied |= 1 << i
+                body += h.bytes
+                withUnsafeBytes(of: v.bigEndian) { body.append(contentsOf: $0) }
+            }
+        }
+        return [UInt8(occupied >> 8), UInt8(occupied & 0xff), UInt8(leaves >> 8), UInt8(leaves & 0xff)] + body
+    }
+
+    /// Decodes ``encoded()``; `nil` for malformed bytes.
+    public init?(decoding raw: UnsafeRawBufferPointer) {
+        guard raw.count >= 4 else { return nil }
+        let occupied = UInt16(raw[0]) << 8 | UInt16(raw[1])
+        let leaves = UInt16(raw[2]) << 8 | UInt16(raw[3])
+        guard leaves & ~occupied == 0 else { return nil }
+        var slots = [SparseNode](repeating: .empty, count: 16)
+        var at = 4
+        for i in 0..<16 where occupied & (1 << i) != 0 {
+            guard at + 32 <= raw.count, let h = Hash(UnsafeRawBufferPointer(rebasing: raw[at..<(at + 32)])) else { return nil }
+            at += 32
+            if leaves & (1 << i) != 0 {
+                guard at + 2 <= raw.count else { return nil }
+                let length = Int(raw[at]) << 8 | Int(raw[at + 1])
+                at += 2
+                guard at + length <= raw.count else { return nil }
+                slots[i] = .leaf(keyHash: h, value: Array(raw[at..<(at + length)]))
+                at += length
+            } else {
+                guard at + 8 <= raw.count,
+                      let v = UInt64(exactly: raw[at..<(at + 8)].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }) else { return nil }
+                slots[i] = .page(hash: h, version: v)
+                at += 8
+            }
+        }
+        guard at == raw.count else { return nil }
+        self.slots = slots
+    }
+
+    /// Encodes a root (or any node) for the roots table: 0 empty; 1, key hash, value; 2, hash, version.
+    static func encodeNode(_ node: SparseNode) -> [UInt8] {
+        switch node {
+        case .empty: return [0]
+        case .leaf(let k, let value): return [1] + k.bytes + value
+        case .page(let h, let v): return [2] + h.bytes + withUnsafeBytes(of: v.bigEndian) { Array($0) }
+        }
+    }
+
+    static func decodeNode(_ raw: UnsafeRawBufferPointer) -> SparseNode? {
+        guard let tag = raw.first else { return nil }
+        switch tag {
+        case 0 where raw.count == 1: return .empty
+        case 1 where raw.count >= 33: return .leaf(keyHash: Hash(UnsafeRawBufferPointer(rebasing: raw[1..<33]))!, value: Array(raw[33...]))
+        case 2 where raw.count == 41:
+            return .page(hash: Hash(UnsafeRawBufferPointer(rebasing: raw[1..<33]))!,
+                         version: raw[33..<41].reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
+        default: return nil
+        }
+    }
+}
