@@ -2,6 +2,7 @@ import Foundation
 public import LMDBKit
 public import LedgerCrypto
 public import MerkleLog
+public import SparseMerkle
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -50,6 +51,7 @@ public final class Ledger: @unchecked Sendable {
     private let signer: NoteSigner?
     private let store: LMDBLogStore
     private let log: MerkleLog<LMDBLogStore>
+    private let sparse: LMDBSparseStore
     private let ledgerMeta: Database
     private let appendLock = NSLock()
 
@@ -114,6 +116,7 @@ public final class Ledger: @unchecked Sendable {
         let store = try Self.storage { try LMDBLogStore(environment: environment) }
         self.store = store
         log = try Self.storage { try MerkleLog(store: store) }
+        sparse = try Self.storage { try LMDBSparseStore(environment: environment) }
 
         let verifierText: String
         do {
@@ -160,6 +163,9 @@ public final class Ledger: @unchecked Sendable {
     static func storage<R>(_ body: () throws -> R) throws -> R {
         do { return try body() } catch let error as LedgerError { throw error } catch let error as MerkleLogError {
             throw error
+        } catch let error as SparseMerkleError {
+            if error.code == .unknownVersion { throw LedgerError(.notFound, error.message, cause: error) }
+            throw LedgerError(.storage, "key map: \(error.message)", cause: error)
         } catch let error as LMDBError {
             if error.code == .fileNotFound { throw LedgerError(.ledgerNotFound, "no ledger found", cause: error) }
             throw LedgerError(.storage, "storage failure", cause: error)
@@ -204,16 +210,44 @@ public final class Ledger: @unchecked Sendable {
     public func appendEncoded(count: Int, entry: (Int, (UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws -> UInt64 {
         appendLock.lock()
         defer { appendLock.unlock() }
+        var keyed: [KeyedEntry] = []
         return try Self.storage {
-            try log.append(count: count) { i, body in
+            try log.append(count: count, entry: { i, body in
+                if i == 0 { keyed.removeAll(keepingCapacity: true) }  // the write may be retried
                 try withoutActuallyEscaping(body) { body in
                     try entry(i) { bytes in
-                        try Self.validateHeader(bytes)
+                        if let k = try Self.validateHeader(bytes) { keyed.append(KeyedEntry(position: i, operation: bytes[1], keyHash: k)) }
                         try body(bytes)
                     }
                 }
-            }
+            }, extra: { writer, first, leaves in
+                try self.applyMap(writer: writer, first: first, count: count, leaves: leaves, keyed: keyed)
+            })
         }
+    }
+
+    /// An entry of a batch that touches a key.
+    struct KeyedEntry {
+        let position: Int
+        let operation: UInt8
+        let keyHash: Hash
+    }
+
+    /// Derives the map changes of a batch (DESIGN.md section 2) and applies them as the
+    /// version named by the new tree size, inside the append's transaction.
+    private func applyMap(writer: LMDBLogStore.Reader, first: UInt64, count: Int, leaves: [Hash], keyed: [KeyedEntry]) throws {
+        let changes = keyed.map { entry -> SparseChange in
+            guard entry.operation == LedgerEntry.Operation.set.rawValue else {
+                return SparseChange(keyHash: entry.keyHash, value: nil)
+            }
+            return SparseChange(keyHash: entry.keyHash, value: Self.mapValue(index: first + UInt64(entry.position), leafHash: leaves[entry.position]))
+        }
+        try SparseMerkleTree.apply(changes, version: first + UInt64(count), writer: LMDBSparseStore.View(writer.view, store: sparse))
+    }
+
+    /// The map value of a key: u64 big-endian log index || leaf hash (40 bytes).
+    public static func mapValue(index: UInt64, leafHash: Hash) -> [UInt8] {
+        withUnsafeBytes(of: index.bigEndian) { Array($0) } + leafHash.bytes
     }
 
     /// Appends envelopes packed back to back in `packed` (entry `i` ends at `ends[i]`) in one
@@ -222,20 +256,28 @@ public final class Ledger: @unchecked Sendable {
     @discardableResult
     public func appendPacked(_ packed: UnsafeRawBufferPointer, ends: UnsafeBufferPointer<Int>) throws -> UInt64 {
         var start = 0
+        var keyed: [KeyedEntry] = []
         for (i, end) in ends.enumerated() {
             guard end >= start, end <= packed.count else {
                 throw LedgerError(.invalidArgument, "entry \(i) boundary is outside the packed buffer")
             }
-            try Self.validateHeader(UnsafeRawBufferPointer(rebasing: packed[start..<end]))
+            if let k = try Self.validateHeader(UnsafeRawBufferPointer(rebasing: packed[start..<end])) {
+                keyed.append(KeyedEntry(position: i, operation: packed[start + 1], keyHash: k))
+            }
             start = end
         }
         appendLock.lock()
         defer { appendLock.unlock() }
-        return try Self.storage { try log.append(packed: packed, ends: ends) }
+        return try Self.storage {
+            try log.append(packed: packed, ends: ends) { writer, first, leaves in
+                try self.applyMap(writer: writer, first: first, count: ends.count, leaves: leaves, keyed: keyed)
+            }
+        }
     }
 
-    /// Cheap envelope check for the append path (no copy).
-    static func validateHeader(_ bytes: UnsafeRawBufferPointer) throws {
+    /// Cheap envelope check for the append path (no copy). Returns the key hash of a keyed entry.
+    @discardableResult
+    static func validateHeader(_ bytes: UnsafeRawBufferPointer) throws -> Hash? {
         guard bytes.count >= 4, bytes[0] == LedgerEntry.formatVersion, bytes[1] <= 1 else {
             throw LedgerError(.invalidEntry, "entry does not start with a valid envelope header")
         }
@@ -246,6 +288,12 @@ public final class Ledger: @unchecked Sendable {
         guard !(keyLength == 0 && bytes[1] == LedgerEntry.Operation.delete.rawValue) else {
             throw LedgerError(.invalidEntry, "a delete entry needs a key")
         }
+        guard keyLength > 0 else { return nil }
+        let key = UnsafeRawBufferPointer(rebasing: bytes[4..<(4 + keyLength)])
+        guard String(validating: key, as: UTF8.self) != nil else {
+            throw LedgerError(.invalidEntry, "entry key is not valid UTF-8")
+        }
+        return SHA256.hash(key)
     }
 
     // MARK: - Reading and proving
@@ -301,16 +349,50 @@ public final class Ledger: @unchecked Sendable {
         }
     }
 
-    /// The root of the key map at the current size. Until the sparse tree lands this is
-    /// `EMPTY` (32 zero bytes); the entries carry their keys so the map can be derived later.
-    public func mapRoot() throws -> Hash { .zero }
+    /// The root of the key map after `size` entries (the current size when `nil`).
+    ///
+    /// Map versions exist at the sizes where appends committed (every checkpoint's size).
+    /// - Throws: ``LedgerError`` `.notFound` for a size between two commits or pruned.
+    public func mapRoot(size: UInt64? = nil) throws -> Hash {
+        try Self.storage {
+            try store.read { reader in try mapRoot(view: reader.view, size: size ?? reader.treeSize) }
+        }
+    }
 
-    /// The checkpoint of the current committed state (unsigned).
+    private func mapRoot(view: TransactionView, size: UInt64) throws -> Hash {
+        if size == 0 { return SparseHash.empty }
+        guard let node = try LMDBSparseStore.View(view, store: sparse).root(version: size) else {
+            throw LedgerError(.notFound, "no map version at tree size \(size) (versions exist where appends committed)")
+        }
+        return node.hash
+    }
+
+    /// The checkpoint of the current committed state (unsigned), with the map root of the same size.
     public func checkpoint() throws -> Checkpoint {
         try Self.storage {
             try store.read { reader in
                 let n = reader.treeSize
-                return Checkpoint(origin: origin, size: n, rootHash: try reader.rootHash(size: n), mapRoot: try mapRoot())
+                return Checkpoint(origin: origin, size: n, rootHash: try reader.rootHash(size: n),
+                                  mapRoot: try mapRoot(view: reader.view, size: n))
+            }
+        }
+    }
+
+    /// The proof that `key` holds its value (or is absent) in the map after `size` entries
+    /// (the current size when `nil`), with the map root it proves against.
+    public func keyProof(key: String, size: UInt64? = nil) throws -> (proof: SparseProof, mapRoot: Hash, treeSize: UInt64) {
+        let k = SHA256.hash(utf8: key)
+        return try Self.storage {
+            try store.read { reader in
+                let n = size ?? reader.treeSize
+                guard n <= reader.treeSize else { throw LedgerError(.notFound, "size \(n) exceeds tree size \(reader.treeSize)") }
+                if n == 0 { return (SparseProof(keyHash: k, terminal: .empty, siblings: []), SparseHash.empty, 0) }
+                let view = LMDBSparseStore.View(reader.view, store: sparse)
+                guard try view.root(version: n) != nil else {
+                    throw LedgerError(.notFound, "no map version at tree size \(n) (versions exist where appends committed)")
+                }
+                let proof = try SparseMerkleTree.proof(keyHash: k, version: n, reader: view)
+                return (proof, try mapRoot(view: reader.view, size: n), n)
             }
         }
     }
@@ -322,6 +404,76 @@ public final class Ledger: @unchecked Sendable {
         guard let signer else { throw LedgerError(.keyFile, "ledger opened read-only has no signer key") }
         return try signer.sign(try checkpoint().text)
     }
+
+    /// What ``rebuildIndex()`` found.
+    public struct RebuildReport: Sendable {
+        /// Map versions rebuilt (one per committed append).
+        public let versions: Int
+        /// Versions whose rebuilt root differs from the root stored before (should be empty).
+        public let mismatches: [UInt64]
+        /// The map root at the current size after the rebuild.
+        public let mapRoot: Hash
+    }
+
+    /// Rebuilds the key map from the log: drops the sparse tree and replays every entry,
+    /// recreating each retained version, and reports versions whose root changed.
+    ///
+    /// The map is derived state, so this repairs a damaged index. Run it with no other
+    /// writer on the ledger; readers see the old map until it finishes, except that proofs
+    /// at versions not yet rebuilt fail while it runs.
+    public func rebuildIndex() throws -> RebuildReport {
+        appendLock.lock()
+        defer { appendLock.unlock() }
+        return try Self.storage {
+            // Versions and roots before the rebuild.
+            let (size, previous) = try store.read { reader -> (UInt64, [(UInt64, Hash)]) in
+                var roots: [(UInt64, Hash)] = []
+                try reader.view.withCursor(sparseRootsDatabase()) { cursor in
+                    var more = try cursor.first()
+                    while more {
+                        let version = cursor.withCurrent { key, _ in UInt64(bigEndianBytes: key) }
+                        if let version, let node = try LMDBSparseStore.View(reader.view, store: sparse).root(version: version) {
+                            roots.append((version, node.hash))
+                        }
+                        more = try cursor.next()
+                    }
+                }
+                return (reader.treeSize, roots)
+            }
+            var versions = previous.map(\.0).filter { $0 <= size }
+            if versions.last != size && size > 0 { versions.append(size) }
+            try environment.write { txn in try sparse.clear(txn.unsafeView) }
+            var mismatches: [UInt64] = []
+            let old = Dictionary(previous, uniquingKeysWith: { a, _ in a })
+            var start: UInt64 = 0
+            var root = SparseHash.empty
+            for version in versions {
+                // Read this version's entries and derive its changes from their bytes.
+                let changes = try store.read { reader -> [SparseChange] in
+                    var changes: [SparseChange] = []
+                    var index = start
+                    while index < version {
+                        try reader.withEntry(at: index) { bytes in
+                            if let k = try Self.validateHeader(bytes) {
+                                changes.append(SparseChange(keyHash: k, value: bytes[1] == LedgerEntry.Operation.set.rawValue
+                                    ? Self.mapValue(index: index, leafHash: SHA256.leafHash(bytes)) : nil))
+                            }
+                        }
+                        index += 1
+                    }
+                    return changes
+                }
+                root = try environment.write { txn in
+                    try SparseMerkleTree.apply(changes, version: version, writer: LMDBSparseStore.View(txn.unsafeView, store: sparse)).hash
+                }
+                if let before = old[version], before != root { mismatches.append(version) }
+                start = version
+            }
+            return RebuildReport(versions: versions.count, mismatches: mismatches, mapRoot: root)
+        }
+    }
+
+    private func sparseRootsDatabase() -> Database { sparse.rootsDatabase }
 
     /// Bytes of the data file in use.
     public func storedBytes() throws -> Int { try Self.storage { try environment.usedBytes() } }

@@ -1,6 +1,7 @@
 import Foundation
 public import LedgerCrypto
 public import MerkleLog
+public import SparseMerkle
 
 /// The JSON forms of proofs in DESIGN.md section 6, as scripts exchange them.
 ///
@@ -18,6 +19,23 @@ public enum ProofDocument: Sendable, Equatable {
     case inclusion(Inclusion)
     /// `{"type":"consistency","old_size":M,"new_size":N,"old_root":R1,"new_root":R2,"hashes":[...]}`
     case consistency(Consistency)
+    /// `{"type":"key","key":K,"key_hash":k,"tree_size":N,"map_root":R,"present":B,"value":V,
+    /// "terminal":T,"siblings":[...]}`: `key` holds `value` (or is absent) in the map after N entries.
+    case key(Key)
+
+    public struct Key: Sendable, Equatable {
+        /// The key as UTF-8 text.
+        public var key: String
+        public var treeSize: UInt64
+        public var mapRoot: Hash
+        public var proof: SparseProof
+        public init(key: String, treeSize: UInt64, mapRoot: Hash, proof: SparseProof) {
+            self.key = key
+            self.treeSize = treeSize
+            self.mapRoot = mapRoot
+            self.proof = proof
+        }
+    }
 
     public struct Inclusion: Sendable, Equatable {
         public var proof: InclusionProof
@@ -55,6 +73,19 @@ public enum ProofDocument: Sendable, Equatable {
         var old_root: String?
         var new_root: String?
         var hashes: [String]?
+        var key: String?
+        var key_hash: String?
+        var map_root: String?
+        var present: Bool?
+        var value: String?
+        var terminal: TerminalWire?
+        var siblings: [String]?
+    }
+
+    private struct TerminalWire: Codable {
+        var type: String
+        var key_hash: String?
+        var value_hash: String?
     }
 
     /// Parses a proof document.
@@ -75,6 +106,33 @@ public enum ProofDocument: Sendable, Equatable {
         func need<T>(_ value: T?, _ field: String) throws -> T {
             guard let value else { throw LedgerError(.invalidArgument, "proof lacks \(field)") }
             return value
+        }
+        if wire.type == "key" {
+            let key = try need(wire.key, "key")
+            let keyHash = try hash(wire.key_hash, "key_hash")
+            guard keyHash == SHA256.hash(utf8: key) else { throw LedgerError(.invalidArgument, "key_hash is not SHA-256 of key") }
+            let siblingTexts = try need(wire.siblings, "siblings")
+            guard siblingTexts.count <= 256 else { throw LedgerError(.invalidArgument, "key proof has more than 256 siblings") }
+            let siblings = try siblingTexts.enumerated().map { $0.element.isEmpty ? SparseHash.empty : try hash($0.element, "siblings[\($0.offset)]") }
+            let terminalWire = try need(wire.terminal, "terminal")
+            let terminal: SparseProof.Terminal
+            switch terminalWire.type {
+            case "empty" where terminalWire.key_hash == nil && terminalWire.value_hash == nil: terminal = .empty
+            case "leaf": terminal = .leaf(keyHash: try hash(terminalWire.key_hash, "terminal.key_hash"),
+                                          valueHash: try hash(terminalWire.value_hash, "terminal.value_hash"))
+            default: throw LedgerError(.invalidArgument, "unknown terminal type")
+            }
+            let present = try need(wire.present, "present")
+            var value: [UInt8]? = nil
+            if present {
+                guard let v = Hex.decode(try need(wire.value, "value")) else { throw LedgerError(.invalidArgument, "value is not hex") }
+                value = v
+            } else if wire.value != nil {
+                throw LedgerError(.invalidArgument, "an absent key's proof carries no value")
+            }
+            self = .key(Key(key: key, treeSize: try need(wire.tree_size, "tree_size"), mapRoot: try hash(wire.map_root, "map_root"),
+                            proof: SparseProof(keyHash: keyHash, terminal: terminal, siblings: siblings, value: value)))
+            return
         }
         let hashTexts = try need(wire.hashes, "hashes")
         guard hashTexts.count <= 128 else { throw LedgerError(.invalidArgument, "proof has more than 128 hashes") }
@@ -116,6 +174,15 @@ public enum ProofDocument: Sendable, Equatable {
         case .consistency(let c):
             wire = Wire(type: "consistency", old_size: c.proof.oldSize, new_size: c.proof.newSize,
                         old_root: c.oldRoot.hex, new_root: c.newRoot.hex, hashes: c.proof.hashes.map(\.hex))
+        case .key(let k):
+            let terminal: TerminalWire
+            switch k.proof.terminal {
+            case .empty: terminal = TerminalWire(type: "empty")
+            case .leaf(let k2, let v2): terminal = TerminalWire(type: "leaf", key_hash: k2.hex, value_hash: v2.hex)
+            }
+            wire = Wire(type: "key", tree_size: k.treeSize, key: k.key, key_hash: k.proof.keyHash.hex, map_root: k.mapRoot.hex,
+                        present: k.proof.isInclusion, value: k.proof.value.map { Hex.encode($0) }, terminal: terminal,
+                        siblings: k.proof.siblings.map { $0 == SparseHash.empty ? "" : $0.hex })
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
@@ -128,6 +195,10 @@ public enum ProofDocument: Sendable, Equatable {
         switch self {
         case .inclusion(let i): try i.proof.verify(leafHash: i.leafHash, rootHash: i.rootHash)
         case .consistency(let c): try c.proof.verify(oldRoot: c.oldRoot, newRoot: c.newRoot)
+        case .key(let k):
+            do { try k.proof.verify(root: k.mapRoot) } catch let error as SparseMerkleError {
+                throw MerkleLogError(.verificationFailed, "key proof: \(error.message)")
+            }
         }
     }
 
@@ -145,6 +216,10 @@ public enum ProofDocument: Sendable, Equatable {
             let matchesOld = c.proof.oldSize == checkpoint.size && c.oldRoot == checkpoint.rootHash
             guard matchesNew || matchesOld else {
                 throw MerkleLogError(.verificationFailed, "consistency proof does not involve the checkpoint's tree")
+            }
+        case .key(let k):
+            guard k.treeSize == checkpoint.size, let mapRoot = checkpoint.mapRoot, mapRoot == k.mapRoot else {
+                throw MerkleLogError(.verificationFailed, "key proof is not for the checkpoint's map")
             }
         }
     }

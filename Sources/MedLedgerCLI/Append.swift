@@ -11,8 +11,9 @@ struct Append: ParsableCommand {
         abstract: "Append one entry (payload from FILE or stdin), or one entry per line with --lines.",
         discussion: """
         One entry prints {"index","leaf_hash","tree_size"}. With --lines, each line of FILE \
-        (without its newline) becomes the payload of one unkeyed set entry, committed in \
-        batches; prints {"count","first_index","tree_size"}.
+        (without its newline) becomes the payload of one unkeyed set entry (with --keys, \
+        key<TAB>payload makes one keyed set entry), committed in batches; prints \
+        {"count","first_index","tree_size"}.
         """)
 
     @OptionGroup var location: LedgerLocation
@@ -29,6 +30,9 @@ struct Append: ParsableCommand {
     @Option(help: "Entries per committed batch with --lines.")
     var batch: Int = 10_000
 
+    @Flag(help: "With --lines: each line is key<TAB>payload and makes one keyed set entry.")
+    var keys = false
+
     @Argument(help: "File holding the payload; stdin when absent or '-'.")
     var file: String?
 
@@ -37,6 +41,7 @@ struct Append: ParsableCommand {
             throw ValidationError("--lines cannot be combined with --key, --delete or a payload file")
         }
         if delete && key == nil { throw ValidationError("--delete needs --key") }
+        if keys && lines == nil { throw ValidationError("--keys goes with --lines") }
         if batch < 1 || batch > 1_000_000 { throw ValidationError("--batch must be between 1 and 1000000") }
         if let key, key.utf8.count > LedgerEntry.maxKeyLength {
             throw ValidationError("--key is longer than \(LedgerEntry.maxKeyLength) bytes")
@@ -77,11 +82,24 @@ struct Append: ParsableCommand {
 
         func addLine(_ line: UnsafeRawBufferPointer) throws {
             guard line.count + 4 <= 64 << 20 else { throw CLIError(.usage, "line \(count + 1) is longer than 64 MiB") }
+            var keyLength = 0
+            var payload = line
+            if keys {
+                guard let tab = line.firstIndex(of: 0x09) else {
+                    throw CLIError(.usage, "line \(count + UInt64(ends.count) + 1) has no TAB between key and payload")
+                }
+                keyLength = tab
+                guard keyLength >= 1, keyLength <= LedgerEntry.maxKeyLength else {
+                    throw CLIError(.usage, "line \(count + UInt64(ends.count) + 1) has a key of \(keyLength) bytes (1 to 1024 allowed)")
+                }
+                payload = UnsafeRawBufferPointer(rebasing: line[(tab + 1)...])
+            }
             packed.append(LedgerEntry.formatVersion)
             packed.append(LedgerEntry.Operation.set.rawValue)
-            packed.append(0)
-            packed.append(0)
-            packed.append(contentsOf: line)
+            packed.append(UInt8(keyLength >> 8))
+            packed.append(UInt8(keyLength & 0xff))
+            if keyLength > 0 { packed.append(contentsOf: line[0..<keyLength]) }
+            packed.append(contentsOf: payload)
             ends.append(packed.count)
             if ends.count == batch { try flush() }
         }

@@ -4,6 +4,7 @@ import LMDBKit
 import LedgerCrypto
 import MedLedger
 import MerkleLog
+import SparseMerkle
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -43,6 +44,13 @@ func classify(_ error: any Error) -> (ExitStatus, String) {
         case .verificationFailed: return (.verificationFailed, error.description)
         case .outOfRange: return (.notFound, error.description)
         case .malformed, .entryTooLarge: return (.usage, error.description)
+        default: return (.storage, error.description)
+        }
+    case let error as SparseMerkleError:
+        switch error.code {
+        case .verificationFailed: return (.verificationFailed, error.description)
+        case .malformed: return (.usage, error.description)
+        case .unknownVersion: return (.notFound, error.description)
         default: return (.storage, error.description)
         }
     case let error as LMDBError:

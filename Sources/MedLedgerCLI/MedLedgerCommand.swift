@@ -17,7 +17,7 @@ struct MedLedgerCommand: ParsableCommand {
         Machine output is JSON on stdout; messages go to stderr. Exit status: 0 success, \
         1 verification failed, 2 usage or input error, 3 not found, 4 storage error.
         """,
-        subcommands: [Init.self, Append.self, CheckpointCommand.self, Prove.self, VerifyProof.self, Get.self]
+        subcommands: [Init.self, Append.self, CheckpointCommand.self, Prove.self, VerifyProof.self, Get.self, RebuildIndex.self]
     )
 
     static func main() {
@@ -106,5 +106,24 @@ struct Get: ParsableCommand {
         } else {
             writeStdout(Data(entry.payload))
         }
+    }
+}
+
+struct RebuildIndex: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rebuild-index",
+        abstract: "Rebuild the key map from the log and check it reproduces every stored map root.",
+        discussion: """
+        Prints {"map_root","mismatches":[sizes],"versions"}. Exits 1 when a rebuilt root \
+        differs from the one stored before. Run it with no other writer on the ledger.
+        """)
+
+    @OptionGroup var location: LedgerLocation
+
+    func run() throws {
+        let ledger = try Ledger(path: location.directory)
+        let report = try ledger.rebuildIndex()
+        try printJSON(["versions": report.versions, "mismatches": report.mismatches, "map_root": report.mapRoot.hex])
+        if !report.mismatches.isEmpty { throw ExitCode(ExitStatus.verificationFailed.rawValue) }
     }
 }

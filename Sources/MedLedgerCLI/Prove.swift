@@ -7,7 +7,26 @@ import MerkleLog
 struct Prove: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print a proof as JSON.",
-        subcommands: [InclusionCommand.self, ConsistencyCommand.self])
+        subcommands: [InclusionCommand.self, ConsistencyCommand.self, KeyCommand.self])
+
+    struct KeyCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "key",
+            abstract: "Prove what --key maps to (or that it is absent) in the key map after --size entries.")
+
+        @OptionGroup var location: LedgerLocation
+        @Option(help: "The key (UTF-8).") var key: String
+        @Option(help: "The tree size; a size where an append committed (default: the current size).") var size: UInt64?
+
+        func run() throws {
+            var options = Ledger.Options()
+            options.readOnly = true
+            let ledger = try Ledger(path: location.directory, options: options)
+            let (proof, mapRoot, treeSize) = try ledger.keyProof(key: key, size: size)
+            let document = ProofDocument.key(.init(key: key, treeSize: treeSize, mapRoot: mapRoot, proof: proof))
+            writeStdout(try document.jsonData() + Data("\n".utf8))
+        }
+    }
 
     struct InclusionCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -101,6 +120,11 @@ struct VerifyProof: ParsableCommand {
             out["type"] = "consistency"
             out["old_size"] = c.proof.oldSize
             out["new_size"] = c.proof.newSize
+        case .key(let k):
+            out["type"] = "key"
+            out["key"] = k.key
+            out["tree_size"] = k.treeSize
+            out["present"] = k.proof.isInclusion
         }
         if checkpointed { out["checkpoint_verified"] = true }
         if let error { out["error"] = error }

@@ -56,7 +56,9 @@ public final class LMDBLogStore: LogStore, @unchecked Sendable {
     }
 
     public struct Reader: LogStorageWriter {
-        let view: TransactionView
+        /// The transaction, for layers that commit derived state with the log (valid only
+        /// inside the closure that received this reader).
+        public let view: TransactionView
         let store: LMDBLogStore
         /// The committed size when this view began (read once; writers update their copy).
         let size: UInt64

@@ -108,7 +108,10 @@ public final class MerkleLog<Store: LogStore> {
     /// atomic write. Leaf hashes are computed before the transaction, on all cores for large
     /// batches, so the write transaction is held only for the stores. Returns the first index.
     @discardableResult
-    public func append(packed: UnsafeRawBufferPointer, ends: UnsafeBufferPointer<Int>) throws -> UInt64 {
+    public func append(
+        packed: UnsafeRawBufferPointer, ends: UnsafeBufferPointer<Int>,
+        extra: ((Store.Writer, UInt64, [Hash]) throws -> Void)? = nil
+    ) throws -> UInt64 {
         let count = ends.count
         guard count > 0 else { return frontier.size }
         var previous = 0
@@ -126,7 +129,7 @@ public final class MerkleLog<Store: LogStore> {
             try append(count: count, entry: { i, body in
                 let start = i == 0 ? 0 : ends[i - 1]
                 try body(UnsafeRawBufferPointer(rebasing: packed[start..<ends[i]]))
-            }, precomputedLeaves: leaves)
+            }, precomputedLeaves: leaves, extra: extra)
         }
     }
 

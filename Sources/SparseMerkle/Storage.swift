@@ -109,6 +109,8 @@ public final class LMDBSparseStore: @unchecked Sendable {
     let pages: Database
     let roots: Database
     let stale: Database
+    /// The `smt.roots` database (version → root), for tools that list versions.
+    public var rootsDatabase: Database { roots }
 
     /// Opens (creating when writable) the tree's databases.
     public init(environment: Environment) throws {

@@ -198,6 +198,57 @@ func independentInclusionRoot(index: UInt64, size: UInt64, leaf: Hash, path: [Ha
         #expect(try CLI.run(["verify-proof", "--checkpoint", work + "/cp.txt", "--key", key], stdin: last.stdout).status == 0)
     }
 
+    @Test func keyedLinesKeyProofsAndRebuild() throws {
+        let dir = scratch("keys")
+        let work = scratch("keys-work")
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        defer {
+            try? FileManager.default.removeItem(atPath: dir)
+            try? FileManager.default.removeItem(atPath: work)
+        }
+        let key = try CLI.run(["init", dir, "--origin", "keys.example"]).text.trimmingCharacters(in: .whitespacesAndNewlines)
+        let lines = (0..<2000).map { "record/\($0 % 700)\tversion \($0)" }.joined(separator: "\n") + "\n"
+        try lines.write(toFile: work + "/keyed.txt", atomically: true, encoding: .utf8)
+        #expect(try CLI.run(["append", dir, "--lines", work + "/keyed.txt", "--keys", "--batch", "500"]).status == 0)
+        #expect(try CLI.run(["append", dir, "--key", "record/5", "--delete"], stdin: Data()).status == 0)
+        let checkpoint = try CLI.run(["checkpoint", dir])
+        try checkpoint.stdout.write(to: URL(fileURLWithPath: work + "/cp.txt"))
+
+        let present = try CLI.run(["prove", "key", dir, "--key", "record/6"])
+        let presentJSON = try present.json()
+        #expect(presentJSON["present"] as? Bool == true)
+        // record/6 was last set by line 1406 (6 + 2 * 700).
+        #expect((presentJSON["value"] as? String)?.hasPrefix("000000000000057e") == true)
+        #expect(try CLI.run(["verify-proof", "--checkpoint", work + "/cp.txt", "--key", key], stdin: present.stdout).status == 0)
+        for absentKey in ["record/5", "record/700", "nobody"] {
+            let absent = try CLI.run(["prove", "key", dir, "--key", absentKey])
+            #expect(try absent.json()["present"] as? Bool == false, "\(absentKey)")
+            #expect(try CLI.run(["verify-proof", "--checkpoint", work + "/cp.txt", "--key", key], stdin: absent.stdout).status == 0)
+            // Claiming the absent key is present, or moving it to another key, fails.
+            let flipped = absent.text.replacingOccurrences(of: "\"present\":false", with: "\"present\":true,\"value\":\"00\"")
+            #expect(try CLI.run(["verify-proof"], stdin: Data(flipped.utf8)).status == 1)
+        }
+        let tampered = present.text.replacingOccurrences(of: "\"record/6\"", with: "\"record/7\"")
+        #expect(try CLI.run(["verify-proof"], stdin: Data(tampered.utf8)).status == 2, "key_hash no longer matches key")
+        if let sibling = (presentJSON["siblings"] as? [String])?.first(where: { !$0.isEmpty }) {
+            let changed = present.text.replacingOccurrences(of: sibling, with: String(sibling.reversed()))
+            #expect(try CLI.run(["verify-proof"], stdin: Data(changed.utf8)).status == 1)
+        }
+        // A proof at an older committed size does not match the newer checkpoint.
+        let older = try CLI.run(["prove", "key", dir, "--key", "record/6", "--size", "1500"])
+        #expect(older.status == 0)
+        #expect(try CLI.run(["verify-proof", "--checkpoint", work + "/cp.txt", "--key", key], stdin: older.stdout).status == 1)
+        #expect(try CLI.run(["prove", "key", dir, "--key", "record/6", "--size", "1499"]).status == 3)
+
+        let rebuilt = try CLI.run(["rebuild-index", dir])
+        #expect(rebuilt.status == 0)
+        #expect(try rebuilt.json()["mismatches"] as? [Int] == [])
+        #expect(try CLI.run(["checkpoint", dir]).stdout == checkpoint.stdout, "same map root after the rebuild")
+
+        try "no tab here\n".write(toFile: work + "/bad.txt", atomically: true, encoding: .utf8)
+        #expect(try CLI.run(["append", dir, "--lines", work + "/bad.txt", "--keys"]).status == 2)
+    }
+
     @Test func singleAppendGetAndExitCodes() throws {
         let dir = scratch("single")
         defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -76,7 +76,10 @@ func scratchOptions() -> Ledger.Options {
         let note = try ledger.signedCheckpoint()
         let checkpoint = try SignedCheckpoint(verifying: note, verifiers: [try NoteVerifier(parsing: verifierKey)],
                                               origin: "test.example/ledger").checkpoint
-        #expect(checkpoint.size == 300 && checkpoint.rootHash == root && checkpoint.mapRoot == .zero)
+        #expect(checkpoint.size == 300 && checkpoint.rootHash == root)
+        let replayed = try MapReplay.roots(entries: entries.map { $0.encoded() }, at: [100, 300])
+        #expect(checkpoint.mapRoot == replayed[300], "the map line is the map replayed from the entries")
+        #expect(try ledger.mapRoot(size: 100) == replayed[100])
         #expect(try ledger.signedCheckpoint() == note, "signing is deterministic")
 
         let (proof, leaf, proofRoot) = try ledger.inclusionProof(index: 123)
@@ -85,6 +88,66 @@ func scratchOptions() -> Ledger.Options {
         let (consistency, oldRoot, newRoot) = try ledger.consistencyProof(oldSize: 100)
         try consistency.verify(oldRoot: oldRoot, newRoot: newRoot)
         #expect(newRoot == root)
+    }
+
+    @Test func keyMapFollowsTheLogAndProvesPresenceAndAbsence() throws {
+        let path = ledgerPath("map")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (ledger, verifierKey) = try Ledger.create(at: path, origin: "map.example/ledger", options: scratchOptions())
+        var all: [LedgerEntry] = []
+        var sizes: [UInt64] = []
+        var generator = SplitMix64(seed: 0x3a9)
+        for batch in 0..<8 {
+            var entries: [LedgerEntry] = []
+            for i in 0..<Int(generator.next() % 40 + 1) {
+                let key = "patient/\(generator.next() % 30)"
+                switch generator.next() % 5 {
+                case 0: entries.append(try LedgerEntry(delete: key))
+                case 1: entries.append(try LedgerEntry(payload: Array("unkeyed \(batch).\(i)".utf8)))
+                default: entries.append(try LedgerEntry(set: key, payload: Array("v\(batch).\(i)".utf8)))
+                }
+            }
+            if batch % 2 == 0 {
+                try ledger.append(entries)
+            } else {
+                var packed: [UInt8] = [], ends: [Int] = []
+                for e in entries { packed += e.encoded(); ends.append(packed.count) }
+                try packed.withUnsafeBytes { b in try ends.withUnsafeBufferPointer { _ = try ledger.appendPacked(b, ends: $0) } }
+            }
+            all += entries
+            sizes.append(UInt64(all.count))
+        }
+        // Both append paths derive the same map as an auditor replaying the entries.
+        let replayed = try MapReplay.roots(entries: all.map { $0.encoded() }, at: sizes)
+        for size in sizes { #expect(try ledger.mapRoot(size: size) == replayed[size], "size \(size)") }
+        if let between = (1..<UInt64(all.count)).first(where: { !sizes.contains($0) }) {
+            #expect(throws: LedgerError(.notFound, "")) { try ledger.mapRoot(size: between) }
+        }
+
+        // The latest value of each key, derived by hand.
+        var latest: [String: UInt64] = [:]
+        for (i, e) in all.enumerated() where !e.key.isEmpty {
+            latest[e.key] = e.operation == .set ? UInt64(i) : nil
+        }
+        let checkpoint = try SignedCheckpoint(verifying: try ledger.signedCheckpoint(),
+                                              verifiers: [try NoteVerifier(parsing: verifierKey)]).checkpoint
+        for p in 0..<32 {
+            let key = "patient/\(p)"
+            let (proof, mapRoot, size) = try ledger.keyProof(key: key)
+            let document = ProofDocument.key(.init(key: key, treeSize: size, mapRoot: mapRoot, proof: proof))
+            try document.verify(against: checkpoint)
+            #expect(try ProofDocument(json: try document.jsonData()) == document)
+            if let index = latest[key] {
+                let leaf = SHA256.leafHash(all[Int(index)].encoded())
+                #expect(proof.value == Ledger.mapValue(index: index, leafHash: leaf), "\(key) points at its newest set")
+            } else {
+                #expect(!proof.isInclusion, "\(key) is absent")
+            }
+        }
+        // Rebuilding from the log reproduces every root.
+        let report = try ledger.rebuildIndex()
+        #expect(report.mismatches.isEmpty && report.versions == sizes.count && report.mapRoot == checkpoint.mapRoot)
+        for size in sizes { #expect(try ledger.mapRoot(size: size) == replayed[size]) }
     }
 
     @Test func creationAndOpeningErrorsAreClear() throws {
@@ -189,5 +252,17 @@ func scratchOptions() -> Ledger.Options {
         ] {
             #expect(throws: LedgerError(.invalidArgument, ""), "\(bad)") { try ProofDocument(json: Data(bad.utf8)) }
         }
+    }
+}
+
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E3779B97F4A7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
+        z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
+        return z ^ (z >> 31)
     }
 }
