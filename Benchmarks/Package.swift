@@ -17,6 +17,7 @@ let package = Package(
             dependencies: [
                 .product(name: "MedLedger", package: "MedLedger"),
                 .product(name: "MerkleLog", package: "MedLedger"),
+                .product(name: "SparseMerkle", package: "MedLedger"),
                 .product(name: "LMDBKit", package: "MedLedger"),
                 .product(name: "LedgerCrypto", package: "MedLedger"),
             ],

@@ -46,18 +46,26 @@ public enum SparseHash {
 /// What sits at a position of the tree: nothing, a single key's leaf, or a page of ≥ 2 keys.
 public enum SparseNode: Sendable, Equatable {
     case empty
-    case leaf(keyHash: Hash, value: [UInt8])
+    /// A single key's leaf, with its leaf hash computed once when the value was set.
+    case leaf(keyHash: Hash, value: [UInt8], hash: Hash)
     /// A page at the next page depth: its subtree hash and the version that wrote it.
     case page(hash: Hash, version: UInt64)
+
+    /// A leaf for `value`, hashing it.
+    public static func makeLeaf(keyHash k: Hash, value: [UInt8]) -> SparseNode {
+        .leaf(keyHash: k, value: value, hash: SparseHash.leaf(keyHash: k, valueHash: SHA256.hash(value)))
+    }
 
     /// The node's hash in the tree.
     public var hash: Hash {
         switch self {
         case .empty: return SparseHash.empty
-        case .leaf(let k, let value): return SparseHash.leaf(keyHash: k, valueHash: SHA256.hash(value))
+        case .leaf(_, _, let h): return h
         case .page(let h, _): return h
         }
     }
+
+    var keyHash: Hash? { if case .leaf(let k, _, _) = self { return k } else { return nil } }
 
     var isEmpty: Bool { if case .empty = self { return true } else { return false } }
     var isLeaf: Bool { if case .leaf = self { return true } else { return false } }
@@ -92,40 +100,68 @@ public struct PageID: Hashable, Sendable, Comparable {
 ///
 /// Invariant: a stored page holds at least two keys (a single key is a leaf in its parent).
 public struct SparsePage: Sendable, Equatable {
-    public var slots: [SparseNode]
+    public var slots: [SparseNode] { didSet { hashTree = nil } }
+    /// The page's 31 node hashes in heap order (1 the page root, 16...31 the slots), once
+    /// computed by ``withHashTree()``; hot pages are cached with it so proofs hash nothing.
+    private(set) var hashTree: [Hash]?
 
     public init(slots: [SparseNode] = Array(repeating: .empty, count: 16)) { self.slots = slots }
+
+    public static func == (a: SparsePage, b: SparsePage) -> Bool { a.slots == b.slots }
+
+    /// The page with its node hashes computed.
+    public func withHashTree() -> SparsePage {
+        var tree = [Hash](repeating: .zero, count: 32)
+        var copy = self
+        func fill(_ node: Int, _ lo: Int, _ hi: Int) -> Hash {
+            let h = rangeHash(lo, hi, descend: { fill(node * 2, lo, (lo + hi) / 2) }, { fill(node * 2 + 1, (lo + hi) / 2, hi) })
+            tree[node] = h
+            return h
+        }
+        _ = fill(1, 0, 16)
+        copy.hashTree = tree
+        return copy
+    }
 
     /// The hash of slots `lo ..< hi` (a power-of-two aligned range): EMPTY without keys, the
     /// leaf itself when it holds one leaf and nothing else, otherwise an interior node.
     public func rangeHash(_ lo: Int, _ hi: Int) -> Hash {
+        if let hashTree { return hashTree[16 / (hi - lo) + lo / (hi - lo)] }
+        return rangeHash(lo, hi, descend: { rangeHash(lo, (lo + hi) / 2) }, { rangeHash((lo + hi) / 2, hi) })
+    }
+
+    @inline(__always)
+    private func rangeHash(_ lo: Int, _ hi: Int, descend left: () -> Hash, _ right: () -> Hash) -> Hash {
         var nonEmpty = 0
         var only = lo
         for i in lo..<hi where !slots[i].isEmpty {
             nonEmpty += 1
             only = i
         }
+        if hi - lo > 1 && (nonEmpty != 1 || !slots[only].isLeaf) {
+            if nonEmpty == 0 { return SparseHash.empty }
+            return SparseHash.interior(left(), right())
+        }
         if nonEmpty == 0 { return SparseHash.empty }
-        if nonEmpty == 1 && (slots[only].isLeaf || hi - lo == 1) { return slots[only].hash }
-        let mid = (lo + hi) / 2
-        return SparseHash.interior(rangeHash(lo, mid), rangeHash(mid, hi))
+        return slots[only].hash
     }
 
     /// The page's subtree hash.
     public var hash: Hash { rangeHash(0, 16) }
 
     /// Binary encoding: u16 occupied bitmap, u16 leaf bitmap, then per occupied slot a leaf
-    /// (key hash, u16 value length, value) or a page (hash, u64 version).
+    /// (key hash, leaf hash, u16 value length, value) or a page (hash, u64 version).
     public func encoded() -> [UInt8] {
         var occupied: UInt16 = 0, leaves: UInt16 = 0
         var body: [UInt8] = []
         for (i, slot) in slots.enumerated() {
             switch slot {
             case .empty: continue
-            case .leaf(let k, let value):
+            case .leaf(let k, let value, let h):
                 occupied |= 1 << i
                 leaves |= 1 << i
                 body += k.bytes
+                body += h.bytes
                 body.append(UInt8(value.count >> 8))
                 body.append(UInt8(value.count & 0xff))
                 body += value
@@ -150,11 +186,12 @@ public struct SparsePage: Sendable, Equatable {
             guard at + 32 <= raw.count, let h = Hash(UnsafeRawBufferPointer(rebasing: raw[at..<(at + 32)])) else { return nil }
             at += 32
             if leaves & (1 << i) != 0 {
-                guard at + 2 <= raw.count else { return nil }
+                guard at + 34 <= raw.count, let leafHash = Hash(UnsafeRawBufferPointer(rebasing: raw[at..<(at + 32)])) else { return nil }
+                at += 32
                 let length = Int(raw[at]) << 8 | Int(raw[at + 1])
                 at += 2
                 guard at + length <= raw.count else { return nil }
-                slots[i] = .leaf(keyHash: h, value: Array(raw[at..<(at + length)]))
+                slots[i] = .leaf(keyHash: h, value: Array(raw[at..<(at + length)]), hash: leafHash)
                 at += length
             } else {
                 guard at + 8 <= raw.count,
@@ -171,7 +208,7 @@ public struct SparsePage: Sendable, Equatable {
     static func encodeNode(_ node: SparseNode) -> [UInt8] {
         switch node {
         case .empty: return [0]
-        case .leaf(let k, let value): return [1] + k.bytes + value
+        case .leaf(let k, let value, let h): return [1] + k.bytes + h.bytes + value
         case .page(let h, let v): return [2] + h.bytes + withUnsafeBytes(of: v.bigEndian) { Array($0) }
         }
     }
@@ -180,7 +217,9 @@ public struct SparsePage: Sendable, Equatable {
         guard let tag = raw.first else { return nil }
         switch tag {
         case 0 where raw.count == 1: return .empty
-        case 1 where raw.count >= 33: return .leaf(keyHash: Hash(UnsafeRawBufferPointer(rebasing: raw[1..<33]))!, value: Array(raw[33...]))
+        case 1 where raw.count >= 65:
+            return .leaf(keyHash: Hash(UnsafeRawBufferPointer(rebasing: raw[1..<33]))!, value: Array(raw[65...]),
+                         hash: Hash(UnsafeRawBufferPointer(rebasing: raw[33..<65]))!)
         case 2 where raw.count == 41:
             return .page(hash: Hash(UnsafeRawBufferPointer(rebasing: raw[1..<33]))!,
                          version: raw[33..<41].reduce(UInt64(0)) { $0 << 8 | UInt64($1) })

@@ -73,18 +73,15 @@ public enum SparseMerkleTree {
         switch node {
         case .empty, .leaf:
             // Rebuild this position from its (at most one) existing key and the changes.
-            var keys: [(Hash, [UInt8])] = []
+            var keys: [SparseNode] = []
             keys.reserveCapacity(changes.count + 1)
-            var existing: (Hash, [UInt8])? = nil
-            if case .leaf(let k, let value) = node { existing = (k, value) }
+            var existing: SparseNode? = node.isLeaf ? node : nil
             for change in changes {
-                if let e = existing, e.0 < change.keyHash {
-                    keys.append(e)
-                    existing = nil
-                } else if let e = existing, e.0 == change.keyHash {
+                if let e = existing, let ek = e.keyHash, ek <= change.keyHash {
+                    if ek < change.keyHash { keys.append(e) }
                     existing = nil
                 }
-                if let value = change.value { keys.append((change.keyHash, value)) }
+                if let value = change.value { keys.append(.makeLeaf(keyHash: change.keyHash, value: value)) }
             }
             if let e = existing { keys.append(e) }
             return build(keys[...], depth: depth, prefix: prefix, context: &context)
@@ -106,15 +103,15 @@ public enum SparseMerkleTree {
     }
 
     /// The node for a sorted list of distinct keys at a page position.
-    static func build(_ keys: ArraySlice<(Hash, [UInt8])>, depth: Int, prefix: Hash, context: inout Context) -> SparseNode {
+    static func build(_ keys: ArraySlice<SparseNode>, depth: Int, prefix: Hash, context: inout Context) -> SparseNode {
         if keys.isEmpty { return .empty }
-        if keys.count == 1 { return .leaf(keyHash: keys.first!.0, value: keys.first!.1) }
+        if keys.count == 1 { return keys.first! }
         var page = SparsePage()
         var start = keys.startIndex
         while start < keys.endIndex {
-            let n = nibble(keys[start].0, at: depth)
+            let n = nibble(keys[start].keyHash!, at: depth)
             var end = start + 1
-            while end < keys.endIndex && nibble(keys[end].0, at: depth) == n { end += 1 }
+            while end < keys.endIndex && nibble(keys[end].keyHash!, at: depth) == n { end += 1 }
             page.slots[n] = build(keys[start..<end], depth: depth + 4, prefix: extend(prefix, depth: depth, nibble: n), context: &context)
             start = end
         }
@@ -147,7 +144,7 @@ public enum SparseMerkleTree {
             switch node {
             case .empty:
                 return SparseProof(keyHash: k, terminal: .empty, siblings: siblings.reversed())
-            case .leaf(let other, let value):
+            case .leaf(let other, let value, _):
                 let terminal = SparseProof.Terminal.leaf(keyHash: other, valueHash: SHA256.hash(value))
                 return SparseProof(keyHash: k, terminal: terminal, siblings: siblings.reversed(), value: other == k ? value : nil)
             case .page(_, let v):
@@ -161,7 +158,7 @@ public enum SparseMerkleTree {
                         if nonEmpty == 0 {
                             return SparseProof(keyHash: k, terminal: .empty, siblings: siblings.reversed())
                         }
-                        if nonEmpty == 1, case .leaf(let other, let value) = page.slots[only] {
+                        if nonEmpty == 1, case .leaf(let other, let value, _) = page.slots[only] {
                             let terminal = SparseProof.Terminal.leaf(keyHash: other, valueHash: SHA256.hash(value))
                             return SparseProof(keyHash: k, terminal: terminal, siblings: siblings.reversed(), value: other == k ? value : nil)
                         }
@@ -190,7 +187,7 @@ public enum SparseMerkleTree {
         while true {
             switch node {
             case .empty: return nil
-            case .leaf(let other, let value): return other == k ? value : nil
+            case .leaf(let other, let value, _): return other == k ? value : nil
             case .page(_, let v):
                 let page = try reader.page(PageID(version: v, depth: depth, prefix: prefix))
                 let n = nibble(k, at: depth)

@@ -109,6 +109,11 @@ public final class LMDBSparseStore: @unchecked Sendable {
     let pages: Database
     let roots: Database
     let stale: Database
+    /// Decoded pages of the upper levels with their node hashes, keyed by page ID. Pages are
+    /// immutable once written, so entries never go stale; the cache is emptied when it grows
+    /// past its bound (old versions' pages accumulate otherwise).
+    let hotPages = HotPageCache()
+
     /// The `smt.roots` database (version → root), for tools that list versions.
     public var rootsDatabase: Database { roots }
 
@@ -139,9 +144,16 @@ public final class LMDBSparseStore: @unchecked Sendable {
         }
 
         public func page(_ id: PageID) throws -> SparsePage {
+            let hot = id.depth <= HotPageCache.maxDepth
+            if hot, let cached = store.hotPages.page(id) { return cached }
             let found = try txn.withValue(store.pages, key: id.storageKey) { SparsePage(decoding: $0) }
             guard let found, let page = found else {
                 throw SparseMerkleError(.missingData, "no readable page at depth \(id.depth) of version \(id.version)")
+            }
+            if hot {
+                let withHashes = page.withHashTree()
+                store.hotPages.insert(id, withHashes)
+                return withHashes
             }
             return page
         }
@@ -163,6 +175,12 @@ public final class LMDBSparseStore: @unchecked Sendable {
         public func putPages(_ pages: [(PageID, SparsePage)]) throws {
             for (id, page) in pages {
                 try txn.put(store.pages, key: id.storageKey, value: page.encoded(), flags: .append)
+            }
+            // Warm the cache for the next batch and for proofs. A write that aborts leaves
+            // entries for pages never committed; they are keyed by a version no reader asks
+            // for, and a retry rewrites the same content under the same IDs.
+            for (id, page) in pages where id.depth <= HotPageCache.maxDepth {
+                store.hotPages.insert(id, page.withHashTree())
             }
         }
 
@@ -233,5 +251,28 @@ public final class LMDBSparseStore: @unchecked Sendable {
         try environment.read { txn in
             try txn.unsafeView.storedBytes(pages) + txn.unsafeView.storedBytes(roots) + txn.unsafeView.storedBytes(stale)
         }
+    }
+}
+
+/// A bounded cache of upper-level pages with their node hashes.
+final class HotPageCache: @unchecked Sendable {
+    // Sendable: `lock` guards `pages`.
+    /// Pages at depths 0, 4 and 8 (at most 273 per version) are cached.
+    static let maxDepth = 8
+    static let capacity = 4096
+    private let lock = NSLock()
+    private var pages: [PageID: SparsePage] = [:]
+
+    func page(_ id: PageID) -> SparsePage? {
+        lock.lock()
+        defer { lock.unlock() }
+        return pages[id]
+    }
+
+    func insert(_ id: PageID, _ page: SparsePage) {
+        lock.lock()
+        defer { lock.unlock() }
+        if pages.count >= Self.capacity { pages.removeAll(keepingCapacity: true) }
+        pages[id] = page
     }
 }

@@ -10,12 +10,14 @@ import LMDBKit
 import LedgerCrypto
 import MedLedger
 import MerkleLog
+import SparseMerkle
 
 var entries = parseCount(ProcessInfo.processInfo.environment["MEDLEDGER_BENCH_SCALE"] ?? "1M") ?? 1_000_000
 var entries4k = 250_000
 var baseDir: String? = nil
 var jsonPath: String? = nil
 var queries = 200_000
+var sparseKeys: Int? = nil
 let batch = 10_000
 
 var args = CommandLine.arguments.dropFirst()
@@ -24,6 +26,7 @@ while let arg = args.popFirst() {
     case "--entries": entries = parseCount(args.popFirst() ?? "") ?? entries
     case "--entries-4k": entries4k = parseCount(args.popFirst() ?? "") ?? entries4k
     case "--queries": queries = parseCount(args.popFirst() ?? "") ?? queries
+    case "--keys": sparseKeys = parseCount(args.popFirst() ?? "")
     case "--dir": baseDir = args.popFirst()
     case "--json": jsonPath = args.popFirst()
     default:
@@ -184,6 +187,87 @@ if entries4k > 0 {
                     extra: ["entries_per_s": append4k.median, "raw_lmdb_MB_per_s": limits4k.lmdb * 4096 / 1e6,
                             "ratio_to_raw_lmdb": append4k.median / limits4k.lmdb,
                             "p99_batch_s": append4k.p99Latency]))
+}
+
+// ---- Sparse Merkle tree (key map) ----
+let keyCount = sparseKeys ?? entries
+if keyCount > 0 {
+    let smtPath = Workloads.scratch("smt", base: baseDir)
+    defer { try? FileManager.default.removeItem(atPath: smtPath) }
+    let smtEnv = try Environment(path: smtPath)
+    let smt = try LMDBSparseStore(environment: smtEnv)
+    var keyRng = Workloads.SplitMix64(seed: 0x5e7)
+    func randomHash() -> Hash {
+        Hash(unsafeUninitializedBytes: { out in
+            for i in 0..<4 { out.storeBytes(of: keyRng.next(), toByteOffset: i * 8, as: UInt64.self) }
+        })
+    }
+    var value = [UInt8](repeating: 0x5a, count: 40)
+    var version: UInt64 = 0
+    var insertTimes: [Double] = []
+    var keys: [Hash] = []
+    keys.reserveCapacity(keyCount)
+    log("sparse tree: insert \(keyCount) random keys in batches of \(batch), durable")
+    while keys.count < keyCount {
+        let n = min(batch, keyCount - keys.count)
+        var changes: [SparseChange] = []
+        changes.reserveCapacity(n)
+        for _ in 0..<n {
+            let k = randomHash()
+            keys.append(k)
+            value[0] = UInt8(truncatingIfNeeded: keys.count)
+            changes.append(SparseChange(keyHash: k, value: value))
+        }
+        version += UInt64(n)
+        let start = DispatchTime.now().uptimeNanoseconds
+        _ = try smt.write { try SparseMerkleTree.apply(changes, version: version, writer: $0) }
+        insertTimes.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+    }
+    // Growth phase median: batches once the tree holds at least half the keys.
+    let lateInserts = Array(insertTimes.suffix(max(1, insertTimes.count / 2)))
+    rows.append(Row(name: "key map: insert new keys (batch 10k, durable, tree \(keyCount / 2)..\(keyCount))",
+                    value: Double(batch) / Stats(lateInserts).median, unit: "keys/s", limitName: nil, limit: nil, extra: [:]))
+    var updateTimes: [Double] = []
+    log("sparse tree: update existing keys in batches of \(batch)")
+    for _ in 0..<20 {
+        let changes = (0..<batch).map { _ in SparseChange(keyHash: keys[Int(keyRng.next() % UInt64(keys.count))], value: value) }
+        version += UInt64(batch)
+        let start = DispatchTime.now().uptimeNanoseconds
+        _ = try smt.write { try SparseMerkleTree.apply(changes, version: version, writer: $0) }
+        updateTimes.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+    }
+    rows.append(Row(name: "key map: update existing keys (batch 10k, durable, \(keyCount) keys)",
+                    value: Double(batch) / Stats(updateTimes).median, unit: "keys/s", limitName: nil, limit: nil, extra: [:]))
+    let smtQueries = min(queries, 100_000)
+    for present in [true, false] {
+        var proofs: [SparseProof] = []
+        let rate = try measureMedian(repeats: 3) {
+            let start = DispatchTime.now().uptimeNanoseconds
+            for _ in 0..<smtQueries {
+                let k = present ? keys[Int(keyRng.next() % UInt64(keys.count))] : randomHash()
+                let proof = try smt.read { try SparseMerkleTree.proof(keyHash: k, version: version, reader: $0) }
+                if proofs.count < 20_000 { proofs.append(proof) }
+            }
+            return Double(smtQueries) / (Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        }
+        rows.append(Row(name: "key proof, \(present ? "present" : "absent") key (one read txn each)", value: rate, unit: "proofs/s",
+                        limitName: nil, limit: nil, extra: [:]))
+        let root = try smt.read { try SparseMerkleTree.root(version: version, reader: $0).hash }
+        let verifyRate = try measureMedian(repeats: 3) {
+            let start = DispatchTime.now().uptimeNanoseconds
+            for proof in proofs { try proof.verify(root: root) }
+            return Double(proofs.count) / (Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        }
+        rows.append(Row(name: "verify key proof, \(present ? "present" : "absent")", value: verifyRate, unit: "proofs/s",
+                        limitName: nil, limit: nil, extra: [:]))
+    }
+    let smtBytes = try smt.storedBytes()
+    rows.append(Row(name: "key map bytes on disk per key (all \(insertTimes.count + 20) versions kept)",
+                    value: Double(smtBytes) / Double(keyCount), unit: "B/key", limitName: nil, limit: nil, extra: [:]))
+    let pruned = try smt.write { try $0.prune(before: version) }
+    let afterPrune = try smt.storedBytes()
+    rows.append(Row(name: "key map bytes per key after prune to the last version (\(pruned) pages freed)",
+                    value: Double(afterPrune) / Double(keyCount), unit: "B/key", limitName: nil, limit: nil, extra: [:]))
 }
 
 // ---- Report ----
