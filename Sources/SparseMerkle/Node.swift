@@ -18,10 +18,13 @@ func nibble(_ k: Hash, at depth: Int) -> Int {
 /// `prefix` with the nibble at `depth` set to `n` (bits below are zero).
 @inline(__always)
 func extend(_ prefix: Hash, depth: Int, nibble n: Int) -> Hash {
-    var bytes = prefix.bytes
-    let i = depth >> 3
-    bytes[i] = depth & 4 == 0 ? (bytes[i] & 0x0f) | UInt8(n << 4) : (bytes[i] & 0xf0) | UInt8(n)
-    return Hash(bytes)!
+    prefix.withUnsafeBytes { source in
+        Hash(unsafeUninitializedBytes: { out in
+            out.copyMemory(from: source)
+            let i = depth >> 3
+            out[i] = depth & 4 == 0 ? (out[i] & 0x0f) | UInt8(n << 4) : (out[i] & 0xf0) | UInt8(n)
+        })
+    }
 }
 
 /// The hashing rules of DESIGN.md section 3.
@@ -80,13 +83,21 @@ public struct PageID: Hashable, Sendable, Comparable {
 
     /// The storage key: version (8 bytes BE) || depth/4 (1 byte) || the prefix's first
     /// ceil(depth/8) bytes. Keys of one version sort together, so a batch appends in order.
-    public var storageKey: [UInt8] {
-        var out = [UInt8]()
-        out.reserveCapacity(9 + (depth + 7) / 8)
-        withUnsafeBytes(of: version.bigEndian) { out.append(contentsOf: $0) }
-        out.append(UInt8(depth / 4))
-        prefix.withUnsafeBytes { out.append(contentsOf: $0[0..<((depth + 7) / 8)]) }
-        return out
+    public var storageKey: [UInt8] { withStorageKey { Array($0) } }
+
+    /// Lends the storage key from stack memory.
+    @inline(__always)
+    public func withStorageKey<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        var buffer: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0)
+        return try withUnsafeMutableBytes(of: &buffer) { raw in
+            raw.storeBytes(of: version.bigEndian, toByteOffset: 0, as: UInt64.self)
+            raw[8] = UInt8(depth / 4)
+            let count = (depth + 7) / 8
+            prefix.withUnsafeBytes { p in
+                for i in 0..<count { raw[9 + i] = p[i] }
+            }
+            return try body(UnsafeRawBufferPointer(rebasing: raw[0..<(9 + count)]))
+        }
     }
 
     public static func < (a: PageID, b: PageID) -> Bool {
@@ -154,6 +165,7 @@ public struct SparsePage: Sendable, Equatable {
     public func encoded() -> [UInt8] {
         var occupied: UInt16 = 0, leaves: UInt16 = 0
         var body: [UInt8] = []
+        body.reserveCapacity(16 * 80)
         for (i, slot) in slots.enumerated() {
             switch slot {
             case .empty: continue

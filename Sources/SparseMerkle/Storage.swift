@@ -146,7 +146,7 @@ public final class LMDBSparseStore: @unchecked Sendable {
         public func page(_ id: PageID) throws -> SparsePage {
             let hot = id.depth <= HotPageCache.maxDepth
             if hot, let cached = store.hotPages.page(id) { return cached }
-            let found = try txn.withValue(store.pages, key: id.storageKey) { SparsePage(decoding: $0) }
+            let found = try id.withStorageKey { key in try txn.withValue(store.pages, key: key) { SparsePage(decoding: $0) } }
             guard let found, let page = found else {
                 throw SparseMerkleError(.missingData, "no readable page at depth \(id.depth) of version \(id.version)")
             }
@@ -174,7 +174,8 @@ public final class LMDBSparseStore: @unchecked Sendable {
 
         public func putPages(_ pages: [(PageID, SparsePage)]) throws {
             for (id, page) in pages {
-                try txn.put(store.pages, key: id.storageKey, value: page.encoded(), flags: .append)
+                let encoded = page.encoded()
+                try id.withStorageKey { key in try txn.put(store.pages, key: key, value: encoded, flags: .append) }
             }
             // Warm the cache for the next batch and for proofs. A write that aborts leaves
             // entries for pages never committed; they are keyed by a version no reader asks
