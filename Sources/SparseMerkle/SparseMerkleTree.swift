@@ -128,8 +128,10 @@ public enum SparseMerkleTree {
         }
         if nonEmpty == 0 { return .empty }
         if nonEmpty == 1, page.slots[only].isLeaf { return page.slots[only] }
-        context.newPages.append((PageID(version: context.version, depth: depth, prefix: prefix), page))
-        return .page(hash: page.hash, version: context.version)
+        // Hashing the whole page once gives both its hash and the node hashes the cache keeps.
+        let hashed = page.withHashTree()
+        context.newPages.append((PageID(version: context.version, depth: depth, prefix: prefix), hashed))
+        return .page(hash: hashed.rangeHash(0, 16), version: context.version)
     }
 
     /// The proof for `keyHash` against the root of `version`: inclusion when the key is

@@ -181,7 +181,7 @@ public final class LMDBSparseStore: @unchecked Sendable {
             // entries for pages never committed; they are keyed by a version no reader asks
             // for, and a retry rewrites the same content under the same IDs.
             for (id, page) in pages where id.depth <= HotPageCache.maxDepth {
-                store.hotPages.insert(id, page.withHashTree())
+                store.hotPages.insert(id, page.hashTree == nil ? page.withHashTree() : page)
             }
         }
 
@@ -258,9 +258,9 @@ public final class LMDBSparseStore: @unchecked Sendable {
 /// A bounded cache of upper-level pages with their node hashes.
 final class HotPageCache: @unchecked Sendable {
     // Sendable: `lock` guards `pages`.
-    /// Pages at depths 0, 4 and 8 (at most 273 per version) are cached.
-    static let maxDepth = 8
-    static let capacity = 4096
+    /// Pages at depths 0 to 12 (at most 4,369 per version) are cached, about 2 KB each.
+    static let maxDepth = 12
+    static let capacity = 16_384
     private let lock = NSLock()
     private var pages: [PageID: SparsePage] = [:]
 

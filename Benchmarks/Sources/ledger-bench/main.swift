@@ -194,7 +194,10 @@ let keyCount = sparseKeys ?? entries
 if keyCount > 0 {
     let smtPath = Workloads.scratch("smt", base: baseDir)
     defer { try? FileManager.default.removeItem(atPath: smtPath) }
-    let smtEnv = try Environment(path: smtPath)
+    var smtOptions = Environment.Options()
+    // MEDLEDGER_BENCH_NOSYNC=1 separates the CPU cost from the cost of syncing.
+    smtOptions.durable = ProcessInfo.processInfo.environment["MEDLEDGER_BENCH_NOSYNC"] == nil
+    let smtEnv = try Environment(path: smtPath, options: smtOptions)
     let smt = try LMDBSparseStore(environment: smtEnv)
     var keyRng = Workloads.SplitMix64(seed: 0x5e7)
     func randomHash() -> Hash {
