@@ -81,6 +81,12 @@ public struct PageID: Hashable, Sendable, Comparable {
     public let depth: Int
     public let prefix: Hash
 
+    public init(version: UInt64, depth: Int, prefix: Hash) {
+        self.version = version
+        self.depth = depth
+        self.prefix = prefix
+    }
+
     /// The storage key: version (8 bytes BE) || depth/4 (1 byte) || the prefix's first
     /// ceil(depth/8) bytes. Keys of one version sort together, so a batch appends in order.
     public var storageKey: [UInt8] { withStorageKey { Array($0) } }

@@ -114,6 +114,8 @@ public final class LMDBSparseStore: @unchecked Sendable {
     /// past its bound (old versions' pages accumulate otherwise).
     let hotPages = HotPageCache()
 
+    /// The `smt.pages` database, for diagnostics.
+    public var pagesDatabase: Database { pages }
     /// The `smt.roots` database (version → root), for tools that list versions.
     public var rootsDatabase: Database { roots }
 

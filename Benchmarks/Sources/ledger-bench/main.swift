@@ -232,15 +232,68 @@ if keyCount > 0 {
                     value: Double(batch) / Stats(lateInserts).median, unit: "keys/s", limitName: nil, limit: nil, extra: [:]))
     var updateTimes: [Double] = []
     log("sparse tree: update existing keys in batches of \(batch)")
+    let phases = SparseMerkleTree.ApplyTimings()
     for _ in 0..<20 {
         let changes = (0..<batch).map { _ in SparseChange(keyHash: keys[Int(keyRng.next() % UInt64(keys.count))], value: value) }
         version += UInt64(batch)
         let start = DispatchTime.now().uptimeNanoseconds
-        _ = try smt.write { try SparseMerkleTree.apply(changes, version: version, writer: $0) }
+        _ = try SparseMerkleTree.$timings.withValue(phases) {
+            try smt.write { try SparseMerkleTree.apply(changes, version: version, writer: $0) }
+        }
         updateTimes.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
     }
+    log(String(format: "key map update phases per batch: sort %.1f ms, update %.1f ms, store %.1f ms, stale %.1f ms, %d pages; whole batch %.1f ms",
+               Double(phases.sortNs) / 20e6, Double(phases.updateNs) / 20e6, Double(phases.storeNs) / 20e6, Double(phases.staleNs) / 20e6,
+               phases.pages / 20, Stats(updateTimes).median * 1000))
     rows.append(Row(name: "key map: update existing keys (batch 10k, durable, \(keyCount) keys)",
                     value: Double(batch) / Stats(updateTimes).median, unit: "keys/s", limitName: nil, limit: nil, extra: [:]))
+    // Diagnostics: what one rewritten page costs (pages on random keys' paths at depth 12 and 16).
+    do {
+        let sample = (0..<5000).map { _ in keys[Int(keyRng.next() % UInt64(keys.count))] }
+        var pages: [(PageID, SparsePage)] = []
+        try smt.read { view in
+            for k in sample {
+                var node = try SparseMerkleTree.root(version: version, reader: view)
+                var depth = 0
+                var prefix = Hash.zero
+                while case .page(_, let v) = node, depth <= 16 {
+                    let id = PageID(version: v, depth: depth, prefix: prefix)
+                    let page = try view.page(id)
+                    if depth >= 12 { pages.append((id, page)) }
+                    var bytes = prefix.bytes
+                    let n = k.withUnsafeBytes { Int(depth & 4 == 0 ? $0[depth >> 3] >> 4 : $0[depth >> 3] & 0x0f) }
+                    bytes[depth >> 3] |= UInt8(depth & 4 == 0 ? n << 4 : n)
+                    prefix = Hash(bytes)!
+                    node = page.slots[n]
+                    depth += 4
+                }
+            }
+        }
+        let encodedPages = pages.map { $0.1.encoded() }
+        var start = DispatchTime.now().uptimeNanoseconds
+        var decodedCount = 0
+        for bytes in encodedPages { decodedCount += bytes.withUnsafeBytes { SparsePage(decoding: $0) } == nil ? 0 : 1 }
+        let decodeNs = Double(DispatchTime.now().uptimeNanoseconds - start) / Double(max(1, encodedPages.count))
+        start = DispatchTime.now().uptimeNanoseconds
+        var encodedBytes = 0
+        for (_, page) in pages { encodedBytes += page.encoded().count }
+        let encodeNs = Double(DispatchTime.now().uptimeNanoseconds - start) / Double(max(1, pages.count))
+        start = DispatchTime.now().uptimeNanoseconds
+        for (_, page) in pages { sink &+= page.withHashTree().slots.count }
+        let hashNs = Double(DispatchTime.now().uptimeNanoseconds - start) / Double(max(1, pages.count))
+        start = DispatchTime.now().uptimeNanoseconds
+        try smt.read { view in
+            for (id, _) in pages {
+                sink &+= try id.withStorageKey { key in try view.txn.withValue(smt.pagesDatabase, key: key) { $0.count } } ?? 0
+            }
+        }
+        let getNs = Double(DispatchTime.now().uptimeNanoseconds - start) / Double(max(1, pages.count))
+        sink &+= decodedCount
+        rows.append(Row(name: "diagnostic: key map page (depth 12-16, \(encodedBytes / max(1, pages.count)) B): get / decode / encode / hash",
+                        value: getNs, unit: "ns get", limitName: "decode, encode, hash ns", limit: nil,
+                        extra: ["decode_ns": decodeNs, "encode_ns": encodeNs, "hash_ns": hashNs]))
+        log(String(format: "key map page costs: get %.0f ns, decode %.0f ns, encode %.0f ns, hash tree %.0f ns", getNs, decodeNs, encodeNs, hashNs))
+    }
     let smtQueries = min(queries, 100_000)
     for present in [true, false] {
         var proofs: [SparseProof] = []
