@@ -126,16 +126,32 @@ public struct SparsePage: Sendable, Equatable {
 
     public static func == (a: SparsePage, b: SparsePage) -> Bool { a.slots == b.slots }
 
-    /// The page with its node hashes computed.
+    /// The page with its node hashes computed, bottom-up: a node with no key is `EMPTY`, a
+    /// node whose subtree holds exactly one key takes that leaf's hash, any other is interior.
     public func withHashTree() -> SparsePage {
         var tree = [Hash](repeating: .zero, count: 32)
-        var copy = self
-        func fill(_ node: Int, _ lo: Int, _ hi: Int) -> Hash {
-            let h = rangeHash(lo, hi, descend: { fill(node * 2, lo, (lo + hi) / 2) }, { fill(node * 2 + 1, (lo + hi) / 2, hi) })
-            tree[node] = h
-            return h
+        // Keys below each node, capped at 2 (a page below counts as 2: it holds at least two).
+        var keys = [UInt8](repeating: 0, count: 32)
+        for (i, slot) in slots.enumerated() {
+            switch slot {
+            case .empty: break
+            case .leaf(_, _, let h): tree[16 + i] = h; keys[16 + i] = 1
+            case .page(let h, _): tree[16 + i] = h; keys[16 + i] = 2
+            }
         }
-        _ = fill(1, 0, 16)
+        var node = 15
+        while node >= 1 {
+            let l = 2 * node, r = 2 * node + 1
+            let total = keys[l] + keys[r]
+            keys[node] = min(total, 2)
+            if total == 1 {
+                tree[node] = keys[l] == 1 ? tree[l] : tree[r]
+            } else if total >= 2 {
+                tree[node] = SparseHash.interior(tree[l], tree[r])
+            }
+            node -= 1
+        }
+        var copy = self
         copy.hashTree = tree
         return copy
     }
@@ -169,27 +185,57 @@ public struct SparsePage: Sendable, Equatable {
     /// Binary encoding: u16 occupied bitmap, u16 leaf bitmap, then per occupied slot a leaf
     /// (key hash, leaf hash, u16 value length, value) or a page (hash, u64 version).
     public func encoded() -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: encodedSize) { out, count in
+            encode(into: UnsafeMutableRawBufferPointer(out))
+            count = encodedSize
+        }
+    }
+
+    /// The size of ``encoded()``.
+    public var encodedSize: Int {
+        var size = 4
+        for slot in slots {
+            switch slot {
+            case .empty: break
+            case .leaf(_, let value, _): size += 66 + value.count
+            case .page: size += 40
+            }
+        }
+        return size
+    }
+
+    /// Writes ``encoded()`` into `out` (exactly ``encodedSize`` bytes), e.g. LMDB's reserved value.
+    public func encode(into out: UnsafeMutableRawBufferPointer) {
         var occupied: UInt16 = 0, leaves: UInt16 = 0
-        var body: [UInt8] = []
-        body.reserveCapacity(16 * 80)
+        var at = 4
+        func put(_ h: Hash) {
+            h.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[at..<(at + 32)]).copyMemory(from: $0) }
+            at += 32
+        }
         for (i, slot) in slots.enumerated() {
             switch slot {
             case .empty: continue
             case .leaf(let k, let value, let h):
                 occupied |= 1 << i
                 leaves |= 1 << i
-                body += k.bytes
-                body += h.bytes
-                body.append(UInt8(value.count >> 8))
-                body.append(UInt8(value.count & 0xff))
-                body += value
+                put(k)
+                put(h)
+                out[at] = UInt8(value.count >> 8)
+                out[at + 1] = UInt8(value.count & 0xff)
+                at += 2
+                value.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[at..<(at + value.count)]).copyMemory(from: $0) }
+                at += value.count
             case .page(let h, let v):
                 occupied |= 1 << i
-                body += h.bytes
-                withUnsafeBytes(of: v.bigEndian) { body.append(contentsOf: $0) }
+                put(h)
+                out.storeBytes(of: v.bigEndian, toByteOffset: at, as: UInt64.self)
+                at += 8
             }
         }
-        return [UInt8(occupied >> 8), UInt8(occupied & 0xff), UInt8(leaves >> 8), UInt8(leaves & 0xff)] + body
+        out[0] = UInt8(occupied >> 8)
+        out[1] = UInt8(occupied & 0xff)
+        out[2] = UInt8(leaves >> 8)
+        out[3] = UInt8(leaves & 0xff)
     }
 
     /// Decodes ``encoded()``; `nil` for malformed bytes.

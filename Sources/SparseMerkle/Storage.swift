@@ -176,8 +176,9 @@ public final class LMDBSparseStore: @unchecked Sendable {
 
         public func putPages(_ pages: [(PageID, SparsePage)]) throws {
             for (id, page) in pages {
-                let encoded = page.encoded()
-                try id.withStorageKey { key in try txn.put(store.pages, key: key, value: encoded, flags: .append) }
+                try id.withStorageKey { key in
+                    try txn.put(store.pages, key: key, reservingCapacity: page.encodedSize, flags: .append) { page.encode(into: $0) }
+                }
             }
             // Warm the cache for the next batch and for proofs. A write that aborts leaves
             // entries for pages never committed; they are keyed by a version no reader asks
