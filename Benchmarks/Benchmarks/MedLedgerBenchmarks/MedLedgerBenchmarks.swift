@@ -4,6 +4,8 @@ import Foundation
 import LedgerCrypto
 import MedLedger
 import MerkleLog
+import LMDBKit
+import SparseMerkle
 
 // The ordo-one suite: per-operation figures with allocation counts. Ledger size for the
 // proof benchmarks: 1M entries, or MEDLEDGER_BENCH_SCALE (e.g. 10M).
@@ -22,6 +24,29 @@ func sharedLedger() throws -> Ledger {
     try ledger.environment.sync()
     proofLedger = ledger
     return ledger
+}
+
+/// A key map of `scale` random keys, built once for the key-map benchmarks.
+nonisolated(unsafe) var keyMap: (store: LMDBSparseStore, keys: [Hash], version: UInt64)?
+
+func sharedKeyMap() throws -> (store: LMDBSparseStore, keys: [Hash], version: UInt64) {
+    if let keyMap { return keyMap }
+    var options = Environment.Options()
+    options.durable = false  // setup only
+    let store = try LMDBSparseStore(environment: try Environment(path: Workloads.scratch("keymap"), options: options))
+    var rng = Workloads.SplitMix64(seed: 7)
+    var keys: [Hash] = []
+    var version: UInt64 = 0
+    while keys.count < scale {
+        let batch = (0..<min(10_000, scale - keys.count)).map { _ in
+            Hash(unsafeUninitializedBytes: { out in for i in 0..<4 { out.storeBytes(of: rng.next(), toByteOffset: i * 8, as: UInt64.self) } })
+        }
+        keys += batch
+        version += UInt64(batch.count)
+        _ = try store.write { try SparseMerkleTree.apply(batch.map { SparseChange(keyHash: $0, value: [UInt8](repeating: 1, count: 40)) }, version: version, writer: $0) }
+    }
+    keyMap = (store, keys, version)
+    return keyMap!
 }
 
 let benchmarks: @Sendable () -> Void = {
@@ -104,6 +129,29 @@ let benchmarks: @Sendable () -> Void = {
         for i in benchmark.scaledIterations {
             let (proof, leaf, root) = proofs[i % proofs.count]
             try proof.verify(leafHash: leaf, rootHash: root)
+        }
+    }
+
+    Benchmark("key map update batch 10k at \(scale) keys", configuration: .init(maxDuration: .seconds(10), maxIterations: 30)) { benchmark in
+        var (store, keys, version) = try sharedKeyMap()
+        var rng = Workloads.SplitMix64(seed: 8)
+        for _ in benchmark.scaledIterations {
+            let changes = (0..<10_000).map { _ in SparseChange(keyHash: keys[Int(rng.next() % UInt64(keys.count))], value: [UInt8](repeating: 2, count: 40)) }
+            version += 10_000
+            benchmark.startMeasurement()
+            _ = try store.write { try SparseMerkleTree.apply(changes, version: version, writer: $0) }
+            benchmark.stopMeasurement()
+        }
+        keyMap = (store, keys, version)
+    }
+
+    Benchmark("key proof (present) at \(scale) keys", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        let (store, keys, version) = try sharedKeyMap()
+        var rng = Workloads.SplitMix64(seed: 9)
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            let k = keys[Int(rng.next() % UInt64(keys.count))]
+            blackHole(try store.read { try SparseMerkleTree.proof(keyHash: k, version: version, reader: $0) })
         }
     }
 
