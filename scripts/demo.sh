@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates a ledger, appends entries, prints a signed checkpoint and an inclusion proof,
-# and verifies the proof offline against the checkpoint. Usage: scripts/demo.sh [DIR]
+# and verifies the proof offline against the checkpoint, then proves a key present and
+# another absent in the key map. Usage: scripts/demo.sh [DIR]
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 if [ -z "${MEDLEDGER_BIN:-}" ]; then
@@ -29,3 +30,8 @@ echo "== inclusion proof of entry 4242" >&2
 
 echo "== verifying offline against the checkpoint and verifier key" >&2
 "$BIN" verify-proof "$WORK/proof.json" --checkpoint "$WORK/checkpoint.txt" --key "$KEY"
+
+echo "== key map: proof that patient/demo/record/1 points at its entry, and that another key is absent" >&2
+"$BIN" prove key "$DIR" --key patient/demo/record/1 | tee "$WORK/key.json"
+"$BIN" verify-proof "$WORK/key.json" --checkpoint "$WORK/checkpoint.txt" --key "$KEY"
+"$BIN" prove key "$DIR" --key patient/demo/record/2 | "$BIN" verify-proof --checkpoint "$WORK/checkpoint.txt" --key "$KEY"
