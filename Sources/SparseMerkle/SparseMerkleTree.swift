@@ -114,9 +114,9 @@ public enum SparseMerkleTree {
             }
             if let e = existing { keys.append(e) }
             return build(keys[...], depth: depth, prefix: prefix, context: &context)
-        case .page(_, let pageVersion):
+        case .page(let pageHash, let pageVersion):
             let id = PageID(version: pageVersion, depth: depth, prefix: prefix)
-            var page = try reader.page(id)
+            var page = try reader.page(id, hash: pageHash)
             if pageVersion != context.version { context.stale.append(id) }
             var start = changes.startIndex
             while start < changes.endIndex {
@@ -178,8 +178,8 @@ public enum SparseMerkleTree {
             case .leaf(let other, let value, _):
                 let terminal = SparseProof.Terminal.leaf(keyHash: other, valueHash: SHA256.hash(value))
                 return SparseProof(keyHash: k, terminal: terminal, siblings: siblings.reversed(), value: other == k ? value : nil)
-            case .page(_, let v):
-                let page = try reader.page(PageID(version: v, depth: depth, prefix: prefix))
+            case .page(let h, let v):
+                let page = try reader.page(PageID(version: v, depth: depth, prefix: prefix), hash: h)
                 var lo = 0, hi = 16
                 for step in 0..<4 {
                     if step > 0 {
@@ -219,8 +219,8 @@ public enum SparseMerkleTree {
             switch node {
             case .empty: return nil
             case .leaf(let other, let value, _): return other == k ? value : nil
-            case .page(_, let v):
-                let page = try reader.page(PageID(version: v, depth: depth, prefix: prefix))
+            case .page(let h, let v):
+                let page = try reader.page(PageID(version: v, depth: depth, prefix: prefix), hash: h)
                 let n = nibble(k, at: depth)
                 node = page.slots[n]
                 prefix = extend(prefix, depth: depth, nibble: n)

@@ -35,8 +35,8 @@ public struct SparseMerkleError: Error, Hashable, CustomStringConvertible, Senda
 
 /// Read access to a sparse tree's stored pages and roots, at one consistent moment.
 public protocol SparseReader {
-    /// The page `id`.
-    func page(_ id: PageID) throws -> SparsePage
+    /// The page `id`, whose hash its parent records as `hash`.
+    func page(_ id: PageID, hash: Hash) throws -> SparsePage
     /// The root node of `version`, or `nil` when not retained.
     func root(version: UInt64) throws -> SparseNode?
     /// The newest version, or `nil` for a tree never written.
@@ -64,7 +64,7 @@ public final class MemorySparseStore: SparseWriter {
 
     public init() {}
 
-    public func page(_ id: PageID) throws -> SparsePage {
+    public func page(_ id: PageID, hash: Hash) throws -> SparsePage {
         guard let page = pages[id] else { throw SparseMerkleError(.missingData, "no page at depth \(id.depth) of version \(id.version)") }
         return page
     }
@@ -145,9 +145,12 @@ public final class LMDBSparseStore: @unchecked Sendable {
             self.store = store
         }
 
-        public func page(_ id: PageID) throws -> SparsePage {
+        public func page(_ id: PageID, hash: Hash) throws -> SparsePage {
             let hot = id.depth <= HotPageCache.maxDepth
-            if hot, let cached = store.hotPages.page(id) { return cached }
+            // The cache is warmed before commit. Checking the hash the parent committed to
+            // ignores entries from a write that aborted while another writer (another
+            // process, or another store object) committed the same version differently.
+            if hot, let cached = store.hotPages.page(id), cached.rangeHash(0, 16) == hash { return cached }
             let found = try id.withStorageKey { key in try txn.withValue(store.pages, key: key) { SparsePage(decoding: $0) } }
             guard let found, let page = found else {
                 throw SparseMerkleError(.missingData, "no readable page at depth \(id.depth) of version \(id.version)")
@@ -181,8 +184,7 @@ public final class LMDBSparseStore: @unchecked Sendable {
                 }
             }
             // Warm the cache for the next batch and for proofs. A write that aborts leaves
-            // entries for pages never committed; they are keyed by a version no reader asks
-            // for, and a retry rewrites the same content under the same IDs.
+            // entries for pages never committed; `page(_:hash:)` checks hashes on every hit.
             for (id, page) in pages where id.depth <= HotPageCache.maxDepth {
                 store.hotPages.insert(id, page.hashTree == nil ? page.withHashTree() : page)
             }

@@ -190,6 +190,48 @@ struct LMDBBox: SparseWriterBox {
     }
 }
 
+@Suite struct SparseStoreFailures {
+    struct Abort: Error {}
+
+    @Test func anAbortedWriteLeavesNoStalePagesBehind() throws {
+        let path = NSTemporaryDirectory() + "medledger-smt-abort-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var options = Environment.Options()
+        options.durable = false
+        let env = try Environment(path: path, options: options)
+        let store = try LMDBSparseStore(environment: env)
+        // A second store object stands in for a second writer with its own page cache.
+        let other = try LMDBSparseStore(environment: env)
+        var map: [Hash: [UInt8]] = [:]
+        let first = (0..<500).map { SparseChange(keyHash: keyHash("a\($0)"), value: [1]) }
+        for c in first { map[c.keyHash] = c.value }
+        _ = try store.write { try SparseMerkleTree.apply(first, version: 1, writer: $0) }
+        // Version 2 is written and then aborted, after its pages reached the hot cache...
+        let abandoned = (0..<500).map { SparseChange(keyHash: keyHash("b\($0)"), value: [2]) }
+        #expect(throws: Abort.self) {
+            try store.write { view -> Void in
+                _ = try SparseMerkleTree.apply(abandoned, version: 2, writer: view)
+                throw Abort()
+            }
+        }
+        // ...and a different version 2 commits: its root and proofs must be its own.
+        let second = (0..<500).map { SparseChange(keyHash: keyHash("c\($0)"), value: [3]) }
+        for c in second { map[c.keyHash] = c.value }
+        let root = try other.write { try SparseMerkleTree.apply(second, version: 2, writer: $0) }
+        #expect(root.hash == NaiveSparse.root(map))
+        #expect(try store.read { try SparseMerkleTree.root(version: 2, reader: $0) } == root)
+        let third = [SparseChange(keyHash: keyHash("a1"), value: nil)]
+        map[keyHash("a1")] = nil
+        let root3 = try store.write { try SparseMerkleTree.apply(third, version: 3, writer: $0) }
+        #expect(root3.hash == NaiveSparse.root(map))
+        for name in ["a0", "a1", "b0", "c0", "c499"] {
+            let proof = try store.read { try SparseMerkleTree.proof(keyHash: keyHash(name), version: 3, reader: $0) }
+            #expect(proof.value == map[keyHash(name)])
+            try proof.verify(root: root3.hash)
+        }
+    }
+}
+
 @Suite struct SparseProofNegativeCases {
     static func fixture() throws -> (MemorySparseStore, Hash, [Hash: [UInt8]]) {
         let store = MemorySparseStore()

@@ -256,9 +256,9 @@ if keyCount > 0 {
                 var node = try SparseMerkleTree.root(version: version, reader: view)
                 var depth = 0
                 var prefix = Hash.zero
-                while case .page(_, let v) = node, depth <= 16 {
+                while case .page(let h, let v) = node, depth <= 16 {
                     let id = PageID(version: v, depth: depth, prefix: prefix)
-                    let page = try view.page(id)
+                    let page = try view.page(id, hash: h)
                     if depth >= 12 { pages.append((id, page)) }
                     var bytes = prefix.bytes
                     let n = k.withUnsafeBytes { Int(depth & 4 == 0 ? $0[depth >> 3] >> 4 : $0[depth >> 3] & 0x0f) }
