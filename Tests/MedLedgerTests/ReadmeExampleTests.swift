@@ -24,7 +24,13 @@ import MerkleLog
     let checkpoint = try SignedCheckpoint(verifying: note, verifiers: [verifier]).checkpoint
     try ProofDocument.inclusion(.init(proof: proof, leafHash: leafHash, rootHash: root))
         .verify(against: checkpoint)
+
+    // The key map: what "observation/42" points at, proven against the same checkpoint.
+    let (keyProof, mapRoot, size) = try ledger.keyProof(key: "observation/42")
+    try ProofDocument.key(.init(key: "observation/42", treeSize: size, mapRoot: mapRoot, proof: keyProof))
+        .verify(against: checkpoint)
     // --- README example ends ---
 
     #expect(checkpoint.size == 1000)
+    #expect(keyProof.isInclusion)
 }
