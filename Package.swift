@@ -37,11 +37,13 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Helpers shared by the test targets (seeded random generator).
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "LMDBKitTests", dependencies: ["LMDBKit"]),
-        .testTarget(name: "LedgerCryptoTests", dependencies: ["LedgerCrypto"]),
-        .testTarget(name: "MerkleLogTests", dependencies: ["MerkleLog", "LedgerCrypto", "LMDBKit"]),
-        .testTarget(name: "SparseMerkleTests", dependencies: ["SparseMerkle", "LedgerCrypto", "LMDBKit"]),
-        .testTarget(name: "MedLedgerTests", dependencies: ["MedLedger", "MerkleLog", "LedgerCrypto"]),
+        .testTarget(name: "LedgerCryptoTests", dependencies: ["LedgerCrypto", "TestSupport"]),
+        .testTarget(name: "MerkleLogTests", dependencies: ["MerkleLog", "LedgerCrypto", "LMDBKit", "TestSupport"]),
+        .testTarget(name: "SparseMerkleTests", dependencies: ["SparseMerkle", "LedgerCrypto", "LMDBKit", "TestSupport"]),
+        .testTarget(name: "MedLedgerTests", dependencies: ["MedLedger", "MerkleLog", "LedgerCrypto", "SparseMerkle", "TestSupport"]),
         .testTarget(name: "MedLedgerCLITests", dependencies: ["MedLedgerCLI", "LedgerCrypto"]),
     ]
 )

@@ -1,3 +1,4 @@
+import TestSupport
 import LedgerCrypto
 
 /// RFC 6962 section 2.1 written directly from the text, recursively and slowly, as the
@@ -42,15 +43,3 @@ enum Reference {
     }
 }
 
-/// A seeded generator so failures reproduce.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E3779B97F4A7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
-        z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
-        return z ^ (z >> 31)
-    }
-}

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 import LMDBKit
 import LedgerCrypto
 @testable import SparseMerkle
@@ -20,17 +21,6 @@ enum NaiveSparse {
     static func bit(_ k: Hash, _ t: Int) -> Int { Int(k.bytes[t / 8] >> (7 - UInt8(t % 8)) & 1) }
 }
 
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E3779B97F4A7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
-        z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
-        return z ^ (z >> 31)
-    }
-}
 
 func keyHash(_ name: String) -> Hash { SHA256.hash(Array(name.utf8)) }
 
