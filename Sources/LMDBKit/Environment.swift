@@ -23,7 +23,9 @@ public struct Database: Sendable, Hashable {
 /// The map (the largest size the file may reach) starts at ``Options/mapSize`` and doubles,
 /// up to ``Options/maxMapSize``, whenever a write fails with `MDB_MAP_FULL`: the write is
 /// aborted, the map grown, and the closure run again. A closure passed to `write` must
-/// therefore have no effects outside the transaction until `write` returns.
+/// therefore have no effects outside the transaction until `write` returns. Do not call
+/// `write` from inside a `read` closure on the same thread: growing the map waits for this
+/// process's open transactions to end.
 ///
 /// For example:
 /// ```swift
