@@ -52,8 +52,25 @@ public struct Hash: Sendable, Hashable, Comparable, CustomStringConvertible {
     /// Lends the 32 bytes.
     @inlinable
     public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
-        var copy = words
-        return try Swift.withUnsafeBytes(of: &copy, body)
+        try Swift.withUnsafeBytes(of: words, body)
+    }
+
+    /// Byte `i` (0 ..< 32) of the hash, read arithmetically from the stored words.
+    ///
+    /// Hot bit-twiddling paths use this instead of ``withUnsafeBytes(_:)``: an optimized build
+    /// was seen to read a constant offset through the copied tuple as zero.
+    @inlinable
+    public func byte(at i: Int) -> UInt8 {
+        let w: UInt64
+        switch i >> 3 {
+        case 0: w = words.0
+        case 1: w = words.1
+        case 2: w = words.2
+        default: w = words.3
+        }
+        // The words hold the bytes in memory order; on any host, the little-endian value of a
+        // word has byte 0 in its lowest 8 bits.
+        return UInt8(truncatingIfNeeded: UInt64(littleEndian: w) >> (UInt64(i & 7) &* 8))
     }
 
     /// The 32 bytes as an array.

@@ -3,16 +3,14 @@ public import LedgerCrypto
 /// The bit of a key hash at binary depth `t`: bit (7 - t mod 8) of byte t/8, most significant first.
 @inline(__always)
 public func keyBit(_ k: Hash, _ t: Int) -> Int {
-    k.withUnsafeBytes { Int(($0[t >> 3] >> (7 - UInt8(t & 7))) & 1) }
+    Int((k.byte(at: t >> 3) >> (7 - UInt8(t & 7))) & 1)
 }
 
 /// The 4-bit slot index of a key hash at page depth `depth` (a multiple of 4).
 @inline(__always)
 func nibble(_ k: Hash, at depth: Int) -> Int {
-    k.withUnsafeBytes { raw in
-        let byte = raw[depth >> 3]
-        return Int(depth & 4 == 0 ? byte >> 4 : byte & 0x0f)
-    }
+    let byte = k.byte(at: depth >> 3)
+    return Int(depth & 4 == 0 ? byte >> 4 : byte & 0x0f)
 }
 
 /// `prefix` with the nibble at `depth` set to `n` (bits below are zero).

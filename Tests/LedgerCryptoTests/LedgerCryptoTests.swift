@@ -57,6 +57,18 @@ import LedgerCrypto
         #expect(a < b)
     }
 
+    @Test func singleBytesReadBackInOptimizedBuilds() {
+        // An optimized build once read constant offsets through `withUnsafeBytes` as zero.
+        let hashes = (0..<64).map { SHA256.hash(Array("b\($0)".utf8)) }
+        for h in hashes {
+            let bytes = h.bytes
+            #expect(h.withUnsafeBytes { $0[0] } == bytes[0])
+            #expect(h.withUnsafeBytes { $0[31] } == bytes[31])
+            for i in [0, 1, 7, 8, 15, 16, 31] { #expect(h.byte(at: i) == bytes[i]) }
+        }
+        #expect(Set(hashes.map { $0.withUnsafeBytes { $0[0] } }).count > 1)
+    }
+
     @Test func base64IsStrict() {
         #expect(Base64.decode("AAEC") == [0, 1, 2])
         #expect(Base64.decode("AAE=") == [0, 1])
