@@ -242,7 +242,8 @@ public final class Ledger: @unchecked Sendable {
             }
             return SparseChange(keyHash: entry.keyHash, value: Self.mapValue(index: first + UInt64(entry.position), leafHash: leaves[entry.position]))
         }
-        try SparseMerkleTree.apply(changes, version: first + UInt64(count), writer: LMDBSparseStore.View(writer.view, store: sparse))
+        try SparseMerkleTree.apply(changes, version: first + UInt64(count),
+                                   writer: LMDBSparseStore.View(writer.view, store: sparse), snapshot: sparse)
     }
 
     /// The map value of a key: u64 big-endian log index || leaf hash (40 bytes).

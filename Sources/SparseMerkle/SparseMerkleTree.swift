@@ -49,7 +49,12 @@ public enum SparseMerkleTree {
     /// Applies `changes` as version `version` (greater than every earlier version) and
     /// returns the new root node. Later changes to the same key win.
     @discardableResult
-    public static func apply<W: SparseWriter>(_ changes: [SparseChange], version: UInt64, writer: W) throws -> SparseNode {
+    ///
+    /// With a `snapshot` source (a store that can open read views of its committed state on
+    /// other threads), large batches update the root page's subtrees on two threads.
+    public static func apply<W: SparseWriter>(
+        _ changes: [SparseChange], version: UInt64, writer: W, snapshot: (any SparseSnapshotSource)? = nil
+    ) throws -> SparseNode {
         let clock = timings
         var mark = clock == nil ? 0 : DispatchTime.now().uptimeNanoseconds
         func lap(_ field: ReferenceWritableKeyPath<ApplyTimings, UInt64>) {
@@ -75,7 +80,15 @@ public enum SparseMerkleTree {
         }
         lap(\.sortNs)
         var context = Context(version: version)
-        let newRoot = unique.isEmpty ? root : try update(root, depth: 0, prefix: .zero, changes: unique[...], reader: writer, context: &context)
+        let newRoot: SparseNode
+        if unique.isEmpty {
+            newRoot = root
+        } else if let snapshot, unique.count >= 2048, case .page(let rootHash, let rootVersion) = root {
+            newRoot = try updateRootInParallel(rootHash: rootHash, rootVersion: rootVersion, changes: unique,
+                                               writer: writer, snapshot: snapshot, context: &context)
+        } else {
+            newRoot = try update(root, depth: 0, prefix: .zero, changes: unique[...], reader: writer, context: &context)
+        }
         lap(\.updateNs)
         context.newPages.sort { $0.0 < $1.0 }
         try writer.putPages(context.newPages)
@@ -85,6 +98,40 @@ public enum SparseMerkleTree {
         clock?.pages += context.newPages.count
         try writer.putRoot(newRoot, version: version)
         return newRoot
+    }
+
+    /// Updates the root page's 16 subtrees on two threads, each reading from its own snapshot
+    /// of the committed tree (every page a batch replaces is committed), then finishes the root
+    /// page on this thread.
+    static func updateRootInParallel<W: SparseWriter>(
+        rootHash: Hash, rootVersion: UInt64, changes: [SparseChange], writer: W,
+        snapshot: any SparseSnapshotSource, context: inout Context
+    ) throws -> SparseNode {
+        let rootID = PageID(version: rootVersion, depth: 0, prefix: .zero)
+        var page = try writer.page(rootID, hash: rootHash)
+        if rootVersion != context.version { context.stale.append(rootID) }
+        // Group the sorted changes by first nibble, then split the groups in two by size.
+        var groups: [(nibble: Int, range: Range<Int>)] = []
+        var start = 0
+        while start < changes.count {
+            let n = nibble(changes[start].keyHash, at: 0)
+            var end = start + 1
+            while end < changes.count && nibble(changes[end].keyHash, at: 0) == n { end += 1 }
+            groups.append((n, start..<end))
+            start = end
+        }
+        var split = 0
+        while split < groups.count && groups[split].range.upperBound <= changes.count / 2 { split += 1 }
+        let job = ParallelUpdate(changes: changes, halves: [Array(groups[..<split]), Array(groups[split...])],
+                                 slots: page.slots, version: context.version, snapshot: snapshot)
+        DispatchQueue.concurrentPerform(iterations: 2) { job.run(half: $0) }
+        for result in [job.first, job.second] {
+            let part = try result.get()
+            for (n, node) in part.slots { page.slots[n] = node }
+            context.newPages += part.context.newPages
+            context.stale += part.context.stale
+        }
+        return finish(page, depth: 0, prefix: .zero, context: &context)
     }
 
     /// The root node of `version`.
@@ -227,5 +274,56 @@ public enum SparseMerkleTree {
                 depth += 4
             }
         }
+    }
+}
+
+/// A store that can lend read views of its committed state on any thread.
+public protocol SparseSnapshotSource: Sendable {
+    /// Runs `body` with a reader over the last committed state.
+    func withSnapshot<R>(_ body: (any SparseReader) throws -> R) throws -> R
+}
+
+/// One parallel root update: two workers, each writing only its own result.
+final class ParallelUpdate: @unchecked Sendable {
+    // Sendable: the inputs are read-only; worker 0 writes only `first`, worker 1 only
+    // `second`, and the caller reads them after concurrentPerform returns.
+    struct Part {
+        var slots: [(Int, SparseNode)] = []
+        var context: SparseMerkleTree.Context
+    }
+
+    let changes: [SparseChange]
+    let halves: [[(nibble: Int, range: Range<Int>)]]
+    let slots: [SparseNode]
+    let version: UInt64
+    let snapshot: any SparseSnapshotSource
+    var first: Result<Part, any Error>
+    var second: Result<Part, any Error>
+
+    init(changes: [SparseChange], halves: [[(nibble: Int, range: Range<Int>)]], slots: [SparseNode],
+         version: UInt64, snapshot: any SparseSnapshotSource) {
+        self.changes = changes
+        self.halves = halves
+        self.slots = slots
+        self.version = version
+        self.snapshot = snapshot
+        self.first = .success(Part(context: .init(version: version)))
+        self.second = .success(Part(context: .init(version: version)))
+    }
+
+    func run(half: Int) {
+        let result = Result { () throws -> Part in
+            try snapshot.withSnapshot { reader in
+                var part = Part(context: .init(version: version))
+                for group in halves[half] {
+                    let node = try SparseMerkleTree.update(
+                        slots[group.nibble], depth: 4, prefix: extend(.zero, depth: 0, nibble: group.nibble),
+                        changes: changes[group.range], reader: reader, context: &part.context)
+                    part.slots.append((group.nibble, node))
+                }
+                return part
+            }
+        }
+        if half == 0 { first = result } else { second = result }
     }
 }

@@ -103,7 +103,7 @@ public final class MemorySparseStore: SparseWriter {
 /// share its version prefix).
 ///
 /// Thread safety: immutable handles; use one ``LMDBSparseStore/View`` per transaction.
-public final class LMDBSparseStore: @unchecked Sendable {
+public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
     // Sendable: immutable after init.
     public let environment: Environment
     let pages: Database
@@ -233,6 +233,10 @@ public final class LMDBSparseStore: @unchecked Sendable {
             for v in oldRoots { try txn.delete(store.roots, key: v) }
             return deleted
         }
+    }
+
+    public func withSnapshot<R>(_ body: (any SparseReader) throws -> R) throws -> R {
+        try read { try body($0) }
     }
 
     /// Runs `body` with a view of the last committed state.

@@ -180,6 +180,38 @@ struct LMDBBox: SparseWriterBox {
     }
 }
 
+@Suite struct ParallelApply {
+    @Test func parallelRootUpdateMatchesTheReference() throws {
+        let path = NSTemporaryDirectory() + "medledger-smt-parallel-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var options = Environment.Options()
+        options.durable = false
+        let store = try LMDBSparseStore(environment: try Environment(path: path, options: options))
+        var map: [Hash: [UInt8]] = [:]
+        var rng = SplitMix64(seed: 0x9a4a11e1)
+        var version: UInt64 = 0
+        for batch in 0..<6 {
+            var changes: [SparseChange] = []
+            // New keys in every batch, plus updates and deletes of earlier ones.
+            for i in 0..<4000 {
+                let k = i % 2 == 0 ? keyHash("p\(batch)-\(i)") : keyHash("p\(rng.next() % UInt64(batch + 1))-\(rng.next() % 4000)")
+                let change = SparseChange(keyHash: k, value: rng.next() % 6 == 0 ? nil : Array("v\(batch)".utf8))
+                changes.append(change)
+                map[k] = change.value
+            }
+            version += 4000
+            let root = try store.write { try SparseMerkleTree.apply(changes, version: version, writer: $0, snapshot: store) }
+            #expect(root.hash == NaiveSparse.root(map), "batch \(batch), seed 0x9a4a11e1")
+        }
+        let expectedRoot = NaiveSparse.root(map)
+        for (k, value) in map.prefix(300) {
+            let proof = try store.read { try SparseMerkleTree.proof(keyHash: k, version: version, reader: $0) }
+            #expect(proof.value == value)
+            try proof.verify(root: expectedRoot)
+        }
+    }
+}
+
 @Suite struct SparseStoreFailures {
     struct Abort: Error {}
 

@@ -223,7 +223,7 @@ if keyCount > 0 {
         }
         version += UInt64(n)
         let start = DispatchTime.now().uptimeNanoseconds
-        _ = try smt.write { try SparseMerkleTree.apply(changes, version: version, writer: $0) }
+        _ = try smt.write { try SparseMerkleTree.apply(changes, version: version, writer: $0, snapshot: smt) }
         insertTimes.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
     }
     // Growth phase median: batches once the tree holds at least half the keys.
@@ -238,7 +238,7 @@ if keyCount > 0 {
         version += UInt64(batch)
         let start = DispatchTime.now().uptimeNanoseconds
         _ = try SparseMerkleTree.$timings.withValue(phases) {
-            try smt.write { try SparseMerkleTree.apply(changes, version: version, writer: $0) }
+            try smt.write { try SparseMerkleTree.apply(changes, version: version, writer: $0, snapshot: smt) }
         }
         updateTimes.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
     }
