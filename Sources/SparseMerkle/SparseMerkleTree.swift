@@ -111,15 +111,7 @@ public enum SparseMerkleTree {
         var page = try writer.page(rootID, hash: rootHash)
         if rootVersion != context.version { context.stale.append(rootID) }
         // Group the sorted changes by first nibble, then split the groups in two by size.
-        var groups: [(nibble: Int, range: Range<Int>)] = []
-        var start = 0
-        while start < changes.count {
-            let n = nibble(changes[start].keyHash, at: 0)
-            var end = start + 1
-            while end < changes.count && nibble(changes[end].keyHash, at: 0) == n { end += 1 }
-            groups.append((n, start..<end))
-            start = end
-        }
+        let groups = groupByNibble(changes[...], at: 0)
         var split = 0
         while split < groups.count && groups[split].range.upperBound <= changes.count / 2 { split += 1 }
         let job = ParallelUpdate(changes: changes, halves: [Array(groups[..<split]), Array(groups[split...])],
@@ -165,17 +157,27 @@ public enum SparseMerkleTree {
             let id = PageID(version: pageVersion, depth: depth, prefix: prefix)
             var page = try reader.page(id, hash: pageHash)
             if pageVersion != context.version { context.stale.append(id) }
-            var start = changes.startIndex
-            while start < changes.endIndex {
-                let n = nibble(changes[start].keyHash, at: depth)
-                var end = start + 1
-                while end < changes.endIndex && nibble(changes[end].keyHash, at: depth) == n { end += 1 }
+            for group in groupByNibble(changes, at: depth) {
+                let n = group.nibble
                 page.slots[n] = try update(page.slots[n], depth: depth + 4, prefix: extend(prefix, depth: depth, nibble: n),
-                                           changes: changes[start..<end], reader: reader, context: &context)
-                start = end
+                                           changes: changes[group.range], reader: reader, context: &context)
             }
             return finish(page, depth: depth, prefix: prefix, context: &context)
         }
+    }
+
+    /// The runs of `changes` (sorted by key hash) that share the nibble at `depth`, in order.
+    static func groupByNibble(_ changes: ArraySlice<SparseChange>, at depth: Int) -> [(nibble: Int, range: Range<Int>)] {
+        var groups: [(nibble: Int, range: Range<Int>)] = []
+        var start = changes.startIndex
+        while start < changes.endIndex {
+            let n = nibble(changes[start].keyHash, at: depth)
+            var end = start + 1
+            while end < changes.endIndex && nibble(changes[end].keyHash, at: depth) == n { end += 1 }
+            groups.append((n, start..<end))
+            start = end
+        }
+        return groups
     }
 
     /// The node for a sorted list of distinct keys at a page position.

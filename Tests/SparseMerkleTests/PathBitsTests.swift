@@ -22,17 +22,17 @@ import LedgerCrypto
     }
 }
 
-@Test func groupingByFirstNibble() {
+@Test func groupingByNibble() {
     let changes = (0..<300).map { SparseChange(keyHash: SHA256.hash(Array("g\($0)".utf8)), value: [1]) }.sorted { $0.keyHash < $1.keyHash }
-    var groups: [(Int, Range<Int>)] = []
-    var start = 0
-    while start < changes.count {
-        let n = nibble(changes[start].keyHash, at: 0)
-        var end = start + 1
-        while end < changes.count && nibble(changes[end].keyHash, at: 0) == n { end += 1 }
-        groups.append((n, start..<end))
-        start = end
+    let groups = SparseMerkleTree.groupByNibble(changes[...], at: 0)
+    #expect(groups.count == 16, "\(groups.map { "\($0.nibble):\($0.range)" })")
+    #expect(groups.map(\.nibble) == Array(0..<16))
+    #expect(groups.first?.range.lowerBound == 0 && groups.last?.range.upperBound == 300)
+    for group in groups {
+        for i in group.range { #expect(Int(changes[i].keyHash.bytes[0] >> 4) == group.nibble) }
+        // The next level splits a group by its second nibble.
+        for sub in SparseMerkleTree.groupByNibble(changes[group.range], at: 4) {
+            for i in sub.range { #expect(Int(changes[i].keyHash.bytes[0] & 0x0f) == sub.nibble) }
+        }
     }
-    #expect(groups.count == 16, "\(groups.map { "\($0.0):\($0.1)" })")
-    #expect(changes.first!.keyHash.bytes[0] >> 4 == 0 && changes.last!.keyHash.bytes[0] >> 4 == 15)
 }
