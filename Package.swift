@@ -43,7 +43,7 @@ let package = Package(
         .testTarget(name: "LedgerCryptoTests", dependencies: ["LedgerCrypto", "TestSupport"]),
         .testTarget(name: "MerkleLogTests", dependencies: ["MerkleLog", "LedgerCrypto", "LMDBKit", "TestSupport"]),
         .testTarget(name: "SparseMerkleTests", dependencies: ["SparseMerkle", "LedgerCrypto", "LMDBKit", "TestSupport"]),
-        .testTarget(name: "MedLedgerTests", dependencies: ["MedLedger", "MerkleLog", "LedgerCrypto", "SparseMerkle", "TestSupport"]),
+        .testTarget(name: "MedLedgerTests", dependencies: ["MedLedger", "MerkleLog", "LedgerCrypto", "SparseMerkle", "LMDBKit", "TestSupport"]),
         .testTarget(name: "MedLedgerCLITests", dependencies: ["MedLedgerCLI", "LedgerCrypto"]),
     ]
 )

@@ -108,6 +108,9 @@ public final class Ledger: @unchecked Sendable {
             try environment.read { txn in
                 guard let db = try txn.openDatabase("ledger.meta", create: false),
                       let origin = try txn.value(db, key: "origin") else { return nil }
+                guard let format = try txn.value(db, key: "format"), format == [0, 0, 0, 0, 0, 0, 0, 1] else {
+                    throw LedgerError(.storage, "\(path) holds a ledger format this version does not read")
+                }
                 return (db, String(decoding: origin, as: UTF8.self))
             }
         }

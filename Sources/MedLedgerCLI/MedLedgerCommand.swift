@@ -4,6 +4,7 @@ import LMDBKit
 import LedgerCrypto
 import MedLedger
 import MerkleLog
+import SparseMerkle
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -26,6 +27,7 @@ struct MedLedgerCommand: ParsableCommand {
             try command.run()
         } catch {
             let known = error is CLIError || error is LedgerError || error is MerkleLogError || error is LMDBError
+                || error is SparseMerkleError
             if !known {
                 // Argument-parser errors: help and version exit 0; everything else is usage (2).
                 let code = exitCode(for: error)

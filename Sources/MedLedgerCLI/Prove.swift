@@ -94,7 +94,8 @@ struct VerifyProof: ParsableCommand {
             let verifier = try loadVerifier(key)
             let text = String(decoding: try readInput(checkpoint, limit: SignedNote.maxSize), as: UTF8.self)
             do {
-                anchor = try SignedCheckpoint(verifying: text, verifiers: [verifier]).checkpoint
+                // A ledger's key is named after its origin: a checkpoint of another log fails.
+                anchor = try SignedCheckpoint(verifying: text, verifiers: [verifier], origin: verifier.name).checkpoint
             } catch let error as MerkleLogError where error.code == .verificationFailed {
                 try report(valid: false, document, error: "checkpoint: \(error.message)")
                 throw ExitCode(ExitStatus.verificationFailed.rawValue)

@@ -5,8 +5,8 @@ import LedgerCrypto
 ///
 /// Complete subtrees are written once and never change, so a cached hash can never go
 /// stale: the cache needs no invalidation, only a lock for its arrays. Levels at or above
-/// ``firstLevel`` hold one hash per 2^level entries (at the default level 6, 10M entries
-/// cost about 10 MB), so a proof reads only its lowest levels from storage.
+/// ``firstLevel`` hold one hash per 2^level entries (at the default level 5, 10M entries
+/// cost about 20 MB), so a proof reads only its lowest levels from storage.
 ///
 /// Thread safety: all methods may be called from several threads.
 public final class UpperLevelCache: @unchecked Sendable {

@@ -206,7 +206,7 @@ public final class LMDBLogStore: LogStore, @unchecked Sendable {
     /// Bytes of the data file used by the log's databases.
     public func storedBytes() throws -> Int {
         try environment.read { txn in
-            var total = try txn.unsafeView.storedBytes(entries)
+            var total = try txn.unsafeView.storedBytes(entries) + txn.unsafeView.storedBytes(tiles)
             for db in levels { total += try txn.unsafeView.storedBytes(db) }
             return total
         }

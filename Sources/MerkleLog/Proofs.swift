@@ -84,6 +84,7 @@ public struct ConsistencyProof: Sendable, Hashable {
         }
         if oldSize == 0 {
             guard hashes.isEmpty else { throw fail("proof from size 0 must be empty") }
+            guard oldRoot == SHA256.hash([]) else { throw fail("the root of size 0 must be the empty-tree hash") }
             return
         }
         guard !hashes.isEmpty else { throw fail("empty proof") }

@@ -22,10 +22,13 @@ public struct SparseMerkleError: Error, Hashable, CustomStringConvertible, Senda
 
     public let code: Code
     public let message: String
+    /// Source location that raised the error, for diagnostics.
+    public let location: String
 
-    public init(_ code: Code, _ message: String) {
+    public init(_ code: Code, _ message: String, file: String = #fileID, line: Int = #line) {
         self.code = code
         self.message = message
+        self.location = "\(file):\(line)"
     }
 
     public var description: String { "\(code): \(message)" }

@@ -4,6 +4,7 @@ import TestSupport
 import LedgerCrypto
 import MedLedger
 import MerkleLog
+import LMDBKit
 
 func ledgerPath(_ name: String) -> String {
     NSTemporaryDirectory() + "medledger-ledger-\(name)-\(UUID().uuidString)"
@@ -181,6 +182,16 @@ func scratchOptions() -> Ledger.Options {
         #expect(throws: LedgerError(.keyFile, "")) { try Ledger(path: path) }
         try original.write(toFile: keyPath, atomically: true, encoding: .utf8)
         _ = try Ledger(path: path)
+
+        // A ledger of an unknown format version is refused, not misread.
+        do {
+            let env = try Environment(path: path)
+            try env.write { txn in
+                let meta = try #require(try txn.openDatabase("ledger.meta", create: false))
+                try txn.put(meta, key: "format", value: UInt64(2))
+            }
+        }
+        #expect(throws: LedgerError(.storage, "")) { try Ledger(path: path) }
     }
 
     @Test func signerKeyFileIsPrivate() throws {

@@ -246,6 +246,9 @@ extension MerkleLog: LogAppender {
             try ConsistencyProof(oldSize: 0, newSize: n, hashes: [newRoot]).verify(oldRoot: SHA256.hash([]), newRoot: newRoot)
         }
         #expect(throws: MerkleLogError.self) {
+            try ConsistencyProof(oldSize: 0, newSize: n, hashes: []).verify(oldRoot: newRoot, newRoot: newRoot)
+        }
+        #expect(throws: MerkleLogError.self) {
             try ConsistencyProof(oldSize: 5, newSize: 4, hashes: [newRoot]).verify(oldRoot: newRoot, newRoot: newRoot)
         }
     }
