@@ -9,6 +9,7 @@
 #include <openssl/sha.h>
 #include <openssl/rand.h>
 #include <openssl/err.h>
+#include <openssl/hmac.h>
 
 static inline int CCrypto_SHA256_Init(SHA256_CTX *c) { return SHA256_Init(c); }
 static inline int CCrypto_SHA256_Update(SHA256_CTX *c, const void *data, size_t len) {
@@ -22,4 +23,14 @@ static inline int CCrypto_CRYPTO_memcmp(const void *a, const void *b, size_t len
 }
 static inline void CCrypto_OPENSSL_cleanse(void *p, size_t len) { OPENSSL_cleanse(p, len); }
 static inline int CCrypto_RAND_bytes(void *buf, int num) { return RAND_bytes((unsigned char *)buf, num); }
+/* AES-GCM control codes are macros Swift cannot import as typed constants. */
+static inline int CCrypto_GCM_SetTag(EVP_CIPHER_CTX *c, void *tag, int len) {
+    return EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, len, tag);
+}
+static inline int CCrypto_GCM_GetTag(EVP_CIPHER_CTX *c, void *tag, int len) {
+    return EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, len, tag);
+}
+static inline int CCrypto_GCM_SetIVLength(EVP_CIPHER_CTX *c, int len) {
+    return EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_IVLEN, len, NULL);
+}
 #endif
