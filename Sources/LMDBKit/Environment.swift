@@ -120,7 +120,9 @@ public final class Environment: @unchecked Sendable {
             try check(mdb_env_set_mapsize(handle, options.mapSize), "mdb_env_set_mapsize")
             try check(mdb_env_set_maxreaders(handle, options.maxReaders), "mdb_env_set_maxreaders")
             try check(mdb_env_set_maxdbs(handle, options.maxDatabases), "mdb_env_set_maxdbs")
-            var flags = UInt32(MDB_NOTLS) | UInt32(MDB_NOMEMINIT)
+            // Not MDB_NOMEMINIT: without it LMDB zeroes the unused parts of pages it writes;
+            // with it, stale heap bytes (which may have held decrypted records) reach the file.
+            var flags = UInt32(MDB_NOTLS)
             if options.readOnly { flags |= UInt32(MDB_RDONLY) }
             if !options.durable { flags |= UInt32(MDB_NOSYNC) }
             try check(mdb_env_open(handle, path, flags, 0o600), "open environment \(path)")

@@ -211,6 +211,27 @@ public final class Ledger: @unchecked Sendable {
     /// Each envelope's header is checked; a bad one aborts the whole batch.
     @discardableResult
     public func appendEncoded(count: Int, entry: (Int, (UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws -> UInt64 {
+        try appendEncoded(count: count, entry: entry, sideWrites: nil)
+    }
+
+    /// Appends `entries` and, in the same transaction, runs `sideWrites` with the write view
+    /// and the first entry's index: higher layers keep their private indexes (ciphertexts,
+    /// patient state) atomic with the log. `sideWrites` may run more than once when the map
+    /// grows mid-write, each time in a fresh transaction, so it must only write.
+    @discardableResult
+    public func append(_ entries: [LedgerEntry], sideWrites: (TransactionView, UInt64) throws -> Void) throws -> UInt64 {
+        var buffer: [UInt8] = []
+        return try withoutActuallyEscaping(sideWrites) { sideWrites in
+            try appendEncoded(count: entries.count, entry: { i, body in
+                let entry = entries[i]
+                LedgerEntry.encode(operation: entry.operation, key: entry.key, payload: entry.payload, into: &buffer)
+                try buffer.withUnsafeBytes(body)
+            }, sideWrites: sideWrites)
+        }
+    }
+
+    private func appendEncoded(count: Int, entry: (Int, (UnsafeRawBufferPointer) throws -> Void) throws -> Void,
+                               sideWrites: ((TransactionView, UInt64) throws -> Void)?) throws -> UInt64 {
         appendLock.lock()
         defer { appendLock.unlock() }
         var keyed: [KeyedEntry] = []
@@ -225,6 +246,7 @@ public final class Ledger: @unchecked Sendable {
                 }
             }, extra: { writer, first, leaves in
                 try self.applyMap(writer: writer, first: first, count: count, leaves: leaves, keyed: keyed)
+                try sideWrites?(writer.view, first)
             })
         }
     }
@@ -404,9 +426,14 @@ public final class Ledger: @unchecked Sendable {
     /// The signed checkpoint note of the current state. Ed25519 signatures are deterministic,
     /// so the same size always yields the same note.
     /// - Throws: ``LedgerError`` `.keyFile` when the ledger was opened read-only.
-    public func signedCheckpoint() throws -> String {
+    public func signedCheckpoint() throws -> String { try signedCheckpointAndState().note }
+
+    /// The signed checkpoint note of the current state with the checkpoint it signs, so that
+    /// proofs can be made at exactly its size.
+    public func signedCheckpointAndState() throws -> (note: String, checkpoint: Checkpoint) {
         guard let signer else { throw LedgerError(.keyFile, "ledger opened read-only has no signer key") }
-        return try signer.sign(try checkpoint().text)
+        let state = try checkpoint()
+        return (try signer.sign(state.text), state)
     }
 
     /// What ``rebuildIndex()`` found.

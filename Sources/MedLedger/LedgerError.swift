@@ -22,6 +22,24 @@ public struct LedgerError: Error, Hashable, CustomStringConvertible, Sendable {
         public static let keyFile = Code("keyFile")
         /// The underlying storage failed; see ``LedgerError/cause``.
         public static let storage = Code("storage")
+        /// The master key file does not open this ledger's data keys.
+        public static let wrongMasterKey = Code("wrongMasterKey")
+        /// A patient with that id is already registered.
+        public static let patientExists = Code("patientExists")
+        /// No patient with that id is registered.
+        public static let patientNotFound = Code("patientNotFound")
+        /// No such record, or no such version of it.
+        public static let recordNotFound = Code("recordNotFound")
+        /// The patient was erased: their data can no longer be read.
+        public static let erased = Code("erased")
+        /// The accessor may not read that (no grant, expired, revoked, outside scope); the refusal was audited.
+        public static let accessDenied = Code("accessDenied")
+        /// A record that is not what its media type says (e.g. FHIR JSON without `resourceType`).
+        public static let invalidRecord = Code("invalidRecord")
+        /// Another writer changed the same record or patient first; retry.
+        public static let conflict = Code("conflict")
+        /// A grant's signature is missing or does not verify under the patient's key.
+        public static let badSignature = Code("badSignature")
     }
 
     public let code: Code

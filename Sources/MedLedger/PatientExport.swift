@@ -1,0 +1,126 @@
+import Foundation
+public import LedgerCrypto
+public import MerkleLog
+
+/// A patient's current records as a FHIR R4 `Bundle` (type `collection`) and the proof bundle
+/// that lets anyone holding the ledger's verifier key check it offline.
+///
+/// The proof bundle (`{"type":"export",...}`, `docs/FORMATS.md`) carries the signed checkpoint
+/// and, for each Bundle entry in order: the log entry's bytes, its inclusion proof, the key proof
+/// that the record's key maps to that entry at the checkpoint (so it is the latest version),
+/// the stored ciphertext, and that one version's record key. A verifier decrypts each
+/// ciphertext and compares it with the Bundle's resource, so a changed resource, a dropped
+/// newer version or a forged entry fails.
+public struct PatientExport: Sendable {
+    /// The FHIR R4 Bundle, JSON.
+    public let bundle: Data
+    /// The proof bundle, JSON.
+    public let proof: Data
+    /// Largest proof or bundle file ``verify(bundle:proof:verifier:)`` reads.
+    public static let maxSize = 256 << 20
+
+    /// Verifies an export offline.
+    /// - Returns: the number of records verified.
+    /// - Throws: ``MerkleLog/MerkleLogError`` `.verificationFailed` naming the first failure.
+    @discardableResult
+    public static func verify(bundle: Data, proof: Data, verifier: NoteVerifier) throws -> Int {
+        func fail(_ why: String) -> MerkleLogError { MerkleLogError(.verificationFailed, "export: \(why)") }
+        guard let doc = (try? JSONSerialization.jsonObject(with: proof)) as? [String: Any], doc["type"] as? String == "export",
+              doc["v"] as? Int == 1, let note = doc["checkpoint"] as? String, let items = doc["records"] as? [[String: Any]] else {
+            throw fail("not an export proof bundle")
+        }
+        guard let fhir = (try? JSONSerialization.jsonObject(with: bundle)) as? [String: Any], fhir["resourceType"] as? String == "Bundle",
+              fhir["type"] as? String == "collection" else { throw fail("not a FHIR collection Bundle") }
+        let entries = fhir["entry"] as? [[String: Any]] ?? []
+        guard entries.count == items.count else { throw fail("the Bundle has \(entries.count) entries, the proofs \(items.count)") }
+        let checkpoint: Checkpoint
+        do { checkpoint = try SignedCheckpoint(verifying: note, verifiers: [verifier], origin: verifier.name).checkpoint } catch {
+            throw fail("checkpoint signature: \(error)")
+        }
+        guard (doc["tree_size"] as? NSNumber)?.uint64Value == checkpoint.size else { throw fail("tree_size is not the checkpoint's") }
+        for (n, (item, bundleEntry)) in zip(items, entries).enumerated() {
+            func bad(_ why: String) -> MerkleLogError { fail("record \(n): \(why)") }
+            guard let entryBytes = (item["entry"] as? String).flatMap({ Base64.decode($0) }),
+                  let inclusionObject = item["inclusion"], let keyObject = item["key_proof"],
+                  let box = (item["box"] as? String).flatMap({ Base64.decode($0) }),
+                  var recordKeyBytes = (item["record_key"] as? String).flatMap({ Base64.decode($0) }), recordKeyBytes.count == 32 else {
+                throw bad("missing or malformed field")
+            }
+            defer { secureZero(&recordKeyBytes) }
+            let inclusion = try ProofDocument(json: JSONSerialization.data(withJSONObject: inclusionObject))
+            let keyProof = try ProofDocument(json: JSONSerialization.data(withJSONObject: keyObject))
+            guard case .inclusion(let inc) = inclusion, case .key(let key) = keyProof else { throw bad("wrong proof types") }
+            try inclusion.verify(against: checkpoint)
+            try keyProof.verify(against: checkpoint)
+            guard (item["entry_index"] as? NSNumber)?.uint64Value == inc.proof.leafIndex else { throw bad("entry_index is not the proven index") }
+            let leafHash = SHA256.leafHash(entryBytes)
+            guard inc.leafHash == leafHash else { throw bad("the entry is not the proven leaf") }
+            let entry = try LedgerEntry(decoding: entryBytes)
+            guard entry.operation == .set, entry.key == key.key, key.proof.isInclusion,
+                  key.proof.value == Ledger.mapValue(index: inc.proof.leafIndex, leafHash: leafHash) else {
+                throw bad("the key map does not point the record at this entry (not the latest version)")
+            }
+            guard let payload = PatientPayload.decode(entry.payload), payload["type"] as? String == "record",
+                  let patient = payload["patient"] as? String, let record = payload["record"] as? String,
+                  let version = payload["version"] as? Int, version > 0, version <= Int(UInt32.max),
+                  let boxHash = payload["ciphertext_hash"] as? String else { throw bad("the entry is not a record entry") }
+            guard SHA256.hash(box).hex == boxHash else { throw bad("the ciphertext is not the one the entry commits to") }
+            let recordKey = recordKeyBytes.withUnsafeBytes { SecureBytes(copying: $0) }
+            guard var plaintext = try? AESGCM.open(box, key: recordKey, associatedData: PatientRecords.recordAAD(
+                patient: patient, record: record, version: UInt32(version))) else { throw bad("the ciphertext does not open with the record key") }
+            defer { secureZero(&plaintext) }
+            guard let parts = RecordPlaintext.decode(plaintext), let resource = bundleEntry["resource"] as? [String: Any] else {
+                throw bad("malformed record or Bundle entry")
+            }
+            guard let expected = resourceObject(mediaType: parts.mediaType, content: parts.content),
+                  NSDictionary(dictionary: expected).isEqual(to: resource) else {
+                throw bad("the Bundle's resource differs from the committed record")
+            }
+        }
+        return items.count
+    }
+
+    /// The Bundle resource for a record: the FHIR JSON itself, or a FHIR `Binary`.
+    static func resourceObject(mediaType: String, content: [UInt8]) -> [String: Any]? {
+        if PatientRecords.isFHIR(mediaType) { return (try? JSONSerialization.jsonObject(with: Data(content))) as? [String: Any] }
+        return ["resourceType": "Binary", "contentType": mediaType, "data": Base64.encode(content)]
+    }
+}
+
+extension PatientRecords {
+    /// Exports the latest version of every record `accessor` may read (the patient, the
+    /// custodian, or a grantee within its scope) with proofs; audited as action `export`.
+    public func export(patient: String, as accessor: Accessor, purpose: String = "patient-request") throws -> PatientExport {
+        let p = try pseudonym(of: patient)
+        let listed = try list(patient: patient, as: accessor, purpose: purpose)
+        var resources: [[String: Any]] = []
+        var items: [[String: Any]] = []
+        let (note, checkpoint) = try ledger.signedCheckpointAndState()
+        for info in listed {
+            let r = try recordHash(p, info.recordId)
+            let content = try read(patient: patient, recordId: info.recordId, version: info.version, as: accessor, purpose: purpose)
+            guard let resource = PatientExport.resourceObject(mediaType: content.mediaType, content: content.content) else {
+                throw LedgerError(.storage, "a stored FHIR record no longer parses")
+            }
+            let (entryBytes, leafHash) = try ledger.rawEntry(at: content.index)
+            let (inclusion, _, root) = try ledger.inclusionProof(index: content.index, size: checkpoint.size)
+            let key = PatientPayload.recordKey(p, r)
+            let (keyProof, mapRoot, size) = try ledger.keyProof(key: key, size: checkpoint.size)
+            let box = try storedBox(p, r, content.version)
+            let recordKey = try withDataKey(p) { try Self.recordKey(dataKey: $0, patient: p.hex, record: r.hex, version: content.version) }
+            func object(_ document: ProofDocument) throws -> Any { try JSONSerialization.jsonObject(with: document.jsonData()) }
+            items.append([
+                "entry_index": content.index, "entry": Base64.encode(entryBytes),
+                "inclusion": try object(.inclusion(.init(proof: inclusion, leafHash: leafHash, rootHash: root))),
+                "key_proof": try object(.key(.init(key: key, treeSize: size, mapRoot: mapRoot, proof: keyProof))),
+                "box": Base64.encode(box), "record_key": recordKey.withUnsafeBytes { Base64.encode($0) },
+            ])
+            resources.append(["fullUrl": "urn:medledger:record:\(r.hex):\(content.version)", "resource": resource])
+        }
+        let bundle: [String: Any] = ["resourceType": "Bundle", "type": "collection", "entry": resources]
+        let proof: [String: Any] = ["type": "export", "v": 1, "checkpoint": note, "tree_size": checkpoint.size, "records": items]
+        let options: JSONSerialization.WritingOptions = [.sortedKeys, .withoutEscapingSlashes]
+        return PatientExport(bundle: try JSONSerialization.data(withJSONObject: bundle, options: options),
+                             proof: try JSONSerialization.data(withJSONObject: proof, options: options))
+    }
+}

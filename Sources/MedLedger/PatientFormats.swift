@@ -1,0 +1,214 @@
+import Foundation
+public import LedgerCrypto
+
+/// Who reads a record through ``PatientRecords``. The embedding service authenticates callers;
+/// the ledger decides what each may read and audits every attempt.
+public struct Accessor: Sendable, Hashable, CustomStringConvertible {
+    public enum Role: String, Sendable, Hashable {
+        /// The patient, reading their own records (`id` is their external id).
+        case patient
+        /// A provider holding (or lacking) a grant from the patient.
+        case grantee
+        /// The record custodian (the operating organisation's records office).
+        case custodian
+    }
+
+    public let id: String
+    public let role: Role
+
+    public init(id: String, role: Role) {
+        self.id = id
+        self.role = role
+    }
+
+    public static func patient(_ externalId: String) -> Accessor { Accessor(id: externalId, role: .patient) }
+    public static func grantee(_ id: String) -> Accessor { Accessor(id: id, role: .grantee) }
+    public static func custodian(_ id: String) -> Accessor { Accessor(id: id, role: .custodian) }
+
+    /// The id as written in audit entries: a patient appears by pseudonym, never by external id.
+    func auditId(pseudonym: Hash) -> String { role == .patient ? "patient:" + pseudonym.hex : id }
+
+    public var description: String { role == .patient ? "patient (redacted)" : "\(role.rawValue) \(id)" }
+}
+
+/// What a grant allows: records of the listed FHIR resource types and the listed record ids.
+/// Both empty means every record of the patient.
+public struct GrantScope: Sendable, Hashable {
+    public var resourceTypes: [String]
+    public var recordIds: [String]
+    public init(resourceTypes: [String] = [], recordIds: [String] = []) {
+        self.resourceTypes = resourceTypes.sorted()
+        self.recordIds = recordIds.sorted()
+    }
+    public static let all = GrantScope()
+}
+
+/// A grant as stored and as written in its log entry.
+public struct Grant: Sendable, Hashable {
+    /// The grantee's id.
+    public let grantee: String
+    /// The grantee's Ed25519 public key (raw 32 bytes), for the service to authenticate it.
+    public let granteeKey: [UInt8]
+    public let resourceTypes: [String]
+    /// Record ids of the scope, as keyed record hashes (hex): the log never names records.
+    public let recordHashes: [String]
+    /// Seconds since 1970 after which the grant no longer allows reads.
+    public let notAfter: Int64
+    public let issuedAt: Int64
+    /// The patient's Ed25519 signature over ``signedMessage(pseudonym:)``, when they hold a key.
+    public let signature: [UInt8]?
+    /// The log index of the grant entry.
+    public internal(set) var index: UInt64 = 0
+
+    /// The bytes a self-custody patient signs: one line per field, fixed order.
+    public func signedMessage(pseudonym: Hash) -> [UInt8] {
+        Array(("medledger-grant/1\npatient \(pseudonym.hex)\ngrantee \(grantee)\ngrantee-key \(Base64.encode(granteeKey))\n"
+            + "resource-types \(resourceTypes.joined(separator: ","))\nrecords \(recordHashes.joined(separator: ","))\n"
+            + "not-after \(notAfter)\nissued-at \(issuedAt)\n").utf8)
+    }
+
+    func json(pseudonym: Hash) -> [String: Any] {
+        var out: [String: Any] = [
+            "type": "grant", "v": 1, "patient": pseudonym.hex, "grantee": grantee, "grantee_key": Base64.encode(granteeKey),
+            "resource_types": resourceTypes, "records": recordHashes, "not_after": notAfter, "issued_at": issuedAt,
+        ]
+        if let signature { out["signature"] = Base64.encode(signature) }
+        return out
+    }
+
+    init(grantee: String, granteeKey: [UInt8], resourceTypes: [String], recordHashes: [String], notAfter: Int64,
+         issuedAt: Int64, signature: [UInt8]?) {
+        self.grantee = grantee
+        self.granteeKey = granteeKey
+        self.resourceTypes = resourceTypes
+        self.recordHashes = recordHashes
+        self.notAfter = notAfter
+        self.issuedAt = issuedAt
+        self.signature = signature
+    }
+
+    init?(json object: [String: Any]) {
+        guard let grantee = object["grantee"] as? String,
+              let key = (object["grantee_key"] as? String).flatMap({ Base64.decode($0) }),
+              let types = object["resource_types"] as? [String], let records = object["records"] as? [String],
+              let notAfter = (object["not_after"] as? NSNumber)?.int64Value,
+              let issuedAt = (object["issued_at"] as? NSNumber)?.int64Value else { return nil }
+        self.init(grantee: grantee, granteeKey: key, resourceTypes: types, recordHashes: records, notAfter: notAfter,
+                  issuedAt: issuedAt, signature: (object["signature"] as? String).flatMap { Base64.decode($0) })
+        index = (object["index"] as? NSNumber)?.uint64Value ?? 0
+    }
+}
+
+/// One version of a record, as a reader receives it.
+public struct RecordContent: Sendable {
+    public let recordId: String
+    public let version: UInt32
+    public let mediaType: String
+    /// The FHIR `resourceType`, for FHIR JSON records.
+    public let resourceType: String?
+    /// The plaintext. It is medical data: do not log it.
+    public let content: [UInt8]
+    /// The log index of the entry that committed this version.
+    public let index: UInt64
+}
+
+/// A version of a record without its content (history and listings).
+public struct RecordVersionInfo: Sendable, Hashable {
+    public let recordId: String
+    public let version: UInt32
+    public let index: UInt64
+    public let ciphertextHash: Hash
+    public let mediaType: String
+}
+
+/// The JSON payloads the patient layer writes into log entries (`docs/FORMATS.md`).
+enum PatientPayload {
+    static func encode(_ object: [String: Any]) -> [UInt8] {
+        // Only strings, integers, booleans, arrays and dictionaries: serialization cannot fail.
+        (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])).map { [UInt8]($0) } ?? []
+    }
+
+    static func decode(_ payload: [UInt8]) -> [String: Any]? {
+        (try? JSONSerialization.jsonObject(with: Data(payload))) as? [String: Any]
+    }
+
+    static func patientKey(_ p: Hash) -> String { "patient/" + p.hex }
+    static func recordKey(_ p: Hash, _ r: Hash) -> String { "record/\(p.hex)/\(r.hex)" }
+    static func grantKey(_ p: Hash, _ grantee: String) -> String { "grant/\(p.hex)/\(grantee)" }
+}
+
+/// The plaintext sealed for one record version: a header naming the record, then the content.
+/// `u16 id length || id || u16 media type length || media type || u16 resource type length ||
+/// resource type || content`, all lengths big-endian.
+enum RecordPlaintext {
+    static func encode(recordId: String, mediaType: String, resourceType: String?, content: [UInt8]) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(content.count + 64)
+        for field in [recordId, mediaType, resourceType ?? ""] {
+            let bytes = Array(field.utf8)
+            out.append(UInt8(bytes.count >> 8))
+            out.append(UInt8(bytes.count & 0xff))
+            out += bytes
+        }
+        out += content
+        return out
+    }
+
+    static func decode(_ bytes: [UInt8]) -> (recordId: String, mediaType: String, resourceType: String?, content: [UInt8])? {
+        var at = 0
+        var fields: [String] = []
+        for _ in 0..<3 {
+            guard at + 2 <= bytes.count else { return nil }
+            let n = Int(bytes[at]) << 8 | Int(bytes[at + 1])
+            at += 2
+            guard at + n <= bytes.count else { return nil }
+            fields.append(String(decoding: bytes[at..<(at + n)], as: UTF8.self))
+            at += n
+        }
+        return (fields[0], fields[1], fields[2].isEmpty ? nil : fields[2], Array(bytes[at...]))
+    }
+}
+
+/// A patient's stored state (in `pl.patients`, never in the log): status, wrapped data key,
+/// optional signing key. `u8 status || u64 index || u64 generation || u16 n || wrapped key (n)
+/// || u8 has key || [32-byte Ed25519 key]`.
+struct PatientState {
+    enum Status: UInt8 { case active = 1, erased = 2 }
+    var status: Status
+    var index: UInt64
+    var generation: UInt64
+    var wrappedKey: [UInt8]
+    var signingKey: [UInt8]?
+
+    func encoded() -> [UInt8] {
+        var out: [UInt8] = [status.rawValue]
+        out += withUnsafeBytes(of: index.bigEndian) { Array($0) }
+        out += withUnsafeBytes(of: generation.bigEndian) { Array($0) }
+        out += [UInt8(wrappedKey.count >> 8), UInt8(wrappedKey.count & 0xff)] + wrappedKey
+        if let signingKey { out += [1] + signingKey } else { out.append(0) }
+        return out
+    }
+
+    init(status: Status, index: UInt64, generation: UInt64, wrappedKey: [UInt8], signingKey: [UInt8]?) {
+        self.status = status
+        self.index = index
+        self.generation = generation
+        self.wrappedKey = wrappedKey
+        self.signingKey = signingKey
+    }
+
+    init?(decoding b: UnsafeRawBufferPointer) {
+        guard b.count >= 20, let status = Status(rawValue: b[0]) else { return nil }
+        let index = UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: b[1..<9]))!
+        let generation = UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: b[9..<17]))!
+        let n = Int(b[17]) << 8 | Int(b[18])
+        guard b.count >= 19 + n + 1 else { return nil }
+        let wrapped = Array(b[19..<(19 + n)])
+        var signingKey: [UInt8]?
+        if b[19 + n] == 1 {
+            guard b.count == 19 + n + 1 + 32 else { return nil }
+            signingKey = Array(b[(20 + n)...])
+        } else if b.count != 19 + n + 1 { return nil }
+        self.init(status: status, index: index, generation: generation, wrappedKey: wrapped, signingKey: signingKey)
+    }
+}

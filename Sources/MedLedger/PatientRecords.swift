@@ -1,0 +1,853 @@
+import Foundation
+import LMDBKit
+public import LedgerCrypto
+import MerkleLog
+import SparseMerkle
+
+/// The patient layer of DESIGN.md section 4 over a ``Ledger``: pseudonymous patients with
+/// their own data keys, encrypted records, grants and revocation, break-glass reads, an audit
+/// entry for every read, erasure by key destruction, and FHIR export with proofs.
+///
+/// What the log holds (anyone replaying it sees this): keyed pseudonyms, keyed record hashes,
+/// the hash and size of each ciphertext, grants (grantee, scope, expiry), audit events and
+/// erasures. What stays in private LMDB tables next to it, written in the same transaction:
+/// wrapped data keys and the ciphertexts. Plaintext and unwrapped keys are never stored.
+///
+/// For example:
+/// ```swift
+/// let records = try PatientRecords(ledger: ledger, masterKey: MasterKeyFile(path: "master.key"))
+/// try records.addPatient(externalId: "Patient/123")
+/// try records.putRecord(patient: "Patient/123", recordId: "obs-1", content: fhirJSON)
+/// try records.grant(patient: "Patient/123", to: "dr-lee", granteeKey: key, notAfter: nextWeek)
+/// let record = try records.read(patient: "Patient/123", recordId: "obs-1", as: .grantee("dr-lee"))
+/// ```
+///
+/// Thread safety: safe to share; reads run concurrently and their audit entries are committed
+/// together (group commit); writes are serialized.
+public final class PatientRecords: @unchecked Sendable {
+    // Sendable: databases are immutable handles; `writeLock` serializes writes and rotations;
+    // `clock` is set before sharing.
+    public let ledger: Ledger
+    public let masterKey: MasterKeyFile
+    /// The time source for grant expiry and audit timestamps (tests move it).
+    public var clock: @Sendable () -> Date = { Date() }
+    /// Largest record content accepted (imaging belongs in the blob store).
+    public static let maxContentBytes = 16 << 20
+
+    let meta: Database
+    let patients: Database
+    let records: Database
+    let grants: Database
+    let audits: Database
+    let breakGlass: Database
+    private let writeLock = NSLock()
+    private var auditCommitter: AuditCommitter!
+
+    /// Opens the patient layer of `ledger` with `masterKey`, binding the key to the ledger on
+    /// first use and finishing (or undoing) a key rotation an earlier process left half done.
+    /// - Throws: ``LedgerError`` `.wrongMasterKey` when the key file belongs to another ledger
+    ///   or generation; `.storage`.
+    public init(ledger: Ledger, masterKey: MasterKeyFile) throws {
+        self.ledger = ledger
+        self.masterKey = masterKey
+        let environment = ledger.environment
+        let create = !environment.isReadOnly
+        let open = { (txn: borrowing Transaction) throws -> [Database]? in
+            var handles: [Database] = []
+            for name in ["pl.meta", "pl.patients", "pl.records", "pl.grants", "pl.audit", "pl.breakglass"] {
+                guard let db = try txn.openDatabase(name, create: create) else { return nil }
+                handles.append(db)
+            }
+            return handles
+        }
+        let handles = try Ledger.storage { create ? try environment.write(open) : try environment.read(open) }
+        guard let handles else { throw LedgerError(.ledgerNotFound, "\(ledger.path) holds no patient records") }
+        (meta, patients, records, grants, audits, breakGlass) = (handles[0], handles[1], handles[2], handles[3], handles[4], handles[5])
+        auditCommitter = AuditCommitter(records: self)
+        try bindMasterKey()
+    }
+
+    // MARK: - Master key
+
+    private static let checkText = Array("medledger master key check".utf8)
+    private static func checkAAD(_ generation: UInt64) -> [UInt8] { Array("medledger-key-check/1|\(generation)".utf8) }
+
+    private func bindMasterKey() throws {
+        let stored: (UInt64, [UInt8])? = try Ledger.storage {
+            try ledger.environment.read { txn in
+                guard let g = try txn.value(meta, key: "master.generation"), let check = try txn.value(meta, key: "master.check") else { return nil }
+                return (g.withUnsafeBytes { UInt64(bigEndianBytes: $0) } ?? 0, check)
+            }
+        }
+        guard let (generation, check) = stored else {
+            guard !ledger.environment.isReadOnly else { return }
+            try Ledger.storage {
+                try ledger.environment.write { txn in try writeKeyCheck(txn.unsafeView, generation: masterKey.generation) }
+            }
+            return
+        }
+        if !ledger.environment.isReadOnly {
+            if masterKey.previousGeneration == generation {
+                try masterKey.abandonRotation()  // the erasure that started it never committed
+            } else if masterKey.generation == generation, masterKey.previousGeneration != nil {
+                try masterKey.finishRotation()  // it committed; the old generation must go
+            }
+        }
+        guard let key = masterKey.key(generation: generation),
+              (try? AESGCM.open(check, key: key, associatedData: Self.checkAAD(generation))) == Self.checkText else {
+            throw LedgerError(.wrongMasterKey, "the master key file \(masterKey.path) does not belong to this ledger (or is an old generation)")
+        }
+    }
+
+    private func writeKeyCheck(_ view: TransactionView, generation: UInt64) throws {
+        guard let key = masterKey.key(generation: generation) else { throw LedgerError(.wrongMasterKey, "no key for generation \(generation)") }
+        try view.put(meta, key: "master.generation", value: generation)
+        try view.put(meta, key: "master.check", value: try AESGCM.seal(Self.checkText, key: key, associatedData: Self.checkAAD(generation)))
+    }
+
+    // MARK: - Names and keys
+
+    /// The keyed pseudonym the log uses for a patient: HMAC-SHA-256 under the ledger secret.
+    public func pseudonym(of externalId: String) throws -> Hash {
+        try HMACSHA256.authenticationCode(for: Array("patient|\(externalId)".utf8), key: masterKey.pseudonymSecret)
+    }
+
+    func recordHash(_ pseudonym: Hash, _ recordId: String) throws -> Hash {
+        try HMACSHA256.authenticationCode(for: Array("record|\(pseudonym.hex)|\(recordId)".utf8), key: masterKey.pseudonymSecret)
+    }
+
+    private static func dataKeyAAD(_ p: Hash, _ generation: UInt64) -> [UInt8] { Array("medledger-data-key/1|\(p.hex)|\(generation)".utf8) }
+    static func recordAAD(patient: String, record: String, version: UInt32) -> [UInt8] {
+        Array("medledger-record/1|\(patient)|\(record)|\(version)".utf8)
+    }
+
+    private func unwrap(_ state: PatientState, _ p: Hash) throws -> SecureBytes {
+        guard state.status == .active else { throw LedgerError(.erased, "the patient was erased") }
+        guard let master = masterKey.key(generation: state.generation) else {
+            throw LedgerError(.wrongMasterKey, "no master key of generation \(state.generation)")
+        }
+        do {
+            var raw = try AESGCM.open(state.wrappedKey, key: master, associatedData: Self.dataKeyAAD(p, state.generation))
+            defer { secureZero(&raw) }
+            return raw.withUnsafeBytes { SecureBytes(copying: $0) }
+        } catch {
+            throw LedgerError(.wrongMasterKey, "a patient data key does not open under the master key")
+        }
+    }
+
+    /// The key of one record version: HMAC-SHA-256(data key, label). Exports hand it out to
+    /// let a recipient check that version alone.
+    static func recordKey(dataKey: SecureBytes, patient: String, record: String, version: UInt32) throws -> SecureBytes {
+        let derived = try HMACSHA256.authenticationCode(for: Array("medledger-record-key/1|\(patient)|\(record)|\(version)".utf8), key: dataKey)
+        return derived.withUnsafeBytes { SecureBytes(copying: $0) }
+    }
+
+    private func patientState(_ view: TransactionView, _ p: Hash) throws -> PatientState? {
+        let found = try p.withUnsafeBytes { key in try view.withValue(patients, key: key) { PatientState(decoding: $0) } }
+        guard let found else { return nil }
+        guard let state = found else { throw LedgerError(.storage, "unreadable patient state") }
+        return state
+    }
+
+    private func requirePatient(_ view: TransactionView, _ p: Hash) throws -> PatientState {
+        guard let state = try patientState(view, p) else { throw LedgerError(.patientNotFound, "no such patient") }
+        return state
+    }
+
+    private static func recordStorageKey(_ p: Hash, _ r: Hash, _ version: UInt32) -> [UInt8] {
+        p.bytes + r.bytes + withUnsafeBytes(of: version.bigEndian) { Array($0) }
+    }
+
+    /// The newest stored version of a record (0 when none).
+    private func lastVersion(_ view: TransactionView, _ p: Hash, _ r: Hash) throws -> UInt32 {
+        let prefix = p.bytes + r.bytes
+        return try view.withCursor(records) { cursor in
+            let found = try cursor.seek(atOrAfter: prefix + [0xff, 0xff, 0xff, 0xff])
+            if found, cursor.withCurrent({ key, _ in Array(key) == prefix + [0xff, 0xff, 0xff, 0xff] }) { return .max }
+            guard found ? try cursor.previous() : try cursor.last() else { return 0 }
+            return cursor.withCurrent { key, _ in
+                guard key.count == 68, Array(key[0..<64]) == prefix else { return 0 }
+                return UInt32(key[64]) << 24 | UInt32(key[65]) << 16 | UInt32(key[66]) << 8 | UInt32(key[67])
+            }
+        }
+    }
+
+    /// The stored ciphertext of a record version.
+    func storedBox(_ p: Hash, _ r: Hash, _ version: UInt32) throws -> [UInt8] {
+        try Ledger.storage {
+            try ledger.environment.read { txn in
+                guard let stored = try txn.value(records, key: Self.recordStorageKey(p, r, version)), stored.count >= 8 else {
+                    throw LedgerError(.recordNotFound, "no such record version")
+                }
+                return Array(stored[8...])
+            }
+        }
+    }
+
+    /// Lends a patient's unwrapped data key.
+    func withDataKey<R>(_ p: Hash, _ body: (SecureBytes) throws -> R) throws -> R {
+        let state = try Ledger.storage { try ledger.environment.read { txn in try requirePatient(txn.unsafeView, p) } }
+        return try body(try unwrap(state, p))
+    }
+
+    // MARK: - Patients
+
+    /// Registers a patient: a fresh 256-bit data key wrapped under the master key, and a
+    /// `patient/<pseudonym>` entry in the log. With `signingKey`, grants for this patient
+    /// must carry the patient's signature.
+    /// - Returns: the pseudonym and the registration entry's index.
+    /// - Throws: ``LedgerError`` `.patientExists`, `.invalidArgument` for an empty id.
+    @discardableResult
+    public func addPatient(externalId: String, signingKey: Ed25519PublicKey? = nil) throws -> (pseudonym: Hash, index: UInt64) {
+        guard !externalId.isEmpty, externalId.utf8.count <= 1024 else { throw LedgerError(.invalidArgument, "patient id must be 1 to 1024 bytes") }
+        let p = try pseudonym(of: externalId)
+        var payload: [String: Any] = ["type": "patient", "v": 1, "patient": p.hex]
+        if let signingKey { payload["signing_key"] = Base64.encode(signingKey.rawRepresentation) }
+        var rawKey = try SecureRandom.bytes(32)
+        defer { secureZero(&rawKey) }
+        writeLock.lock()
+        defer { writeLock.unlock() }
+        let generation = masterKey.generation
+        guard let master = masterKey.key(generation: generation) else { throw LedgerError(.wrongMasterKey, "no current master key") }
+        let wrapped = try AESGCM.seal(rawKey, key: master, associatedData: Self.dataKeyAAD(p, generation))
+        let entry = try LedgerEntry(set: PatientPayload.patientKey(p), payload: PatientPayload.encode(payload))
+        let index = try ledger.append([entry]) { view, first in
+            if try self.patientState(view, p) != nil { throw LedgerError(.patientExists, "a patient with that id is already registered") }
+            let state = PatientState(status: .active, index: first, generation: generation, wrappedKey: wrapped,
+                                     signingKey: signingKey?.rawRepresentation)
+            try view.put(self.patients, key: p.bytes, value: state.encoded())
+        }
+        return (p, index)
+    }
+
+    // MARK: - Records
+
+    /// One record version to store.
+    public struct RecordInput: Sendable {
+        public var patient: String
+        public var recordId: String
+        public var content: [UInt8]
+        public var mediaType: String
+        public init(patient: String, recordId: String, content: [UInt8], mediaType: String = "application/fhir+json") {
+            self.patient = patient
+            self.recordId = recordId
+            self.content = content
+            self.mediaType = mediaType
+        }
+    }
+
+    /// Stores a new version of a record (FHIR R4 JSON by default, or any bytes with their
+    /// media type), encrypted under the patient's key.
+    @discardableResult
+    public func putRecord(patient: String, recordId: String, content: [UInt8], mediaType: String = "application/fhir+json") throws -> RecordVersionInfo {
+        try putRecords([RecordInput(patient: patient, recordId: recordId, content: content, mediaType: mediaType)])[0]
+    }
+
+    /// Stores many record versions in one transaction (one commit, one fsync): all or none.
+    /// - Throws: ``LedgerError`` `.invalidRecord` (FHIR JSON without `resourceType`, oversized),
+    ///   `.patientNotFound`, `.erased`, `.conflict` when another process wrote the same record.
+    @discardableResult
+    public func putRecords(_ inputs: [RecordInput]) throws -> [RecordVersionInfo] {
+        guard !inputs.isEmpty else { return [] }
+        struct Prepared {
+            let p: Hash, r: Hash, version: UInt32, box: [UInt8], boxHash: Hash, mediaType: String, recordId: String
+        }
+        writeLock.lock()
+        defer { writeLock.unlock() }
+        var prepared: [Prepared] = []
+        var entries: [LedgerEntry] = []
+        prepared.reserveCapacity(inputs.count)
+        entries.reserveCapacity(inputs.count)
+        try Ledger.storage {
+            try ledger.environment.read { txn in
+                let view = txn.unsafeView
+                var keys: [Hash: SecureBytes] = [:]
+                var versions: [[UInt8]: UInt32] = [:]
+                for input in inputs {
+                    let resourceType = try Self.validate(input)
+                    let p = try pseudonym(of: input.patient)
+                    let r = try recordHash(p, input.recordId)
+                    let dataKey: SecureBytes
+                    if let cached = keys[p] { dataKey = cached } else {
+                        dataKey = try unwrap(try requirePatient(view, p), p)
+                        keys[p] = dataKey
+                    }
+                    let slot = p.bytes + r.bytes
+                    let last = try versions[slot] ?? lastVersion(view, p, r)
+                    guard last < UInt32.max else { throw LedgerError(.invalidArgument, "record has too many versions") }
+                    let version = last + 1
+                    versions[slot] = version
+                    var plaintext = RecordPlaintext.encode(recordId: input.recordId, mediaType: input.mediaType,
+                                                           resourceType: resourceType, content: input.content)
+                    defer { secureZero(&plaintext) }
+                    let key = try Self.recordKey(dataKey: dataKey, patient: p.hex, record: r.hex, version: version)
+                    let box = try AESGCM.seal(plaintext, key: key, associatedData: Self.recordAAD(patient: p.hex, record: r.hex, version: version))
+                    let boxHash = SHA256.hash(box)
+                    prepared.append(Prepared(p: p, r: r, version: version, box: box, boxHash: boxHash,
+                                             mediaType: input.mediaType, recordId: input.recordId))
+                    let payload: [String: Any] = ["type": "record", "v": 1, "patient": p.hex, "record": r.hex, "version": Int(version),
+                                                  "ciphertext_hash": boxHash.hex, "ciphertext_size": box.count]
+                    entries.append(try LedgerEntry(set: PatientPayload.recordKey(p, r), payload: PatientPayload.encode(payload)))
+                }
+            }
+        }
+        let first = try ledger.append(entries) { view, first in
+            var checked = Set<[UInt8]>()
+            for (i, item) in prepared.enumerated() {
+                // Versions were chosen in a read snapshot; another process may have written since.
+                if checked.insert(item.p.bytes + item.r.bytes).inserted {
+                    guard try self.lastVersion(view, item.p, item.r) == item.version - 1,
+                          try self.patientState(view, item.p)?.status == .active else {
+                        throw LedgerError(.conflict, "the record or patient changed during the write; retry")
+                    }
+                }
+                var value = withUnsafeBytes(of: (first + UInt64(i)).bigEndian) { Array($0) }
+                value += item.box
+                try view.put(self.records, key: Self.recordStorageKey(item.p, item.r, item.version), value: value)
+            }
+        }
+        return prepared.enumerated().map { i, item in
+            RecordVersionInfo(recordId: item.recordId, version: item.version, index: first + UInt64(i),
+                              ciphertextHash: item.boxHash, mediaType: item.mediaType)
+        }
+    }
+
+    /// Checks a record's shape; returns its FHIR resource type.
+    static func validate(_ input: RecordInput) throws -> String? {
+        guard !input.recordId.isEmpty, input.recordId.utf8.count <= 256,
+              !input.recordId.unicodeScalars.contains(where: { $0.value < 0x20 }) else {
+            throw LedgerError(.invalidArgument, "record id must be 1 to 256 bytes without control characters")
+        }
+        guard !input.mediaType.isEmpty, input.mediaType.utf8.count <= 255 else { throw LedgerError(.invalidArgument, "media type must be 1 to 255 bytes") }
+        guard input.content.count <= maxContentBytes else {
+            throw LedgerError(.invalidRecord, "record \(input.recordId): \(input.content.count) bytes exceeds \(maxContentBytes); store it as a blob")
+        }
+        guard isFHIR(input.mediaType) else { return nil }
+        guard let object = try? JSONSerialization.jsonObject(with: Data(input.content)) as? [String: Any] else {
+            throw LedgerError(.invalidRecord, "record \(input.recordId): not a JSON object (media type \(input.mediaType))")
+        }
+        guard let type = object["resourceType"] as? String, !type.isEmpty, type.utf8.count <= 64,
+              type.unicodeScalars.allSatisfy({ CharacterSet.alphanumerics.contains($0) }) else {
+            throw LedgerError(.invalidRecord, "record \(input.recordId): FHIR JSON needs a string resourceType")
+        }
+        return type
+    }
+
+    static func isFHIR(_ mediaType: String) -> Bool {
+        let base = mediaType.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
+        return base == "application/fhir+json" || base == "application/json+fhir"
+    }
+
+    // MARK: - Reads (audited)
+
+    /// Reads a record version (the latest when `version` is nil) as `accessor`. The read and
+    /// its audit entry both happen or neither: the content is returned only once the audit
+    /// entry committed. A refused read is audited too, then throws.
+    ///
+    /// - Parameters:
+    ///   - purpose: the purpose of use recorded in the audit entry (e.g. `treatment`).
+    ///   - breakGlass: a reason to read without a valid grant; the read succeeds and is
+    ///     flagged for review (``breakGlassEvents()``).
+    /// - Throws: ``LedgerError`` `.accessDenied`, `.erased`, `.patientNotFound`, `.recordNotFound`.
+    public func read(patient: String, recordId: String, version: UInt32? = nil, as accessor: Accessor,
+                     purpose: String = "treatment", breakGlass: String? = nil) throws -> RecordContent {
+        let p = try pseudonym(of: patient)
+        let r = try recordHash(p, recordId)
+        var event = AuditEvent(action: "read", accessor: accessor, patient: p, record: r.hex, version: version,
+                               purpose: purpose, breakGlass: breakGlass, time: clock())
+        let outcome: Result<RecordContent, LedgerError> = try Ledger.storage {
+            try ledger.environment.read { txn -> Result<RecordContent, LedgerError> in
+                let view = txn.unsafeView
+                guard let state = try patientState(view, p) else { return .failure(LedgerError(.patientNotFound, "no such patient")) }
+                guard state.status == .active else { return .failure(LedgerError(.erased, "the patient was erased")) }
+                let wanted = try version ?? lastVersion(view, p, r)
+                event.version = wanted
+                guard wanted > 0, let stored = try view.value(records, key: Self.recordStorageKey(p, r, wanted)), stored.count >= 8 else {
+                    return .failure(LedgerError(.recordNotFound, "no such record version"))
+                }
+                let index = stored.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+                let box = Array(stored[8...])
+                let dataKey = try unwrap(state, p)
+                let key = try Self.recordKey(dataKey: dataKey, patient: p.hex, record: r.hex, version: wanted)
+                var plaintext: [UInt8]
+                do { plaintext = try AESGCM.open(box, key: key, associatedData: Self.recordAAD(patient: p.hex, record: r.hex, version: wanted)) } catch {
+                    return .failure(LedgerError(.storage, "stored ciphertext of a record fails authentication (damaged store)"))
+                }
+                defer { secureZero(&plaintext) }
+                guard let parts = RecordPlaintext.decode(plaintext) else { return .failure(LedgerError(.storage, "malformed record plaintext")) }
+                if let refusal = try refusal(accessor, p: p, r: r, resourceType: parts.resourceType, view: view, breakGlass: breakGlass) {
+                    return .failure(LedgerError(.accessDenied, refusal))
+                }
+                return .success(RecordContent(recordId: parts.recordId, version: wanted, mediaType: parts.mediaType,
+                                              resourceType: parts.resourceType, content: parts.content, index: index))
+            }
+        }
+        switch outcome {
+        case .success(let content):
+            event.outcome = "success"
+            try auditCommitter.record(event)
+            return content
+        case .failure(let error):
+            event.outcome = "refused"
+            event.detail = error.code.description
+            try auditCommitter.record(event)
+            throw error
+        }
+    }
+
+    /// Why `accessor` may not read a record, or nil when it may.
+    private func refusal(_ accessor: Accessor, p: Hash, r: Hash, resourceType: String?, view: TransactionView,
+                         breakGlass: String?) throws -> String? {
+        let breaking = breakGlass.map { !$0.isEmpty } ?? false
+        switch accessor.role {
+        case .custodian: return nil
+        case .patient:
+            return try pseudonym(of: accessor.id) == p ? nil : "a patient may read only their own records"
+        case .grantee:
+            guard let grant = try activeGrant(view, p, accessor.id) else {
+                return breaking ? nil : "no grant for this grantee (never granted or revoked)"
+            }
+            if Int64(clock().timeIntervalSince1970) >= grant.notAfter { return breaking ? nil : "the grant expired" }
+            let unscoped = grant.resourceTypes.isEmpty && grant.recordHashes.isEmpty
+            let inScope = unscoped || grant.recordHashes.contains(r.hex) || resourceType.map { grant.resourceTypes.contains($0) } == true
+            return inScope || breaking ? nil : "the record is outside the grant's scope"
+        }
+    }
+
+    private func activeGrant(_ view: TransactionView, _ p: Hash, _ grantee: String) throws -> Grant? {
+        guard let raw = try view.value(grants, key: p.bytes + Array(grantee.utf8)),
+              let object = PatientPayload.decode(raw), object["revoked_at"] == nil else { return nil }
+        return Grant(json: object)
+    }
+
+    /// Every version of a record (newest last), as `accessor`; audited as action `history`.
+    public func history(patient: String, recordId: String, as accessor: Accessor, purpose: String = "treatment") throws -> [RecordVersionInfo] {
+        let p = try pseudonym(of: patient)
+        let r = try recordHash(p, recordId)
+        return try listing(p: p, r: r, action: "history", accessor: accessor, purpose: purpose, latestOnly: false)
+    }
+
+    /// The latest version of each of a patient's records, as `accessor` (a grantee sees only
+    /// records in scope); audited as action `list`.
+    public func list(patient: String, as accessor: Accessor, purpose: String = "treatment") throws -> [RecordVersionInfo] {
+        try listing(p: try pseudonym(of: patient), r: nil, action: "list", accessor: accessor, purpose: purpose, latestOnly: true)
+    }
+
+    private func listing(p: Hash, r: Hash?, action: String, accessor: Accessor, purpose: String, latestOnly: Bool) throws -> [RecordVersionInfo] {
+        var event = AuditEvent(action: action, accessor: accessor, patient: p, record: r?.hex, version: nil,
+                               purpose: purpose, breakGlass: nil, time: clock())
+        let outcome: Result<[RecordVersionInfo], LedgerError> = try Ledger.storage {
+            try ledger.environment.read { txn -> Result<[RecordVersionInfo], LedgerError> in
+                let view = txn.unsafeView
+                guard let state = try patientState(view, p) else { return .failure(LedgerError(.patientNotFound, "no such patient")) }
+                guard state.status == .active else { return .failure(LedgerError(.erased, "the patient was erased")) }
+                let dataKey = try unwrap(state, p)
+                let prefix = p.bytes + (r?.bytes ?? [])
+                var rows: [(r: Hash, version: UInt32, value: [UInt8])] = []
+                try view.withCursor(records) { cursor in
+                    var more = try cursor.seek(atOrAfter: prefix)
+                    while more {
+                        let row: (Hash, UInt32, [UInt8])? = cursor.withCurrent { key, value in
+                            guard key.count == 68, key.starts(with: prefix) else { return nil }
+                            let v = UInt32(key[64]) << 24 | UInt32(key[65]) << 16 | UInt32(key[66]) << 8 | UInt32(key[67])
+                            return (Hash(UnsafeRawBufferPointer(rebasing: key[32..<64]))!, v, Array(value))
+                        }
+                        guard let row else { break }
+                        if latestOnly, let last = rows.last, last.r == row.0 { rows.removeLast() }
+                        rows.append(row)
+                        more = try cursor.next()
+                    }
+                }
+                var out: [RecordVersionInfo] = []
+                for row in rows where row.value.count >= 8 + AESGCM.overhead {
+                    let box = Array(row.value[8...])
+                    let key = try Self.recordKey(dataKey: dataKey, patient: p.hex, record: row.r.hex, version: row.version)
+                    guard var plaintext = try? AESGCM.open(box, key: key, associatedData: Self.recordAAD(patient: p.hex, record: row.r.hex, version: row.version)) else {
+                        return .failure(LedgerError(.storage, "stored ciphertext of a record fails authentication (damaged store)"))
+                    }
+                    defer { secureZero(&plaintext) }
+                    guard let parts = RecordPlaintext.decode(plaintext) else { continue }
+                    if try refusal(accessor, p: p, r: row.r, resourceType: parts.resourceType, view: view, breakGlass: nil) != nil {
+                        // A grantee lists only what it may read; a listing with nothing readable is refused.
+                        continue
+                    }
+                    out.append(RecordVersionInfo(recordId: parts.recordId, version: row.version,
+                                                 index: row.value.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) },
+                                                 ciphertextHash: SHA256.hash(box), mediaType: parts.mediaType))
+                }
+                if out.isEmpty, !rows.isEmpty, try refusal(accessor, p: p, r: r ?? rows[0].r, resourceType: nil, view: view, breakGlass: nil) != nil {
+                    return .failure(LedgerError(.accessDenied, "no readable records for this accessor"))
+                }
+                if out.isEmpty, r != nil { return .failure(LedgerError(.recordNotFound, "no such record")) }
+                return .success(out)
+            }
+        }
+        switch outcome {
+        case .success(let rows):
+            event.outcome = "success"
+            try auditCommitter.record(event)
+            return rows
+        case .failure(let error):
+            event.outcome = "refused"
+            event.detail = error.code.description
+            try auditCommitter.record(event)
+            throw error
+        }
+    }
+
+    // MARK: - Grants
+
+    /// The grant that ``grant(patient:to:granteeKey:scope:notAfter:issuedAt:signature:)`` would
+    /// write, so that a self-custody patient can sign ``Grant/signedMessage(pseudonym:)`` first.
+    public func draftGrant(patient: String, to grantee: String, granteeKey: Ed25519PublicKey, scope: GrantScope = .all,
+                           notAfter: Date, issuedAt: Date) throws -> (grant: Grant, message: [UInt8]) {
+        let p = try pseudonym(of: patient)
+        let grant = Grant(grantee: grantee, granteeKey: granteeKey.rawRepresentation, resourceTypes: scope.resourceTypes,
+                          recordHashes: try scope.recordIds.map { try recordHash(p, $0).hex }.sorted(),
+                          notAfter: Int64(notAfter.timeIntervalSince1970), issuedAt: Int64(issuedAt.timeIntervalSince1970),
+                          signature: nil)
+        return (grant, grant.signedMessage(pseudonym: p))
+    }
+
+    /// Grants `grantee` read access to the patient's records within `scope` until `notAfter`,
+    /// replacing any earlier grant to the same grantee. When the patient registered a signing
+    /// key, `signature` must be their signature over the draft's message (same `issuedAt`).
+    /// - Throws: ``LedgerError`` `.badSignature`, `.patientNotFound`, `.erased`, `.invalidArgument`.
+    @discardableResult
+    public func grant(patient: String, to grantee: String, granteeKey: Ed25519PublicKey, scope: GrantScope = .all,
+                      notAfter: Date, issuedAt: Date? = nil, signature: [UInt8]? = nil) throws -> Grant {
+        guard !grantee.isEmpty, grantee.utf8.count <= 256, !grantee.unicodeScalars.contains(where: { $0.value < 0x20 }) else {
+            throw LedgerError(.invalidArgument, "grantee id must be 1 to 256 bytes without control characters")
+        }
+        let issued = issuedAt ?? clock()
+        guard notAfter > issued else { throw LedgerError(.invalidArgument, "a grant must expire after it is issued") }
+        let p = try pseudonym(of: patient)
+        var (grant, message) = try draftGrant(patient: patient, to: grantee, granteeKey: granteeKey, scope: scope,
+                                              notAfter: notAfter, issuedAt: issued)
+        grant = Grant(grantee: grant.grantee, granteeKey: grant.granteeKey, resourceTypes: grant.resourceTypes,
+                      recordHashes: grant.recordHashes, notAfter: grant.notAfter, issuedAt: grant.issuedAt, signature: signature)
+        writeLock.lock()
+        defer { writeLock.unlock() }
+        let entry = try LedgerEntry(set: PatientPayload.grantKey(p, grantee), payload: PatientPayload.encode(grant.json(pseudonym: p)))
+        let index = try ledger.append([entry]) { view, first in
+            let state = try self.requirePatient(view, p)
+            guard state.status == .active else { throw LedgerError(.erased, "the patient was erased") }
+            if let key = state.signingKey {
+                guard let signature, (try? Ed25519PublicKey(rawRepresentation: key))?.isValidSignature(signature, for: message) == true else {
+                    throw LedgerError(.badSignature, "this patient signs their grants: the signature is missing or does not verify")
+                }
+            }
+            var stored = grant.json(pseudonym: p)
+            stored["index"] = first
+            try view.put(self.grants, key: p.bytes + Array(grantee.utf8), value: PatientPayload.encode(stored))
+        }
+        grant.index = index
+        return grant
+    }
+
+    /// Revokes `grantee`'s grant at once: its next read is refused. The log gets a delete
+    /// entry of the grant's key, so the key map proves the grantee holds no grant.
+    /// - Throws: ``LedgerError`` `.notFound` when there is no active grant.
+    @discardableResult
+    public func revoke(patient: String, grantee: String) throws -> UInt64 {
+        let p = try pseudonym(of: patient)
+        writeLock.lock()
+        defer { writeLock.unlock() }
+        let at = Int64(clock().timeIntervalSince1970)
+        let payload: [String: Any] = ["type": "revoke", "v": 1, "patient": p.hex, "grantee": grantee, "revoked_at": at]
+        let entry = try LedgerEntry(delete: PatientPayload.grantKey(p, grantee), payload: PatientPayload.encode(payload))
+        return try ledger.append([entry]) { view, first in
+            let key = p.bytes + Array(grantee.utf8)
+            guard let raw = try view.value(self.grants, key: key), var object = PatientPayload.decode(raw), object["revoked_at"] == nil else {
+                throw LedgerError(.notFound, "no active grant for that grantee")
+            }
+            object["revoked_at"] = at
+            object["revoked_index"] = first
+            try view.put(self.grants, key: key, value: PatientPayload.encode(object))
+        }
+    }
+
+    /// The patient's grants, active and revoked, as stored (the revoked carry `revoked_at`).
+    public func grants(patient: String) throws -> [[String: Any]] {
+        let p = try pseudonym(of: patient)
+        return try Ledger.storage {
+            try ledger.environment.read { txn in
+                var out: [[String: Any]] = []
+                try txn.withCursor(grants) { cursor in
+                    var more = try cursor.seek(atOrAfter: p.bytes)
+                    while more {
+                        guard let object = cursor.withCurrent({ key, value in
+                            key.starts(with: p.bytes) ? PatientPayload.decode(Array(value)) : nil
+                        }) else { break }
+                        out.append(object)
+                        more = try cursor.next()
+                    }
+                }
+                return out
+            }
+        }
+    }
+
+    // MARK: - Audit
+
+    /// One audit entry of the log.
+    public struct AuditRecord: @unchecked Sendable {
+        // Sendable: `event` holds only JSON values (strings, numbers, booleans).
+        public let index: UInt64
+        public let event: [String: Any]
+        public let leafHash: Hash
+    }
+
+    /// The audit entries about a patient (accounting of disclosures), oldest first.
+    public func auditTrail(patient: String) throws -> [AuditRecord] {
+        let p = try pseudonym(of: patient)
+        var indexes: [UInt64] = []
+        try Ledger.storage {
+            try ledger.environment.read { txn in
+                try txn.withCursor(audits) { cursor in
+                    var more = try cursor.seek(atOrAfter: p.bytes)
+                    while more {
+                        guard let i = cursor.withCurrent({ key, _ -> UInt64? in
+                            key.count == 40 && key.starts(with: p.bytes) ? UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: key[32...])) : nil
+                        }) else { break }
+                        indexes.append(i)
+                        more = try cursor.next()
+                    }
+                }
+            }
+        }
+        return try indexes.map(auditRecord)
+    }
+
+    /// Every break-glass read, oldest first, for review.
+    public func breakGlassEvents() throws -> [AuditRecord] {
+        var indexes: [UInt64] = []
+        try Ledger.storage {
+            try ledger.environment.read { txn in
+                try txn.withCursor(breakGlass) { cursor in
+                    var more = try cursor.first()
+                    while more {
+                        if let i = cursor.withCurrent({ key, _ in UInt64(bigEndianBytes: key) }) { indexes.append(i) }
+                        more = try cursor.next()
+                    }
+                }
+            }
+        }
+        return try indexes.map(auditRecord)
+    }
+
+    private func auditRecord(_ index: UInt64) throws -> AuditRecord {
+        let (bytes, leafHash) = try ledger.rawEntry(at: index)
+        guard let object = PatientPayload.decode(try LedgerEntry(decoding: bytes).payload) else {
+            throw LedgerError(.storage, "audit entry \(index) is not JSON")
+        }
+        return AuditRecord(index: index, event: object, leafHash: leafHash)
+    }
+
+    /// Commits audit events (group commit).
+    fileprivate func appendAudit(_ events: [AuditEvent]) throws {
+        let entries = try events.map { try LedgerEntry(set: "", payload: PatientPayload.encode($0.json)) }
+        try ledger.append(entries) { view, first in
+            for (i, event) in events.enumerated() {
+                let index = first + UInt64(i)
+                try view.put(self.audits, key: event.patient.bytes + withUnsafeBytes(of: index.bigEndian) { Array($0) }, value: [UInt8]())
+                if event.breakGlass != nil { try view.put(self.breakGlass, key: index, value: event.patient.bytes, flags: .append) }
+            }
+        }
+    }
+
+    // MARK: - Erasure
+
+    /// What ``erase(patient:)`` did.
+    public struct ErasureReport: Sendable {
+        /// The erasure entry's index.
+        public let index: UInt64
+        public let recordVersionsDeleted: Int
+        public let grantsRevoked: Int
+        /// The master key generation now in use (the old one is destroyed).
+        public let masterKeyGeneration: UInt64
+    }
+
+    /// Erases a patient (GDPR Art. 17): their data key and ciphertexts are deleted, every other
+    /// patient's data key is re-wrapped under a new master key generation and the old generation
+    /// is removed from the key file, so copies LMDB's freed pages keep can never be opened. The
+    /// log keeps its entries (hashes and pseudonyms only), so every proof still verifies; the
+    /// erasure entry deletes the patient's key and the keys of their active grants.
+    /// - Throws: ``LedgerError`` `.patientNotFound`, `.erased` when already erased.
+    @discardableResult
+    public func erase(patient: String) throws -> ErasureReport {
+        let p = try pseudonym(of: patient)
+        writeLock.lock()
+        defer { writeLock.unlock() }
+        let at = Int64(clock().timeIntervalSince1970)
+        let (activeGrantees, state): ([String], PatientState) = try Ledger.storage {
+            try ledger.environment.read { txn in
+                let state = try requirePatient(txn.unsafeView, p)
+                guard state.status == .active else { throw LedgerError(.erased, "the patient was already erased") }
+                var grantees: [String] = []
+                try txn.withCursor(grants) { cursor in
+                    var more = try cursor.seek(atOrAfter: p.bytes)
+                    while more {
+                        guard let g = cursor.withCurrent({ key, value -> String?? in
+                            guard key.starts(with: p.bytes) else { return nil }
+                            let revoked = PatientPayload.decode(Array(value))?["revoked_at"] != nil
+                            return .some(revoked ? nil : String(decoding: key[32...], as: UTF8.self))
+                        }) else { break }
+                        if let g { grantees.append(g) }
+                        more = try cursor.next()
+                    }
+                }
+                return (grantees, state)
+            }
+        }
+        _ = state
+        var entries = [try LedgerEntry(delete: PatientPayload.patientKey(p), payload: PatientPayload.encode(
+            ["type": "erasure", "v": 1, "patient": p.hex, "erased_at": at, "grants_revoked": activeGrantees.count]))]
+        for g in activeGrantees {
+            entries.append(try LedgerEntry(delete: PatientPayload.grantKey(p, g), payload: PatientPayload.encode(
+                ["type": "revoke", "v": 1, "patient": p.hex, "grantee": g, "revoked_at": at, "reason": "erasure"])))
+        }
+        let oldGeneration = masterKey.generation
+        try masterKey.beginRotation()
+        let newGeneration = masterKey.generation
+        var deleted = 0
+        let index: UInt64
+        do {
+            index = try ledger.append(entries) { view, first in
+                deleted = 0
+                try self.rewrapAll(view, from: oldGeneration, to: newGeneration, erasing: p, erasureIndex: first)
+                // Ciphertexts and grants of the erased patient.
+                for db in [self.records, self.grants] {
+                    var keys: [[UInt8]] = []
+                    try view.withCursor(db) { cursor in
+                        var more = try cursor.seek(atOrAfter: p.bytes)
+                        while more {
+                            guard let key = cursor.withCurrent({ key, _ in key.starts(with: p.bytes) ? Array(key) : nil }) else { break }
+                            keys.append(key)
+                            more = try cursor.next()
+                        }
+                    }
+                    for key in keys { _ = try view.delete(db, key: key) }
+                    if db == self.records { deleted = keys.count }
+                }
+                try self.writeKeyCheck(view, generation: newGeneration)
+            }
+        } catch {
+            try? masterKey.abandonRotation()
+            throw error
+        }
+        try masterKey.finishRotation()
+        return ErasureReport(index: index, recordVersionsDeleted: deleted, grantsRevoked: activeGrantees.count,
+                             masterKeyGeneration: newGeneration)
+    }
+
+    private func rewrapAll(_ view: TransactionView, from old: UInt64, to new: UInt64, erasing p: Hash, erasureIndex: UInt64) throws {
+        guard let newKey = masterKey.key(generation: new) else { throw LedgerError(.wrongMasterKey, "no key for generation \(new)") }
+        var updates: [([UInt8], PatientState)] = []
+        try view.withCursor(patients) { cursor in
+            var more = try cursor.first()
+            while more {
+                let (key, state) = cursor.withCurrent { key, value in (Array(key), PatientState(decoding: value)) }
+                guard var state, let pk = Hash(key) else { throw LedgerError(.storage, "unreadable patient state") }
+                if pk == p {
+                    state.status = .erased
+                    state.wrappedKey = []
+                    state.index = erasureIndex
+                } else if state.status == .active {
+                    let dataKey = try unwrap(state, pk)
+                    try dataKey.withUnsafeBytes { raw in
+                        state.wrappedKey = try AESGCM.seal(Array(raw), key: newKey, associatedData: Self.dataKeyAAD(pk, new))
+                    }
+                }
+                state.generation = new
+                updates.append((key, state))
+                more = try cursor.next()
+            }
+        }
+        for (key, state) in updates { try view.put(patients, key: key, value: state.encoded()) }
+    }
+}
+
+/// An audit event, shaped after FHIR AuditEvent: who (agent, role), what (patient, record,
+/// version), when (recorded), action, purpose of use, outcome.
+struct AuditEvent {
+    var action: String
+    var accessor: Accessor
+    var patient: Hash
+    var record: String?
+    var version: UInt32?
+    var purpose: String
+    var breakGlass: String?
+    var time: Date
+    var outcome = "success"
+    var detail: String?
+
+    init(action: String, accessor: Accessor, patient: Hash, record: String?, version: UInt32?, purpose: String, breakGlass: String?, time: Date) {
+        self.action = action
+        self.accessor = accessor
+        self.patient = patient
+        self.record = record
+        self.version = version
+        self.purpose = purpose
+        self.breakGlass = breakGlass.flatMap { $0.isEmpty ? nil : $0 }
+        self.time = time
+    }
+
+    var json: [String: Any] {
+        var out: [String: Any] = [
+            "type": "audit", "v": 1, "action": action, "agent": accessor.auditId(pseudonym: patient), "role": accessor.role.rawValue,
+            "patient": patient.hex, "purpose": purpose, "outcome": outcome,
+            "recorded_ms": Int64(time.timeIntervalSince1970 * 1000), "break_glass": breakGlass != nil,
+        ]
+        if let record { out["record"] = record }
+        if let version, version > 0 { out["version"] = Int(version) }
+        if let breakGlass { out["reason"] = breakGlass }
+        if let detail { out["detail"] = detail }
+        return out
+    }
+}
+
+/// Group commit for audit events: concurrent readers' events share one append. The first
+/// waiting reader commits everything queued, the others wait for it; a reader returns only
+/// once its own event is durable.
+final class AuditCommitter: @unchecked Sendable {
+    // Sendable: `condition` guards `queue` and `committing`.
+    private final class Ticket {
+        var done = false
+        var error: (any Error)?
+    }
+
+    private unowned let records: PatientRecords
+    private let condition = NSCondition()
+    private var queue: [(AuditEvent, Ticket)] = []
+    private var committing = false
+
+    init(records: PatientRecords) { self.records = records }
+
+    func record(_ event: AuditEvent) throws {
+        let ticket = Ticket()
+        condition.lock()
+        queue.append((event, ticket))
+        while !ticket.done {
+            if committing {
+                condition.wait()
+                continue
+            }
+            committing = true
+            let batch = queue
+            queue.removeAll(keepingCapacity: true)
+            condition.unlock()
+            var failure: (any Error)?
+            do { try records.appendAudit(batch.map(\.0)) } catch { failure = error }
+            condition.lock()
+            for (_, t) in batch {
+                t.done = true
+                t.error = failure
+            }
+            committing = false
+            condition.broadcast()
+        }
+        condition.unlock()
+        if let error = ticket.error { throw error }
+    }
+}

@@ -1,0 +1,314 @@
+import Foundation
+import Testing
+import LedgerCrypto
+import MedLedger
+import MerkleLog
+
+/// A ledger with a patient layer in a scratch directory, its master key file beside it.
+final class PatientFixture: @unchecked Sendable {
+    let directory: String
+    let ledger: Ledger
+    let verifierKey: String
+    let records: PatientRecords
+    /// Seconds since 1970 that the layer's clock reads.
+    nonisolated(unsafe) var now: TimeInterval = 1_800_000_000
+
+    var keyPath: String { directory + ".master.key" }
+
+    init(_ name: String, durable: Bool = false) throws {
+        directory = ledgerPath(name)
+        var options = Ledger.Options()
+        options.durable = durable
+        (ledger, verifierKey) = try Ledger.create(at: directory, origin: "test.example/\(name)", options: options)
+        records = try PatientRecords(ledger: ledger, masterKey: try MasterKeyFile.create(at: directory + ".master.key"))
+        records.clock = { [unowned self] in Date(timeIntervalSince1970: self.now) }
+    }
+
+    deinit {
+        try? FileManager.default.removeItem(atPath: directory)
+        try? FileManager.default.removeItem(atPath: directory + ".master.key")
+    }
+
+    /// Every byte of every file of the ledger and its key file.
+    func allFileBytes() throws -> [UInt8] {
+        var out: [UInt8] = []
+        for name in try FileManager.default.contentsOfDirectory(atPath: directory) {
+            out += [UInt8](try Data(contentsOf: URL(fileURLWithPath: directory + "/" + name)))
+        }
+        out += [UInt8](try Data(contentsOf: URL(fileURLWithPath: keyPath)))
+        return out
+    }
+}
+
+func observation(_ marker: String, code: String = "8867-4") -> [UInt8] {
+    Array(#"{"resourceType":"Observation","id":"obs","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"\#(code)"}]},"note":[{"text":"\#(marker)"}]}"#.utf8)
+}
+
+func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
+    guard needle.count <= haystack.count, let first = needle.first else { return false }
+    var i = 0
+    while i <= haystack.count - needle.count {
+        if haystack[i] == first && Array(haystack[i..<(i + needle.count)]) == needle { return true }
+        i += 1
+    }
+    return false
+}
+
+func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any]] {
+    try f.records.auditTrail(patient: patient).map(\.event)
+}
+
+@Suite struct PatientRecordsTests {
+    @Test func recordsRoundTripEncryptedAndVersioned() throws {
+        let f = try PatientFixture("records")
+        try f.records.addPatient(externalId: "Patient/alice")
+        let marker = "secret-marker-\(UUID().uuidString)"
+        let v1 = try f.records.putRecord(patient: "Patient/alice", recordId: "obs-1", content: observation(marker + "-v1"))
+        let v2 = try f.records.putRecord(patient: "Patient/alice", recordId: "obs-1", content: observation(marker + "-v2"))
+        try f.records.putRecord(patient: "Patient/alice", recordId: "scan.pdf", content: Array("%PDF-1.7 \(marker)".utf8), mediaType: "application/pdf")
+        #expect(v1.version == 1 && v2.version == 2)
+
+        let latest = try f.records.read(patient: "Patient/alice", recordId: "obs-1", as: .custodian("records-office"))
+        #expect(latest.content == observation(marker + "-v2"))
+        #expect(latest.version == 2 && latest.resourceType == "Observation" && latest.index == v2.index)
+        let first = try f.records.read(patient: "Patient/alice", recordId: "obs-1", version: 1, as: .patient("Patient/alice"))
+        #expect(first.content == observation(marker + "-v1"))
+        #expect(try f.records.history(patient: "Patient/alice", recordId: "obs-1", as: .custodian("c")).map(\.version) == [1, 2])
+        #expect(Set(try f.records.list(patient: "Patient/alice", as: .custodian("c")).map(\.recordId)) == ["obs-1", "scan.pdf"])
+
+        // The log commits to the ciphertext; no plaintext, patient id or record id in any file.
+        let entry = try LedgerEntry(decoding: try f.ledger.rawEntry(at: v2.index).bytes)
+        #expect(entry.key.hasPrefix("record/"))
+        #expect(String(decoding: entry.payload, as: UTF8.self).contains(v2.ciphertextHash.hex))
+        let files = try f.allFileBytes()
+        for needle in [marker, "Patient/alice", "obs-1", "scan.pdf", "Observation"] {
+            let found = contains(files, Array(needle.utf8))
+            #expect(!found, "\(needle) found in the ledger's files")
+        }
+
+        // Not found, another patient's read, bad FHIR.
+        #expect(throws: LedgerError(.recordNotFound, "")) { try f.records.read(patient: "Patient/alice", recordId: "nope", as: .custodian("c")) }
+        #expect(throws: LedgerError(.recordNotFound, "")) { try f.records.read(patient: "Patient/alice", recordId: "obs-1", version: 3, as: .custodian("c")) }
+        #expect(throws: LedgerError(.patientNotFound, "")) { try f.records.read(patient: "Patient/bob", recordId: "obs-1", as: .custodian("c")) }
+        try f.records.addPatient(externalId: "Patient/bob")
+        #expect(throws: LedgerError(.accessDenied, "")) { try f.records.read(patient: "Patient/alice", recordId: "obs-1", as: .patient("Patient/bob")) }
+        let sizeBefore = try f.ledger.size
+        for bad in [Array("not json".utf8), Array("[1,2]".utf8), Array(#"{"id":"x"}"#.utf8), Array(#"{"resourceType":7}"#.utf8)] {
+            #expect(throws: LedgerError(.invalidRecord, "")) { try f.records.putRecord(patient: "Patient/alice", recordId: "bad", content: bad) }
+        }
+        #expect(throws: LedgerError(.patientExists, "")) { try f.records.addPatient(externalId: "Patient/bob") }
+        #expect(throws: LedgerError(.patientNotFound, "")) { try f.records.putRecord(patient: "Patient/carol", recordId: "x", content: observation("x")) }
+        #expect(try f.ledger.size == sizeBefore)  // refused writes leave the ledger unchanged
+    }
+
+    @Test func grantsScopeExpiryRevocationAndAudit() throws {
+        let f = try PatientFixture("grants")
+        let p = "Patient/dana"
+        try f.records.addPatient(externalId: p)
+        try f.records.putRecord(patient: p, recordId: "obs", content: observation("o"))
+        try f.records.putRecord(patient: p, recordId: "med", content: Array(#"{"resourceType":"MedicationStatement","status":"active"}"#.utf8))
+        let doctor = try Ed25519PrivateKey().publicKey
+
+        // No grant: refused and audited.
+        #expect(throws: LedgerError(.accessDenied, "")) { try f.records.read(patient: p, recordId: "obs", as: .grantee("dr-lee")) }
+        var events = try auditEvents(f, p)
+        #expect(events.last?["outcome"] as? String == "refused" && events.last?["agent"] as? String == "dr-lee")
+
+        // Scoped to Observation for one day.
+        try f.records.grant(patient: p, to: "dr-lee", granteeKey: doctor, scope: GrantScope(resourceTypes: ["Observation"]),
+                            notAfter: Date(timeIntervalSince1970: f.now + 86_400))
+        #expect(try f.records.read(patient: p, recordId: "obs", as: .grantee("dr-lee")).resourceType == "Observation")
+        #expect(throws: LedgerError(.accessDenied, "")) { try f.records.read(patient: p, recordId: "med", as: .grantee("dr-lee")) }
+        #expect(try f.records.list(patient: p, as: .grantee("dr-lee")).map(\.recordId) == ["obs"])
+        let key = "grant/\(try f.records.pseudonym(of: p).hex)/dr-lee"
+        #expect(try f.ledger.keyProof(key: key).proof.isInclusion)
+
+        // Expiry.
+        f.now += 86_401
+        #expect(throws: LedgerError(.accessDenied, "")) { try f.records.read(patient: p, recordId: "obs", as: .grantee("dr-lee")) }
+        f.now -= 86_401
+
+        // Revocation is immediate and proven by non-inclusion.
+        try f.records.revoke(patient: p, grantee: "dr-lee")
+        #expect(throws: LedgerError(.accessDenied, "")) { try f.records.read(patient: p, recordId: "obs", as: .grantee("dr-lee")) }
+        let absent = try f.ledger.keyProof(key: key)
+        #expect(!absent.proof.isInclusion)
+        try absent.proof.verify(root: absent.mapRoot)
+        #expect(throws: LedgerError(.notFound, "")) { try f.records.revoke(patient: p, grantee: "dr-lee") }
+
+        // Break-glass succeeds, is flagged and listed for review.
+        let urgent = try f.records.read(patient: p, recordId: "med", as: .grantee("er-doc"), purpose: "emergency", breakGlass: "unconscious in ER")
+        #expect(urgent.resourceType == "MedicationStatement")
+        let reviewed = try f.records.breakGlassEvents()
+        #expect(reviewed.count == 1 && reviewed[0].event["reason"] as? String == "unconscious in ER" && reviewed[0].event["agent"] as? String == "er-doc")
+
+        events = try auditEvents(f, p)
+        let outcomes = events.filter { $0["action"] as? String == "read" }.map { "\($0["agent"]!):\($0["outcome"]!):\($0["break_glass"]!)" }
+        #expect(outcomes == ["dr-lee:refused:0", "dr-lee:success:0", "dr-lee:refused:0", "dr-lee:refused:0", "dr-lee:refused:0", "er-doc:success:1"])
+        // Every audit entry is in the log and proves inclusion against a checkpoint.
+        let checkpoint = try f.ledger.checkpoint()
+        for record in try f.records.auditTrail(patient: p) {
+            let (proof, leaf, root) = try f.ledger.inclusionProof(index: record.index, size: checkpoint.size)
+            try proof.verify(leafHash: leaf, rootHash: root)
+            #expect(root == checkpoint.rootHash && leaf == record.leafHash)
+        }
+    }
+
+    @Test func selfCustodyGrantsNeedThePatientsSignature() throws {
+        let f = try PatientFixture("selfcustody")
+        let patientKey = try Ed25519PrivateKey()
+        try f.records.addPatient(externalId: "Patient/eve", signingKey: patientKey.publicKey)
+        let doctor = try Ed25519PrivateKey().publicKey
+        let notAfter = Date(timeIntervalSince1970: f.now + 3600)
+        let issued = Date(timeIntervalSince1970: f.now)
+        #expect(throws: LedgerError(.badSignature, "")) {
+            try f.records.grant(patient: "Patient/eve", to: "dr-x", granteeKey: doctor, notAfter: notAfter)
+        }
+        let (_, message) = try f.records.draftGrant(patient: "Patient/eve", to: "dr-x", granteeKey: doctor, notAfter: notAfter, issuedAt: issued)
+        var signature = try patientKey.signature(for: message)
+        try f.records.grant(patient: "Patient/eve", to: "dr-x", granteeKey: doctor, notAfter: notAfter, issuedAt: issued, signature: signature)
+        signature[0] ^= 1
+        #expect(throws: LedgerError(.badSignature, "")) {
+            try f.records.grant(patient: "Patient/eve", to: "dr-y", granteeKey: doctor, notAfter: notAfter, issuedAt: issued, signature: signature)
+        }
+    }
+
+    @Test func wrongMasterKeyErrorsCleanly() throws {
+        let f = try PatientFixture("masterkey")
+        try f.records.addPatient(externalId: "Patient/f")
+        let other = f.directory + ".other.key"
+        defer { try? FileManager.default.removeItem(atPath: other) }
+        #expect(throws: LedgerError(.wrongMasterKey, "")) { try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile.create(at: other)) }
+        chmod(f.keyPath, 0o644)
+        #expect(throws: LedgerError(.keyFile, "")) { try MasterKeyFile(path: f.keyPath) }
+        chmod(f.keyPath, 0o600)
+        try Data("medledger-master-key 1\ngarbage\n".utf8).write(to: URL(fileURLWithPath: other))
+        chmod(other, 0o600)
+        #expect(throws: LedgerError(.keyFile, "")) { try MasterKeyFile(path: other) }
+        #expect(throws: LedgerError(.keyFile, "")) { try MasterKeyFile(path: other + ".missing") }
+        // The right key still opens it.
+        _ = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
+    }
+
+    @Test func erasureDestroysKeysAndKeepsProofsValid() throws {
+        let f = try PatientFixture("erasure")
+        let marker = "erase-me-\(UUID().uuidString)"
+        try f.records.addPatient(externalId: "Patient/gone")
+        try f.records.addPatient(externalId: "Patient/stays")
+        try f.records.putRecord(patient: "Patient/gone", recordId: "obs", content: observation(marker))
+        try f.records.putRecord(patient: "Patient/stays", recordId: "obs", content: observation("kept"))
+        try f.records.grant(patient: "Patient/gone", to: "dr-z", granteeKey: try Ed25519PrivateKey().publicKey,
+                            notAfter: Date(timeIntervalSince1970: f.now + 3600))
+        let oldMaster = try String(contentsOfFile: f.keyPath, encoding: .utf8)
+        let oldGenerationKey = oldMaster.split(separator: "\n")[2].split(separator: " ")[2]
+        let before = try f.ledger.checkpoint()
+
+        let report = try f.records.erase(patient: "Patient/gone")
+        #expect(report.recordVersionsDeleted == 1 && report.grantsRevoked == 1 && report.masterKeyGeneration == 2)
+        #expect(throws: LedgerError(.erased, "")) { try f.records.read(patient: "Patient/gone", recordId: "obs", as: .custodian("c")) }
+        #expect(throws: LedgerError(.erased, "")) { try f.records.erase(patient: "Patient/gone") }
+        #expect(throws: LedgerError(.erased, "")) { try f.records.putRecord(patient: "Patient/gone", recordId: "obs", content: observation("again")) }
+        // The other patient is untouched, under the new generation.
+        #expect(try f.records.read(patient: "Patient/stays", recordId: "obs", as: .custodian("c")).content == observation("kept"))
+        let reopened = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
+        #expect(try reopened.read(patient: "Patient/stays", recordId: "obs", as: .custodian("c")).content == observation("kept"))
+
+        // The old master key generation is gone from every file; no plaintext anywhere.
+        let files = try f.allFileBytes()
+        let foundOldKeyText = contains(files, Array(oldGenerationKey.utf8))
+        let foundOldKey = contains(files, Base64.decode(oldGenerationKey)!)
+        let foundPlaintext = contains(files, Array(marker.utf8))
+        #expect(!foundOldKeyText && !foundOldKey && !foundPlaintext)
+
+        // Log and map proofs still verify; the patient and grant keys are now absent.
+        let after = try f.ledger.checkpoint()
+        let (consistency, oldRoot, newRoot) = try f.ledger.consistencyProof(oldSize: before.size)
+        try consistency.verify(oldRoot: oldRoot, newRoot: newRoot)
+        #expect(oldRoot == before.rootHash && newRoot == after.rootHash)
+        for i in 0..<after.size {
+            let (proof, leaf, root) = try f.ledger.inclusionProof(index: i)
+            try proof.verify(leafHash: leaf, rootHash: root)
+        }
+        let pseudonym = try f.records.pseudonym(of: "Patient/gone").hex
+        for key in ["patient/\(pseudonym)", "grant/\(pseudonym)/dr-z"] {
+            let (proof, root, _) = try f.ledger.keyProof(key: key)
+            #expect(!proof.isInclusion)
+            try proof.verify(root: root)
+        }
+        #expect(try f.ledger.rebuildIndex().mismatches.isEmpty)
+    }
+
+    @Test func interruptedRotationIsUndoneOnOpen() throws {
+        let f = try PatientFixture("rotation")
+        try f.records.addPatient(externalId: "Patient/h")
+        try f.records.putRecord(patient: "Patient/h", recordId: "obs", content: observation("h"))
+        // A key file that began a rotation whose ledger write never committed.
+        let text = try String(contentsOfFile: f.keyPath, encoding: .utf8).split(separator: "\n")
+        let fresh = Base64.encode(try SecureRandom.bytes(32))
+        let current = text[2].split(separator: " ")
+        try Data("\(text[0])\n\(text[1])\ngeneration 2 \(fresh)\nprevious 1 \(current[2])\n".utf8).write(to: URL(fileURLWithPath: f.keyPath))
+        let recovered = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
+        #expect(recovered.masterKey.generation == 1)
+        #expect(try recovered.read(patient: "Patient/h", recordId: "obs", as: .custodian("c")).content == observation("h"))
+        #expect(try String(contentsOfFile: f.keyPath, encoding: .utf8).split(separator: "\n").count == 3)
+    }
+
+    @Test func exportVerifiesOfflineAndTamperingFails() throws {
+        let f = try PatientFixture("export")
+        let p = "Patient/ivy"
+        try f.records.addPatient(externalId: p)
+        try f.records.putRecord(patient: p, recordId: "obs", content: observation("v1"))
+        try f.records.putRecord(patient: p, recordId: "obs", content: observation("v2"))
+        try f.records.putRecord(patient: p, recordId: "note.txt", content: Array("plain text".utf8), mediaType: "text/plain")
+        let export = try f.records.export(patient: p, as: .patient(p))
+        let verifier = try NoteVerifier(parsing: f.verifierKey)
+        #expect(try PatientExport.verify(bundle: export.bundle, proof: export.proof, verifier: verifier) == 2)
+        let bundle = try JSONSerialization.jsonObject(with: export.bundle) as! [String: Any]
+        #expect(bundle["resourceType"] as? String == "Bundle" && bundle["type"] as? String == "collection")
+
+        // A changed resource, an old version passed off as current, another ledger's key.
+        let bundleText = String(decoding: export.bundle, as: UTF8.self)
+        #expect(bundleText.contains("\"v2\""))
+        let tampered = Data(bundleText.replacingOccurrences(of: "\"v2\"", with: "\"v3\"").utf8)
+        #expect(throws: MerkleLogError(.verificationFailed, "")) { try PatientExport.verify(bundle: tampered, proof: export.proof, verifier: verifier) }
+        var proof = try JSONSerialization.jsonObject(with: export.proof) as! [String: Any]
+        var items = proof["records"] as! [[String: Any]]
+        items[0]["box"] = Base64.encode(try SecureRandom.bytes(80))
+        proof["records"] = items
+        let swapped = try JSONSerialization.data(withJSONObject: proof)
+        #expect(throws: MerkleLogError(.verificationFailed, "")) { try PatientExport.verify(bundle: export.bundle, proof: swapped, verifier: verifier) }
+        let stranger = try NoteSigner(generatingFor: "test.example/export").verifier
+        #expect(throws: MerkleLogError(.verificationFailed, "")) { try PatientExport.verify(bundle: export.bundle, proof: export.proof, verifier: stranger) }
+        // Every single-byte change of the proof bundle's checkpoint or entries fails.
+        let proofText = [UInt8](export.proof)
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<50 {
+            var altered = proofText
+            let i = Int.random(in: 0..<altered.count, using: &generator)
+            altered[i] ^= 0x01
+            if (try? PatientExport.verify(bundle: export.bundle, proof: Data(altered), verifier: verifier)) != nil {
+                Issue.record("a proof bundle altered at byte \(i) verified")
+            }
+        }
+        // The export was audited.
+        #expect(try auditEvents(f, p).contains { $0["action"] as? String == "list" && $0["agent"] as? String != nil })
+    }
+
+    @Test func concurrentReadsShareAuditCommits() async throws {
+        let f = try PatientFixture("groupcommit")
+        try f.records.addPatient(externalId: "Patient/j")
+        try f.records.putRecord(patient: "Patient/j", recordId: "obs", content: observation("j"))
+        let sizeBefore = try f.ledger.size
+        let records = f.records
+        await withTaskGroup(of: Void.self) { group in
+            for t in 0..<8 {
+                group.addTask {
+                    for _ in 0..<25 { _ = try? records.read(patient: "Patient/j", recordId: "obs", as: .custodian("c\(t)")) }
+                }
+            }
+        }
+        #expect(try f.ledger.size == sizeBefore + 200)
+        #expect(try f.records.auditTrail(patient: "Patient/j").count == 200)
+    }
+}
+
