@@ -16,6 +16,8 @@ enum ExitStatus: Int32 {
     case usage = 2
     case notFound = 3
     case storage = 4
+    /// The ledger refused: access denied, patient erased, wrong master key.
+    case refused = 5
 }
 
 /// An error the CLI reports with a chosen exit status.
@@ -35,8 +37,9 @@ func classify(_ error: any Error) -> (ExitStatus, String) {
         return (error.status, error.description)
     case let error as LedgerError:
         switch error.code {
-        case .ledgerNotFound, .notFound: return (.notFound, error.description)
-        case .invalidArgument, .invalidEntry: return (.usage, error.description)
+        case .ledgerNotFound, .notFound, .patientNotFound, .recordNotFound: return (.notFound, error.description)
+        case .invalidArgument, .invalidEntry, .invalidRecord, .patientExists, .badSignature, .keyFile: return (.usage, error.description)
+        case .accessDenied, .erased, .wrongMasterKey: return (.refused, error.description)
         default: return (.storage, error.description)
         }
     case let error as MerkleLogError:

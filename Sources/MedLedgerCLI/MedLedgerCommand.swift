@@ -16,9 +16,12 @@ struct MedLedgerCommand: ParsableCommand {
         abstract: "A verifiable, append-only store for medical records.",
         discussion: """
         Machine output is JSON on stdout; messages go to stderr. Exit status: 0 success, \
-        1 verification failed, 2 usage or input error, 3 not found, 4 storage error.
+        1 verification failed, 2 usage or input error, 3 not found, 4 storage error, \
+        5 refused (access denied, patient erased, wrong master key).
         """,
-        subcommands: [Init.self, Append.self, CheckpointCommand.self, Prove.self, VerifyProof.self, Get.self, RebuildIndex.self]
+        subcommands: [Init.self, Append.self, CheckpointCommand.self, Prove.self, VerifyProof.self, Get.self, RebuildIndex.self,
+                      PatientCommand.self, RecordCommand.self, GrantCommand.self, RevokeCommand.self, ReadCommand.self,
+                      AuditCommand.self, EraseCommand.self, ExportCommand.self]
     )
 
     static func main() {
@@ -61,8 +64,16 @@ struct Init: ParsableCommand {
     @Flag(help: "Print {\"origin\",\"path\",\"verifier_key\"} instead of the bare key.")
     var json = false
 
+    @Option(help: "Also create a master key file (mode 0600) for the patient layer; keep it off the ledger's disk and backups.")
+    var masterKey: String?
+
     func run() throws {
-        let (_, verifierKey) = try Ledger.create(at: location.directory, origin: origin)
+        if let masterKey { _ = try MasterKeyFile.create(at: masterKey) }
+        let verifierKey: String
+        do { (_, verifierKey) = try Ledger.create(at: location.directory, origin: origin) } catch {
+            if let masterKey { unlink(masterKey) }  // created just now, for this ledger only
+            throw error
+        }
         if json {
             try printJSON(["origin": origin, "path": location.directory, "verifier_key": verifierKey])
         } else {

@@ -83,11 +83,27 @@ struct VerifyProof: ParsableCommand {
     @Option(help: "The verifier key (name+id+key, or a file holding it) that signed --checkpoint.")
     var key: String?
 
+    @Option(help: "A FHIR Bundle whose export proof bundle is the proof file (needs --key).")
+    var bundle: String?
+
     func validate() throws {
-        if (checkpoint == nil) != (key == nil) { throw ValidationError("--checkpoint and --key go together") }
+        if (checkpoint == nil) != (key == nil) && bundle == nil { throw ValidationError("--checkpoint and --key go together") }
+        if bundle != nil && key == nil { throw ValidationError("--bundle needs --key (the ledger's verifier key)") }
     }
 
     func run() throws {
+        if let bundle {
+            let proofData = try readInput(file, limit: PatientExport.maxSize)
+            let bundleData = try readInput(bundle, limit: PatientExport.maxSize)
+            do {
+                let count = try PatientExport.verify(bundle: bundleData, proof: proofData, verifier: try loadVerifier(key!))
+                try printJSON(["valid": true, "type": "export", "records": count, "checkpoint_verified": true])
+            } catch let error as MerkleLogError where error.code == .verificationFailed {
+                try printJSON(["valid": false, "type": "export", "error": error.message])
+                throw ExitCode(ExitStatus.verificationFailed.rawValue)
+            }
+            return
+        }
         let document = try ProofDocument(json: try readInput(file, limit: ProofDocument.maxSize))
         var anchor: Checkpoint? = nil
         if let checkpoint, let key {
