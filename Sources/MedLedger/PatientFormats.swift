@@ -123,9 +123,59 @@ public struct RecordVersionInfo: Sendable, Hashable {
 
 /// The JSON payloads the patient layer writes into log entries (`docs/FORMATS.md`).
 enum PatientPayload {
+    /// Compact JSON with keys sorted by their UTF-8 bytes. Payloads hold only strings,
+    /// integers, booleans and arrays of those; written by hand because Foundation's sorted
+    /// serializer collates keys through ICU, which dominated the cost of an audited read.
     static func encode(_ object: [String: Any]) -> [UInt8] {
-        // Only strings, integers, booleans, arrays and dictionaries: serialization cannot fail.
-        (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])).map { [UInt8]($0) } ?? []
+        var out: [UInt8] = []
+        out.reserveCapacity(256)
+        write(object, into: &out)
+        return out
+    }
+
+    private static func write(_ value: Any, into out: inout [UInt8]) {
+        switch value {
+        case let s as String: writeString(s, into: &out)
+        // Integers before Bool: a number decoded by Foundation may also cast to Bool.
+        case let i as Int: out += Array(String(i).utf8)
+        case let i as Int64: out += Array(String(i).utf8)
+        case let i as UInt64: out += Array(String(i).utf8)
+        case let i as UInt32: out += Array(String(i).utf8)
+        case let b as Bool: out += Array((b ? "true" : "false").utf8)
+        case let a as [Any]:
+            out.append(UInt8(ascii: "["))
+            for (n, element) in a.enumerated() {
+                if n > 0 { out.append(UInt8(ascii: ",")) }
+                write(element, into: &out)
+            }
+            out.append(UInt8(ascii: "]"))
+        case let d as [String: Any]:
+            out.append(UInt8(ascii: "{"))
+            for (n, key) in d.keys.sorted(by: { $0.utf8.lexicographicallyPrecedes($1.utf8) }).enumerated() {
+                if n > 0 { out.append(UInt8(ascii: ",")) }
+                writeString(key, into: &out)
+                out.append(UInt8(ascii: ":"))
+                write(d[key]!, into: &out)
+            }
+            out.append(UInt8(ascii: "}"))
+        default:
+            preconditionFailure("unsupported payload value \(type(of: value))")
+        }
+    }
+
+    private static func writeString(_ s: String, into out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        for byte in s.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): out += [UInt8(ascii: "\\"), UInt8(ascii: "\"")]
+            case UInt8(ascii: "\\"): out += [UInt8(ascii: "\\"), UInt8(ascii: "\\")]
+            case 0..<0x20:
+                let hex = Array("0123456789abcdef".utf8)
+                out += [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(byte >> 4)], hex[Int(byte & 15)]]
+            default: out.append(byte)
+            }
+        }
+        out.append(UInt8(ascii: "\""))
     }
 
     static func decode(_ payload: [UInt8]) -> [String: Any]? {

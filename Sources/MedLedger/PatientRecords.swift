@@ -199,25 +199,41 @@ public final class PatientRecords: @unchecked Sendable {
     /// - Throws: ``LedgerError`` `.patientExists`, `.invalidArgument` for an empty id.
     @discardableResult
     public func addPatient(externalId: String, signingKey: Ed25519PublicKey? = nil) throws -> (pseudonym: Hash, index: UInt64) {
-        guard !externalId.isEmpty, externalId.utf8.count <= 1024 else { throw LedgerError(.invalidArgument, "patient id must be 1 to 1024 bytes") }
-        let p = try pseudonym(of: externalId)
-        var payload: [String: Any] = ["type": "patient", "v": 1, "patient": p.hex]
-        if let signingKey { payload["signing_key"] = Base64.encode(signingKey.rawRepresentation) }
-        var rawKey = try SecureRandom.bytes(32)
-        defer { secureZero(&rawKey) }
+        try addPatients([(externalId, signingKey)])[0]
+    }
+
+    /// Registers many patients in one transaction (one commit): all or none.
+    @discardableResult
+    public func addPatients(_ patients: [(externalId: String, signingKey: Ed25519PublicKey?)]) throws -> [(pseudonym: Hash, index: UInt64)] {
+        var prepared: [(p: Hash, wrapped: [UInt8], signingKey: [UInt8]?)] = []
+        var entries: [LedgerEntry] = []
         writeLock.lock()
         defer { writeLock.unlock() }
         let generation = masterKey.generation
         guard let master = masterKey.key(generation: generation) else { throw LedgerError(.wrongMasterKey, "no current master key") }
-        let wrapped = try AESGCM.seal(rawKey, key: master, associatedData: Self.dataKeyAAD(p, generation))
-        let entry = try LedgerEntry(set: PatientPayload.patientKey(p), payload: PatientPayload.encode(payload))
-        let index = try ledger.append([entry]) { view, first in
-            if try self.patientState(view, p) != nil { throw LedgerError(.patientExists, "a patient with that id is already registered") }
-            let state = PatientState(status: .active, index: first, generation: generation, wrappedKey: wrapped,
-                                     signingKey: signingKey?.rawRepresentation)
-            try view.put(self.patients, key: p.bytes, value: state.encoded())
+        var seen = Set<Hash>()
+        for (externalId, signingKey) in patients {
+            guard !externalId.isEmpty, externalId.utf8.count <= 1024 else { throw LedgerError(.invalidArgument, "patient id must be 1 to 1024 bytes") }
+            let p = try pseudonym(of: externalId)
+            guard seen.insert(p).inserted else { throw LedgerError(.patientExists, "a patient id appears twice in the batch") }
+            var payload: [String: Any] = ["type": "patient", "v": 1, "patient": p.hex]
+            if let signingKey { payload["signing_key"] = Base64.encode(signingKey.rawRepresentation) }
+            var rawKey = try SecureRandom.bytes(32)
+            defer { secureZero(&rawKey) }
+            let wrapped = try AESGCM.seal(rawKey, key: master, associatedData: Self.dataKeyAAD(p, generation))
+            prepared.append((p, wrapped, signingKey?.rawRepresentation))
+            entries.append(try LedgerEntry(set: PatientPayload.patientKey(p), payload: PatientPayload.encode(payload)))
         }
-        return (p, index)
+        guard !entries.isEmpty else { return [] }
+        let first = try ledger.append(entries) { view, first in
+            for (i, item) in prepared.enumerated() {
+                if try self.patientState(view, item.p) != nil { throw LedgerError(.patientExists, "a patient with that id is already registered") }
+                let state = PatientState(status: .active, index: first + UInt64(i), generation: generation, wrappedKey: item.wrapped,
+                                         signingKey: item.signingKey)
+                try view.put(self.patients, key: item.p.bytes, value: state.encoded())
+            }
+        }
+        return prepared.enumerated().map { i, item in (item.p, first + UInt64(i)) }
     }
 
     // MARK: - Records

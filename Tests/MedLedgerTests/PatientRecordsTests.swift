@@ -312,3 +312,33 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
     }
 }
 
+
+@Suite struct PatientPayloadTests {
+    /// Payload JSON parses back (Foundation as the independent parser) with keys sorted bytewise.
+    @Test func payloadJSONRoundTrips() throws {
+        let f = try PatientFixture("payload")
+        try f.records.addPatient(externalId: "Patient/\"quoted\"\\\n")
+        try f.records.putRecord(patient: "Patient/\"quoted\"\\\n", recordId: "r", content: observation("x"))
+        try f.records.grant(patient: "Patient/\"quoted\"\\\n", to: "dr \"q\"\\", granteeKey: try Ed25519PrivateKey().publicKey,
+                            scope: GrantScope(resourceTypes: ["Observation", "Condition"]), notAfter: Date(timeIntervalSince1970: f.now + 60))
+        _ = try? f.records.read(patient: "Patient/\"quoted\"\\\n", recordId: "r", as: .grantee("dr \"q\"\\"), breakGlass: "why \"now\"")
+        try f.records.revoke(patient: "Patient/\"quoted\"\\\n", grantee: "dr \"q\"\\")
+        for i in 0..<(try f.ledger.size) {
+            let entry = try LedgerEntry(decoding: try f.ledger.rawEntry(at: i).bytes)
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(entry.payload)) as? [String: Any])
+            #expect(object["v"] as? Int == 1)
+            let keys = String(decoding: entry.payload, as: UTF8.self)
+            #expect(keys.hasPrefix("{\""))
+            if object["type"] as? String == "grant" {
+                #expect(object["grantee"] as? String == "dr \"q\"\\")
+                #expect(object["resource_types"] as? [String] == ["Condition", "Observation"])
+            }
+            if object["type"] as? String == "audit" {
+                #expect(object["reason"] as? String == "why \"now\"" && object["break_glass"] as? Bool == true)
+            }
+            if object["type"] as? String == "revoke" { #expect(object["grantee"] as? String == "dr \"q\"\\") }
+        }
+        let stored = try f.records.grants(patient: "Patient/\"quoted\"\\\n")
+        #expect(stored.count == 1 && stored[0]["revoked_at"] != nil && stored[0]["v"] as? Int == 1)
+    }
+}

@@ -18,6 +18,8 @@ var baseDir: String? = nil
 var jsonPath: String? = nil
 var queries = 200_000
 var sparseKeys: Int? = nil
+var patientRecords = 0
+var patientCount = 0
 let batch = 10_000
 
 var args = CommandLine.arguments.dropFirst()
@@ -27,10 +29,12 @@ while let arg = args.popFirst() {
     case "--entries-4k": entries4k = parseCount(args.popFirst() ?? "") ?? entries4k
     case "--queries": queries = parseCount(args.popFirst() ?? "") ?? queries
     case "--keys": sparseKeys = parseCount(args.popFirst() ?? "")
+    case "--records": patientRecords = parseCount(args.popFirst() ?? "") ?? 0
+    case "--patients": patientCount = parseCount(args.popFirst() ?? "") ?? 0
     case "--dir": baseDir = args.popFirst()
     case "--json": jsonPath = args.popFirst()
     default:
-        FileHandle.standardError.write(Data("usage: ledger-bench [--entries N] [--entries-4k N] [--queries N] [--dir PATH] [--json FILE]\n".utf8))
+        FileHandle.standardError.write(Data("usage: ledger-bench [--entries N] [--entries-4k N] [--queries N] [--keys N] [--records N --patients N] [--dir PATH] [--json FILE]\n".utf8))
         exit(2)
     }
 }
@@ -324,6 +328,63 @@ if keyCount > 0 {
     let afterPrune = try smt.storedBytes()
     rows.append(Row(name: "key map bytes per key after prune to the last version (\(pruned) pages freed)",
                     value: Double(afterPrune) / Double(keyCount), unit: "B/key", limitName: nil, limit: nil, extra: [:]))
+}
+
+// ---- Patient layer ----
+if patientRecords > 0 {
+    let patients = max(1, patientCount > 0 ? patientCount : patientRecords / 10)
+    let dir = Workloads.scratch("patients", base: baseDir)
+    defer {
+        try? FileManager.default.removeItem(atPath: dir)
+        try? FileManager.default.removeItem(atPath: dir + ".key")
+    }
+    var options = Ledger.Options()
+    options.durable = ProcessInfo.processInfo.environment["MEDLEDGER_BENCH_NOSYNC"] == nil
+    let (ledger, _) = try Ledger.create(at: dir, origin: "bench.example/patients", options: options)
+    let store = try PatientRecords(ledger: ledger, masterKey: try MasterKeyFile.create(at: dir + ".key"))
+    log("patient layer: \(patients) patients, \(patientRecords) records of 2 KB FHIR JSON, batches of 1000")
+    for start in stride(from: 0, to: patients, by: 10_000) {
+        try store.addPatients((start..<min(patients, start + 10_000)).map { ("Patient/\($0)", nil) })
+    }
+    // A 2 KB Observation: the note pads it to size.
+    func fhir(_ i: Int) -> [UInt8] {
+        let head = #"{"resourceType":"Observation","id":"obs-\#(i)","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},"valueQuantity":{"value":\#(60 + i % 40),"unit":"beats/min"},"note":[{"text":""#
+        return Array((head + String(repeating: "x", count: max(0, 2048 - head.utf8.count - 4)) + #""}]}"#).utf8)
+    }
+    var putTimes: [Double] = []
+    let putBatch = 1000
+    var written = 0
+    while written < patientRecords {
+        let n = min(putBatch, patientRecords - written)
+        let inputs = (written..<(written + n)).map { i in
+            PatientRecords.RecordInput(patient: "Patient/\(i % patients)", recordId: "obs-\(i / patients)", content: fhir(i))
+        }
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        try store.putRecords(inputs)
+        putTimes.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+        written += n
+    }
+    rows.append(Row(name: "record put, 2 KB FHIR JSON (batch 1000, durable, \(patientRecords) records, \(patients) patients)",
+                    value: Double(putBatch) / Stats(putTimes).median, unit: "records/s", limitName: nil, limit: nil,
+                    extra: ["p99_batch_s": Stats(putTimes).percentile(99)]))
+    let perPatient = max(1, patientRecords / patients)
+    for threads in [1, 8] {
+        let reads = min(20_000, patientRecords) / threads * threads
+        var rng = Workloads.SplitMix64(seed: UInt64(threads))
+        let targets = (0..<reads).map { _ in Int(rng.next() % UInt64(patients * perPatient)) }
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        DispatchQueue.concurrentPerform(iterations: threads) { t in
+            for j in stride(from: t, to: reads, by: threads) {
+                let i = targets[j]
+                _ = try! store.read(patient: "Patient/\(i % patients)", recordId: "obs-\(i / patients)", as: .custodian("bench"))
+            }
+        }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        rows.append(Row(name: "audited read, \(threads) thread\(threads == 1 ? "" : "s") (durable audit entry per read, group commit)",
+                        value: Double(reads) / seconds, unit: "reads/s", limitName: nil, limit: nil, extra: [:]))
+    }
+    rows.append(Row(name: "patient layer bytes on disk per record (incl. audit entries)",
+                    value: Double(try ledger.storedBytes()) / Double(patientRecords), unit: "B/record", limitName: nil, limit: nil, extra: [:]))
 }
 
 // ---- Report ----
