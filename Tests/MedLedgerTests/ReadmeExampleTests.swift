@@ -33,4 +33,23 @@ import MerkleLog
 
     #expect(checkpoint.size == 1000)
     #expect(keyProof.isInclusion)
+
+    let keyFile = directory + ".master.key"
+    defer { try? FileManager.default.removeItem(atPath: keyFile) }
+    let fhirJSON = Array(#"{"resourceType":"Observation","status":"final"}"#.utf8)
+    let doctorKey = try Ed25519PrivateKey().publicKey
+    let nextWeek = Date().addingTimeInterval(7 * 86_400)
+    // --- README patient example begins ---
+    let records = try PatientRecords(ledger: ledger, masterKey: try MasterKeyFile.create(at: keyFile))
+    try records.addPatient(externalId: "Patient/123")
+    try records.putRecord(patient: "Patient/123", recordId: "obs-1", content: fhirJSON)
+    try records.grant(patient: "Patient/123", to: "dr-lee", granteeKey: doctorKey,
+                      scope: GrantScope(resourceTypes: ["Observation"]), notAfter: nextWeek)
+    let record = try records.read(patient: "Patient/123", recordId: "obs-1", as: .grantee("dr-lee"))
+    try records.revoke(patient: "Patient/123", grantee: "dr-lee")   // the next read is refused
+    let export = try records.export(patient: "Patient/123", as: .patient("Patient/123"))
+    try PatientExport.verify(bundle: export.bundle, proof: export.proof, verifier: verifier)
+    // --- README patient example ends ---
+    #expect(record.content == fhirJSON)
+    #expect(throws: LedgerError(.accessDenied, "")) { try records.read(patient: "Patient/123", recordId: "obs-1", as: .grantee("dr-lee")) }
 }
