@@ -63,7 +63,8 @@ public struct PatientExport: Sendable {
             guard let payload = PatientPayload.decode(entry.payload), payload["type"] as? String == "record",
                   let patient = payload["patient"] as? String, let record = payload["record"] as? String,
                   let version = payload["version"] as? Int, version > 0, version <= Int(UInt32.max),
-                  let boxHash = payload["ciphertext_hash"] as? String else { throw bad("the entry is not a record entry") }
+                  let boxHash = payload["ciphertext_hash"] as? String, payload["v"] as? Int == 1,
+                  entry.key == "record/\(patient)/\(record)" else { throw bad("the entry is not a record entry") }
             guard SHA256.hash(box).hex == boxHash else { throw bad("the ciphertext is not the one the entry commits to") }
             let recordKey = recordKeyBytes.withUnsafeBytes { SecureBytes(copying: $0) }
             guard var plaintext = try? AESGCM.open(box, key: recordKey, associatedData: PatientRecords.recordAAD(
@@ -89,8 +90,11 @@ public struct PatientExport: Sendable {
 
 extension PatientRecords {
     /// Exports the latest version of every record `accessor` may read (the patient, the
-    /// custodian, or a grantee within its scope) with proofs; audited as action `export`.
+    /// custodian, or a grantee within its scope) with proofs; audited as one `list` event and a
+    /// `read` event per record. Writes wait while it runs, so the proofs match the records.
     public func export(patient: String, as accessor: Accessor, purpose: String = "patient-request") throws -> PatientExport {
+        writeLock.lock()
+        defer { writeLock.unlock() }
         let p = try pseudonym(of: patient)
         let listed = try list(patient: patient, as: accessor, purpose: purpose)
         var resources: [[String: Any]] = []

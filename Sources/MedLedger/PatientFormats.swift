@@ -25,9 +25,6 @@ public struct Accessor: Sendable, Hashable, CustomStringConvertible {
     public static func grantee(_ id: String) -> Accessor { Accessor(id: id, role: .grantee) }
     public static func custodian(_ id: String) -> Accessor { Accessor(id: id, role: .custodian) }
 
-    /// The id as written in audit entries: a patient appears by pseudonym, never by external id.
-    func auditId(pseudonym: Hash) -> String { role == .patient ? "patient:" + pseudonym.hex : id }
-
     public var description: String { role == .patient ? "patient (redacted)" : "\(role.rawValue) \(id)" }
 }
 

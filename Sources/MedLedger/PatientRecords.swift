@@ -40,7 +40,8 @@ public final class PatientRecords: @unchecked Sendable {
     let grants: Database
     let audits: Database
     let breakGlass: Database
-    private let writeLock = NSLock()
+    /// Serializes writes, rotations and exports.
+    let writeLock = NSLock()
     private var auditCommitter: AuditCommitter!
 
     /// Opens the patient layer of `ledger` with `masterKey`, binding the key to the ledger on
@@ -369,7 +370,7 @@ public final class PatientRecords: @unchecked Sendable {
                      purpose: String = "treatment", breakGlass: String? = nil) throws -> RecordContent {
         let p = try pseudonym(of: patient)
         let r = try recordHash(p, recordId)
-        var event = AuditEvent(action: "read", accessor: accessor, patient: p, record: r.hex, version: version,
+        var event = AuditEvent(action: "read", accessor: accessor, agent: try auditAgent(accessor), patient: p, record: r.hex, version: version,
                                purpose: purpose, breakGlass: breakGlass, time: clock())
         let outcome: Result<RecordContent, LedgerError> = try Ledger.storage {
             try ledger.environment.read { txn -> Result<RecordContent, LedgerError> in
@@ -411,6 +412,11 @@ public final class PatientRecords: @unchecked Sendable {
         }
     }
 
+    /// The accessor as audit entries name it: a patient by their own pseudonym, never their id.
+    private func auditAgent(_ accessor: Accessor) throws -> String {
+        accessor.role == .patient ? "patient:" + (try pseudonym(of: accessor.id)).hex : accessor.id
+    }
+
     /// Why `accessor` may not read a record, or nil when it may.
     private func refusal(_ accessor: Accessor, p: Hash, r: Hash, resourceType: String?, view: TransactionView,
                          breakGlass: String?) throws -> String? {
@@ -450,7 +456,7 @@ public final class PatientRecords: @unchecked Sendable {
     }
 
     private func listing(p: Hash, r: Hash?, action: String, accessor: Accessor, purpose: String, latestOnly: Bool) throws -> [RecordVersionInfo] {
-        var event = AuditEvent(action: action, accessor: accessor, patient: p, record: r?.hex, version: nil,
+        var event = AuditEvent(action: action, accessor: accessor, agent: try auditAgent(accessor), patient: p, record: r?.hex, version: nil,
                                purpose: purpose, breakGlass: nil, time: clock())
         let outcome: Result<[RecordVersionInfo], LedgerError> = try Ledger.storage {
             try ledger.environment.read { txn -> Result<[RecordVersionInfo], LedgerError> in
@@ -535,6 +541,13 @@ public final class PatientRecords: @unchecked Sendable {
         guard !grantee.isEmpty, grantee.utf8.count <= 256, !grantee.unicodeScalars.contains(where: { $0.value < 0x20 }) else {
             throw LedgerError(.invalidArgument, "grantee id must be 1 to 256 bytes without control characters")
         }
+        for type in scope.resourceTypes where type.isEmpty || type.utf8.count > 64
+            || !type.unicodeScalars.allSatisfy({ CharacterSet.alphanumerics.contains($0) && $0.isASCII }) {
+            throw LedgerError(.invalidArgument, "scope resource types must be FHIR type names (ASCII letters and digits)")
+        }
+        for id in scope.recordIds where id.isEmpty || id.unicodeScalars.contains(where: { $0.value < 0x20 }) {
+            throw LedgerError(.invalidArgument, "scope record ids must be non-empty without control characters")
+        }
         let issued = issuedAt ?? clock()
         guard notAfter > issued else { throw LedgerError(.invalidArgument, "a grant must expire after it is issued") }
         let p = try pseudonym(of: patient)
@@ -548,6 +561,9 @@ public final class PatientRecords: @unchecked Sendable {
         let index = try ledger.append([entry]) { view, first in
             let state = try self.requirePatient(view, p)
             guard state.status == .active else { throw LedgerError(.erased, "the patient was erased") }
+            if state.signingKey == nil, signature != nil {
+                throw LedgerError(.badSignature, "this patient registered no signing key, so a signature cannot be checked")
+            }
             if let key = state.signingKey {
                 guard let signature, (try? Ed25519PublicKey(rawRepresentation: key))?.isValidSignature(signature, for: message) == true else {
                     throw LedgerError(.badSignature, "this patient signs their grants: the signature is missing or does not verify")
@@ -696,7 +712,7 @@ public final class PatientRecords: @unchecked Sendable {
         writeLock.lock()
         defer { writeLock.unlock() }
         let at = Int64(clock().timeIntervalSince1970)
-        let (activeGrantees, state): ([String], PatientState) = try Ledger.storage {
+        let (activeGrantees, _): ([String], PatientState) = try Ledger.storage {
             try ledger.environment.read { txn in
                 let state = try requirePatient(txn.unsafeView, p)
                 guard state.status == .active else { throw LedgerError(.erased, "the patient was already erased") }
@@ -716,7 +732,6 @@ public final class PatientRecords: @unchecked Sendable {
                 return (grantees, state)
             }
         }
-        _ = state
         var entries = [try LedgerEntry(delete: PatientPayload.patientKey(p), payload: PatientPayload.encode(
             ["type": "erasure", "v": 1, "patient": p.hex, "erased_at": at, "grants_revoked": activeGrantees.count]))]
         for g in activeGrantees {
@@ -749,10 +764,16 @@ public final class PatientRecords: @unchecked Sendable {
                 try self.writeKeyCheck(view, generation: newGeneration)
             }
         } catch {
-            try? masterKey.abandonRotation()
+            // A commit can reach the disk and still report failure (an fsync error): decide by
+            // what the ledger holds, never drop the generation it uses.
+            let committed = (try? ledger.environment.read { txn in
+                try txn.value(meta, key: "master.generation").flatMap { $0.withUnsafeBytes { UInt64(bigEndianBytes: $0) } }
+            }) ?? nil
+            if committed == newGeneration { try? masterKey.finishRotation() } else if committed == oldGeneration { try? masterKey.abandonRotation() }
             throw error
         }
-        try masterKey.finishRotation()
+        // The erasure committed; a failure to rewrite the key file is finished on the next open.
+        try? masterKey.finishRotation()
         return ErasureReport(index: index, recordVersionsDeleted: deleted, grantsRevoked: activeGrantees.count,
                              masterKeyGeneration: newGeneration)
     }
@@ -798,9 +819,12 @@ struct AuditEvent {
     var outcome = "success"
     var detail: String?
 
-    init(action: String, accessor: Accessor, patient: Hash, record: String?, version: UInt32?, purpose: String, breakGlass: String?, time: Date) {
+    var agent: String
+
+    init(action: String, accessor: Accessor, agent: String, patient: Hash, record: String?, version: UInt32?, purpose: String, breakGlass: String?, time: Date) {
         self.action = action
         self.accessor = accessor
+        self.agent = agent
         self.patient = patient
         self.record = record
         self.version = version
@@ -811,7 +835,7 @@ struct AuditEvent {
 
     var json: [String: Any] {
         var out: [String: Any] = [
-            "type": "audit", "v": 1, "action": action, "agent": accessor.auditId(pseudonym: patient), "role": accessor.role.rawValue,
+            "type": "audit", "v": 1, "action": action, "agent": agent, "role": accessor.role.rawValue,
             "patient": patient.hex, "purpose": purpose, "outcome": outcome,
             "recorded_ms": Int64(time.timeIntervalSince1970 * 1000), "break_glass": breakGlass != nil,
         ]

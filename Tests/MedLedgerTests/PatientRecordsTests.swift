@@ -92,6 +92,10 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         #expect(throws: LedgerError(.patientNotFound, "")) { try f.records.read(patient: "Patient/bob", recordId: "obs-1", as: .custodian("c")) }
         try f.records.addPatient(externalId: "Patient/bob")
         #expect(throws: LedgerError(.accessDenied, "")) { try f.records.read(patient: "Patient/alice", recordId: "obs-1", as: .patient("Patient/bob")) }
+        // The refusal names the patient who asked (by their own pseudonym), not the one asked about.
+        let refusal = try #require(try auditEvents(f, "Patient/alice").last)
+        #expect(refusal["agent"] as? String == "patient:" + (try f.records.pseudonym(of: "Patient/bob")).hex)
+        #expect(refusal["outcome"] as? String == "refused")
         let sizeBefore = try f.ledger.size
         for bad in [Array("not json".utf8), Array("[1,2]".utf8), Array(#"{"id":"x"}"#.utf8), Array(#"{"resourceType":7}"#.utf8)] {
             #expect(throws: LedgerError(.invalidRecord, "")) { try f.records.putRecord(patient: "Patient/alice", recordId: "bad", content: bad) }
@@ -167,6 +171,13 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         let (_, message) = try f.records.draftGrant(patient: "Patient/eve", to: "dr-x", granteeKey: doctor, notAfter: notAfter, issuedAt: issued)
         var signature = try patientKey.signature(for: message)
         try f.records.grant(patient: "Patient/eve", to: "dr-x", granteeKey: doctor, notAfter: notAfter, issuedAt: issued, signature: signature)
+        #expect(throws: LedgerError(.badSignature, "")) {  // a signature that cannot be checked is not stored
+            try f.records.addPatient(externalId: "Patient/nokey")
+            try f.records.grant(patient: "Patient/nokey", to: "dr-x", granteeKey: doctor, notAfter: notAfter, issuedAt: issued, signature: signature)
+        }
+        #expect(throws: LedgerError(.invalidArgument, "")) {
+            try f.records.grant(patient: "Patient/nokey", to: "dr-x", granteeKey: doctor, scope: GrantScope(resourceTypes: ["Obs,Cond"]), notAfter: notAfter)
+        }
         signature[0] ^= 1
         #expect(throws: LedgerError(.badSignature, "")) {
             try f.records.grant(patient: "Patient/eve", to: "dr-y", granteeKey: doctor, notAfter: notAfter, issuedAt: issued, signature: signature)
