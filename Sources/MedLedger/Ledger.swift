@@ -198,12 +198,7 @@ public final class Ledger: @unchecked Sendable {
     /// - Returns: the index of the first entry.
     @discardableResult
     public func append(_ entries: [LedgerEntry]) throws -> UInt64 {
-        var buffer: [UInt8] = []
-        return try appendEncoded(count: entries.count) { i, body in
-            let entry = entries[i]
-            LedgerEntry.encode(operation: entry.operation, key: entry.key, payload: entry.payload, into: &buffer)
-            try buffer.withUnsafeBytes(body)
-        }
+        try append(entries, sideWrites: { _, _ in })
     }
 
     /// Appends `count` already-encoded envelopes in one durable transaction, without

@@ -100,6 +100,7 @@ extension PatientRecords {
         var resources: [[String: Any]] = []
         var items: [[String: Any]] = []
         let (note, checkpoint) = try ledger.signedCheckpointAndState()
+        let dataKey = listed.isEmpty ? nil : try dataKey(p)
         for info in listed {
             let r = try recordHash(p, info.recordId)
             let content = try read(patient: patient, recordId: info.recordId, version: info.version, as: accessor, purpose: purpose)
@@ -111,7 +112,7 @@ extension PatientRecords {
             let key = PatientPayload.recordKey(p, r)
             let (keyProof, mapRoot, size) = try ledger.keyProof(key: key, size: checkpoint.size)
             let box = try storedBox(p, r, content.version)
-            let recordKey = try withDataKey(p) { try Self.recordKey(dataKey: $0, patient: p.hex, record: r.hex, version: content.version) }
+            let recordKey = try Self.recordKey(dataKey: dataKey!, patient: p.hex, record: r.hex, version: content.version)
             func object(_ document: ProofDocument) throws -> Any { try JSONSerialization.jsonObject(with: document.jsonData()) }
             items.append([
                 "entry_index": content.index, "entry": Base64.encode(entryBytes),

@@ -168,27 +168,46 @@ public final class PatientRecords: @unchecked Sendable {
             guard found ? try cursor.previous() : try cursor.last() else { return 0 }
             return cursor.withCurrent { key, _ in
                 guard key.count == 68, Array(key[0..<64]) == prefix else { return 0 }
-                return UInt32(key[64]) << 24 | UInt32(key[65]) << 16 | UInt32(key[66]) << 8 | UInt32(key[67])
+                return Self.version(ofStorageKey: key)
             }
         }
+    }
+
+    /// The version in a `pl.records` key (its last four bytes, big-endian).
+    private static func version(ofStorageKey key: UnsafeRawBufferPointer) -> UInt32 {
+        UInt32(bigEndian: key.loadUnaligned(fromByteOffset: 64, as: UInt32.self))
+    }
+
+    /// A `pl.records` value split into the entry index and the sealed box.
+    private static func splitStored(_ stored: [UInt8]) -> (index: UInt64, box: [UInt8])? {
+        guard stored.count >= 8 else { return nil }
+        let index = stored.withUnsafeBytes { UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: $0[0..<8]))! }
+        return (index, Array(stored[8...]))
+    }
+
+    /// Opens a stored version's box; nil when it fails authentication (a damaged store). The
+    /// caller wipes the plaintext.
+    private static func openRecord(_ box: [UInt8], dataKey: SecureBytes, p: Hash, r: Hash, version: UInt32) throws -> [UInt8]? {
+        let key = try recordKey(dataKey: dataKey, patient: p.hex, record: r.hex, version: version)
+        return try? AESGCM.open(box, key: key, associatedData: recordAAD(patient: p.hex, record: r.hex, version: version))
     }
 
     /// The stored ciphertext of a record version.
     func storedBox(_ p: Hash, _ r: Hash, _ version: UInt32) throws -> [UInt8] {
         try Ledger.storage {
             try ledger.environment.read { txn in
-                guard let stored = try txn.value(records, key: Self.recordStorageKey(p, r, version)), stored.count >= 8 else {
+                guard let stored = try txn.value(records, key: Self.recordStorageKey(p, r, version)).flatMap(Self.splitStored) else {
                     throw LedgerError(.recordNotFound, "no such record version")
                 }
-                return Array(stored[8...])
+                return stored.box
             }
         }
     }
 
-    /// Lends a patient's unwrapped data key.
-    func withDataKey<R>(_ p: Hash, _ body: (SecureBytes) throws -> R) throws -> R {
+    /// A patient's unwrapped data key (wiped when released).
+    func dataKey(_ p: Hash) throws -> SecureBytes {
         let state = try Ledger.storage { try ledger.environment.read { txn in try requirePatient(txn.unsafeView, p) } }
-        return try body(try unwrap(state, p))
+        return try unwrap(state, p)
     }
 
     // MARK: - Patients
@@ -379,15 +398,10 @@ public final class PatientRecords: @unchecked Sendable {
                 guard state.status == .active else { return .failure(LedgerError(.erased, "the patient was erased")) }
                 let wanted = try version ?? lastVersion(view, p, r)
                 event.version = wanted
-                guard wanted > 0, let stored = try view.value(records, key: Self.recordStorageKey(p, r, wanted)), stored.count >= 8 else {
+                guard wanted > 0, let (index, box) = try view.value(records, key: Self.recordStorageKey(p, r, wanted)).flatMap(Self.splitStored) else {
                     return .failure(LedgerError(.recordNotFound, "no such record version"))
                 }
-                let index = stored.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-                let box = Array(stored[8...])
-                let dataKey = try unwrap(state, p)
-                let key = try Self.recordKey(dataKey: dataKey, patient: p.hex, record: r.hex, version: wanted)
-                var plaintext: [UInt8]
-                do { plaintext = try AESGCM.open(box, key: key, associatedData: Self.recordAAD(patient: p.hex, record: r.hex, version: wanted)) } catch {
+                guard var plaintext = try Self.openRecord(box, dataKey: try unwrap(state, p), p: p, r: r, version: wanted) else {
                     return .failure(LedgerError(.storage, "stored ciphertext of a record fails authentication (damaged store)"))
                 }
                 defer { secureZero(&plaintext) }
@@ -399,17 +413,20 @@ public final class PatientRecords: @unchecked Sendable {
                                               resourceType: parts.resourceType, content: parts.content, index: index))
             }
         }
+        return try audited(event, outcome)
+    }
+
+    /// Commits the audit entry of a finished access, then returns its result or throws its refusal.
+    private func audited<T>(_ event: AuditEvent, _ outcome: Result<T, LedgerError>) throws -> T {
+        var event = event
         switch outcome {
-        case .success(let content):
-            event.outcome = "success"
-            try auditCommitter.record(event)
-            return content
+        case .success: event.outcome = "success"
         case .failure(let error):
             event.outcome = "refused"
             event.detail = error.code.description
-            try auditCommitter.record(event)
-            throw error
         }
+        try auditCommitter.record(event)
+        return try outcome.get()
     }
 
     /// The accessor as audit entries name it: a patient by their own pseudonym, never their id.
@@ -456,7 +473,7 @@ public final class PatientRecords: @unchecked Sendable {
     }
 
     private func listing(p: Hash, r: Hash?, action: String, accessor: Accessor, purpose: String, latestOnly: Bool) throws -> [RecordVersionInfo] {
-        var event = AuditEvent(action: action, accessor: accessor, agent: try auditAgent(accessor), patient: p, record: r?.hex, version: nil,
+        let event = AuditEvent(action: action, accessor: accessor, agent: try auditAgent(accessor), patient: p, record: r?.hex, version: nil,
                                purpose: purpose, breakGlass: nil, time: clock())
         let outcome: Result<[RecordVersionInfo], LedgerError> = try Ledger.storage {
             try ledger.environment.read { txn -> Result<[RecordVersionInfo], LedgerError> in
@@ -471,8 +488,7 @@ public final class PatientRecords: @unchecked Sendable {
                     while more {
                         let row: (Hash, UInt32, [UInt8])? = cursor.withCurrent { key, value in
                             guard key.count == 68, key.starts(with: prefix) else { return nil }
-                            let v = UInt32(key[64]) << 24 | UInt32(key[65]) << 16 | UInt32(key[66]) << 8 | UInt32(key[67])
-                            return (Hash(UnsafeRawBufferPointer(rebasing: key[32..<64]))!, v, Array(value))
+                            return (Hash(UnsafeRawBufferPointer(rebasing: key[32..<64]))!, Self.version(ofStorageKey: key), Array(value))
                         }
                         guard let row else { break }
                         if latestOnly, let last = rows.last, last.r == row.0 { rows.removeLast() }
@@ -482,9 +498,8 @@ public final class PatientRecords: @unchecked Sendable {
                 }
                 var out: [RecordVersionInfo] = []
                 for row in rows where row.value.count >= 8 + AESGCM.overhead {
-                    let box = Array(row.value[8...])
-                    let key = try Self.recordKey(dataKey: dataKey, patient: p.hex, record: row.r.hex, version: row.version)
-                    guard var plaintext = try? AESGCM.open(box, key: key, associatedData: Self.recordAAD(patient: p.hex, record: row.r.hex, version: row.version)) else {
+                    let (index, box) = Self.splitStored(row.value)!
+                    guard var plaintext = try Self.openRecord(box, dataKey: dataKey, p: p, r: row.r, version: row.version) else {
                         return .failure(LedgerError(.storage, "stored ciphertext of a record fails authentication (damaged store)"))
                     }
                     defer { secureZero(&plaintext) }
@@ -494,7 +509,7 @@ public final class PatientRecords: @unchecked Sendable {
                         continue
                     }
                     out.append(RecordVersionInfo(recordId: parts.recordId, version: row.version,
-                                                 index: row.value.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) },
+                                                 index: index,
                                                  ciphertextHash: SHA256.hash(box), mediaType: parts.mediaType))
                 }
                 if out.isEmpty, !rows.isEmpty, try refusal(accessor, p: p, r: r ?? rows[0].r, resourceType: nil, view: view, breakGlass: nil) != nil {
@@ -504,17 +519,7 @@ public final class PatientRecords: @unchecked Sendable {
                 return .success(out)
             }
         }
-        switch outcome {
-        case .success(let rows):
-            event.outcome = "success"
-            try auditCommitter.record(event)
-            return rows
-        case .failure(let error):
-            event.outcome = "refused"
-            event.detail = error.code.description
-            try auditCommitter.record(event)
-            throw error
-        }
+        return try audited(event, outcome)
     }
 
     // MARK: - Grants

@@ -45,13 +45,7 @@ func observation(_ marker: String, code: String = "8867-4") -> [UInt8] {
 }
 
 func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
-    guard needle.count <= haystack.count, let first = needle.first else { return false }
-    var i = 0
-    while i <= haystack.count - needle.count {
-        if haystack[i] == first && Array(haystack[i..<(i + needle.count)]) == needle { return true }
-        i += 1
-    }
-    return false
+    !needle.isEmpty && Data(haystack).range(of: Data(needle)) != nil
 }
 
 func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any]] {
