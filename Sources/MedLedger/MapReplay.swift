@@ -1,5 +1,5 @@
 public import LedgerCrypto
-public import SparseMerkle
+import SparseMerkle
 
 /// Recomputes key-map roots from log entries alone, as an auditor would.
 ///

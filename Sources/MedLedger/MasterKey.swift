@@ -28,15 +28,19 @@ public final class MasterKeyFile: @unchecked Sendable, CustomStringConvertible {
     /// The file's path.
     public let path: String
     let pseudonymSecret: SecureBytes
+    /// The pseudonym secret prepared for HMAC once: every put and read names its patient and
+    /// record through it.
+    let pseudonymMAC: HMACSHA256.Key
     private let lock = NSLock()
     private var currentGeneration: UInt64
     private var currentKey: SecureBytes
     private var previousKey: (generation: UInt64, key: SecureBytes)?
 
     private init(path: String, pseudonymSecret: SecureBytes, generation: UInt64, key: SecureBytes,
-                 previous: (UInt64, SecureBytes)?) {
+                 previous: (UInt64, SecureBytes)?) throws {
         self.path = path
         self.pseudonymSecret = pseudonymSecret
+        self.pseudonymMAC = try HMACSHA256.Key(pseudonymSecret)
         self.currentGeneration = generation
         self.currentKey = key
         self.previousKey = previous.map { (generation: $0.0, key: $0.1) }
@@ -45,7 +49,7 @@ public final class MasterKeyFile: @unchecked Sendable, CustomStringConvertible {
     /// Creates a new master key file (mode 0600) with fresh random secrets.
     /// - Throws: ``LedgerError`` `.keyFile` when the file exists or cannot be written.
     public static func create(at path: String) throws -> MasterKeyFile {
-        let file = MasterKeyFile(path: path, pseudonymSecret: try SecureBytes(randomCount: 32), generation: 1,
+        let file = try MasterKeyFile(path: path, pseudonymSecret: try SecureBytes(randomCount: 32), generation: 1,
                                  key: try SecureBytes(randomCount: 32), previous: nil)
         try file.withText { text in try Ledger.writeSecretFile(path, contents: text) }
         return file
@@ -88,7 +92,7 @@ public final class MasterKeyFile: @unchecked Sendable, CustomStringConvertible {
         } else if lines.count != 3 {
             throw LedgerError(.keyFile, "\(path) is not a master key file")
         }
-        self.init(path: path, pseudonymSecret: try secret(lines[1][1]), generation: generation,
+        try self.init(path: path, pseudonymSecret: try secret(lines[1][1]), generation: generation,
                   key: try secret(lines[2][2]), previous: previous)
     }
 

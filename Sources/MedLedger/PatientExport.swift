@@ -1,5 +1,5 @@
 import Foundation
-public import LedgerCrypto
+import LedgerCrypto
 public import MerkleLog
 
 /// A patient's current records as a FHIR R4 `Bundle` (type `collection`) and the proof bundle
@@ -100,7 +100,6 @@ extension PatientRecords {
         var resources: [[String: Any]] = []
         var items: [[String: Any]] = []
         let (note, checkpoint) = try ledger.signedCheckpointAndState()
-        let dataKey = listed.isEmpty ? nil : try dataKey(p)
         for info in listed {
             let r = try recordHash(p, info.recordId)
             let content = try read(patient: patient, recordId: info.recordId, version: info.version, as: accessor, purpose: purpose)
@@ -111,8 +110,8 @@ extension PatientRecords {
             let (inclusion, _, root) = try ledger.inclusionProof(index: content.index, size: checkpoint.size)
             let key = PatientPayload.recordKey(p, r)
             let (keyProof, mapRoot, size) = try ledger.keyProof(key: key, size: checkpoint.size)
-            let box = try storedBox(p, r, content.version)
-            let recordKey = try Self.recordKey(dataKey: dataKey!, patient: p.hex, record: r.hex, version: content.version)
+            let (epoch, box) = try storedBox(p, r, content.version)
+            let recordKey = try Self.recordKey(dataKey: try dataKey(p, epoch: epoch), patient: p.hex, record: r.hex, version: content.version)
             func object(_ document: ProofDocument) throws -> Any { try JSONSerialization.jsonObject(with: document.jsonData()) }
             items.append([
                 "entry_index": content.index, "entry": Base64.encode(entryBytes),

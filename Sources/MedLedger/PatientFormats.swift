@@ -52,6 +52,9 @@ public struct Grant: Sendable, Hashable {
     /// Seconds since 1970 after which the grant no longer allows reads.
     public let notAfter: Int64
     public let issuedAt: Int64
+    /// The grantee's X25519 public key (raw 32 bytes) when the grant shares the patient's data
+    /// key with it, sealed to this key (``SealedPatientKey``).
+    public let encryptionKey: [UInt8]?
     /// The patient's Ed25519 signature over ``signedMessage(pseudonym:)``, when they hold a key.
     public let signature: [UInt8]?
     /// The log index of the grant entry.
@@ -61,7 +64,8 @@ public struct Grant: Sendable, Hashable {
     public func signedMessage(pseudonym: Hash) -> [UInt8] {
         Array(("medledger-grant/1\npatient \(pseudonym.hex)\ngrantee \(grantee)\ngrantee-key \(Base64.encode(granteeKey))\n"
             + "resource-types \(resourceTypes.joined(separator: ","))\nrecords \(recordHashes.joined(separator: ","))\n"
-            + "not-after \(notAfter)\nissued-at \(issuedAt)\n").utf8)
+            + "not-after \(notAfter)\nissued-at \(issuedAt)\n"
+            + (encryptionKey.map { "grantee-x25519 \(Base64.encode($0))\n" } ?? "")).utf8)
     }
 
     func json(pseudonym: Hash) -> [String: Any] {
@@ -70,13 +74,15 @@ public struct Grant: Sendable, Hashable {
             "resource_types": resourceTypes, "records": recordHashes, "not_after": notAfter, "issued_at": issuedAt,
         ]
         if let signature { out["signature"] = Base64.encode(signature) }
+        if let encryptionKey { out["grantee_x25519"] = Base64.encode(encryptionKey) }
         return out
     }
 
-    init(grantee: String, granteeKey: [UInt8], resourceTypes: [String], recordHashes: [String], notAfter: Int64,
-         issuedAt: Int64, signature: [UInt8]?) {
+    init(grantee: String, granteeKey: [UInt8], encryptionKey: [UInt8]? = nil, resourceTypes: [String], recordHashes: [String],
+         notAfter: Int64, issuedAt: Int64, signature: [UInt8]?) {
         self.grantee = grantee
         self.granteeKey = granteeKey
+        self.encryptionKey = encryptionKey
         self.resourceTypes = resourceTypes
         self.recordHashes = recordHashes
         self.notAfter = notAfter
@@ -90,7 +96,8 @@ public struct Grant: Sendable, Hashable {
               let types = object["resource_types"] as? [String], let records = object["records"] as? [String],
               let notAfter = (object["not_after"] as? NSNumber)?.int64Value,
               let issuedAt = (object["issued_at"] as? NSNumber)?.int64Value else { return nil }
-        self.init(grantee: grantee, granteeKey: key, resourceTypes: types, recordHashes: records, notAfter: notAfter,
+        self.init(grantee: grantee, granteeKey: key, encryptionKey: (object["grantee_x25519"] as? String).flatMap { Base64.decode($0) },
+                  resourceTypes: types, recordHashes: records, notAfter: notAfter,
                   issuedAt: issuedAt, signature: (object["signature"] as? String).flatMap { Base64.decode($0) })
         index = (object["index"] as? NSNumber)?.uint64Value ?? 0
     }
@@ -162,6 +169,12 @@ enum PatientPayload {
 
     private static func writeString(_ s: String, into out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
+        // Most strings (hex names, ids, timestamps) need no escaping: copy them whole.
+        if !s.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            out.append(contentsOf: s.utf8)
+            out.append(UInt8(ascii: "\""))
+            return
+        }
         for byte in s.utf8 {
             switch byte {
             case UInt8(ascii: "\""): out += [UInt8(ascii: "\\"), UInt8(ascii: "\"")]
@@ -224,23 +237,30 @@ struct PatientState {
     var status: Status
     var index: UInt64
     var generation: UInt64
-    var wrappedKey: [UInt8]
+    /// The patient's data keys wrapped under the master key, oldest first: key epoch `e` is
+    /// `wrappedKeys[e - 1]`. Revoking a grantee that held the key adds an epoch; new writes use
+    /// the newest. Empty once erased.
+    var wrappedKeys: [[UInt8]]
     var signingKey: [UInt8]?
+
+    /// The key epoch new writes use.
+    var epoch: UInt32 { UInt32(wrappedKeys.count) }
 
     func encoded() -> [UInt8] {
         var out: [UInt8] = [status.rawValue]
         out += withUnsafeBytes(of: index.bigEndian) { Array($0) }
         out += withUnsafeBytes(of: generation.bigEndian) { Array($0) }
-        out += [UInt8(wrappedKey.count >> 8), UInt8(wrappedKey.count & 0xff)] + wrappedKey
+        out += [UInt8(wrappedKeys.count >> 8), UInt8(wrappedKeys.count & 0xff)]
+        for wrapped in wrappedKeys { out += [UInt8(wrapped.count >> 8), UInt8(wrapped.count & 0xff)] + wrapped }
         if let signingKey { out += [1] + signingKey } else { out.append(0) }
         return out
     }
 
-    init(status: Status, index: UInt64, generation: UInt64, wrappedKey: [UInt8], signingKey: [UInt8]?) {
+    init(status: Status, index: UInt64, generation: UInt64, wrappedKeys: [[UInt8]], signingKey: [UInt8]?) {
         self.status = status
         self.index = index
         self.generation = generation
-        self.wrappedKey = wrappedKey
+        self.wrappedKeys = wrappedKeys
         self.signingKey = signingKey
     }
 
@@ -248,14 +268,22 @@ struct PatientState {
         guard b.count >= 20, let status = Status(rawValue: b[0]) else { return nil }
         let index = UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: b[1..<9]))!
         let generation = UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: b[9..<17]))!
-        let n = Int(b[17]) << 8 | Int(b[18])
-        guard b.count >= 19 + n + 1 else { return nil }
-        let wrapped = Array(b[19..<(19 + n)])
+        let keys = Int(b[17]) << 8 | Int(b[18])
+        var at = 19
+        var wrappedKeys: [[UInt8]] = []
+        for _ in 0..<keys {
+            guard at + 2 <= b.count else { return nil }
+            let n = Int(b[at]) << 8 | Int(b[at + 1])
+            guard at + 2 + n <= b.count else { return nil }
+            wrappedKeys.append(Array(b[(at + 2)..<(at + 2 + n)]))
+            at += 2 + n
+        }
+        guard at < b.count else { return nil }
         var signingKey: [UInt8]?
-        if b[19 + n] == 1 {
-            guard b.count == 19 + n + 1 + 32 else { return nil }
-            signingKey = Array(b[(20 + n)...])
-        } else if b.count != 19 + n + 1 { return nil }
-        self.init(status: status, index: index, generation: generation, wrappedKey: wrapped, signingKey: signingKey)
+        if b[at] == 1 {
+            guard b.count == at + 1 + 32 else { return nil }
+            signingKey = Array(b[(at + 1)...])
+        } else if b.count != at + 1 { return nil }
+        self.init(status: status, index: index, generation: generation, wrappedKeys: wrappedKeys, signingKey: signingKey)
     }
 }

@@ -110,25 +110,30 @@ public final class PatientRecords: @unchecked Sendable {
 
     /// The keyed pseudonym the log uses for a patient: HMAC-SHA-256 under the ledger secret.
     public func pseudonym(of externalId: String) throws -> Hash {
-        try HMACSHA256.authenticationCode(for: Array("patient|\(externalId)".utf8), key: masterKey.pseudonymSecret)
+        masterKey.pseudonymMAC.authenticationCode(utf8: "patient|\(externalId)")
     }
 
     func recordHash(_ pseudonym: Hash, _ recordId: String) throws -> Hash {
-        try HMACSHA256.authenticationCode(for: Array("record|\(pseudonym.hex)|\(recordId)".utf8), key: masterKey.pseudonymSecret)
+        masterKey.pseudonymMAC.authenticationCode(utf8: "record|\(pseudonym.hex)|\(recordId)")
     }
 
-    private static func dataKeyAAD(_ p: Hash, _ generation: UInt64) -> [UInt8] { Array("medledger-data-key/1|\(p.hex)|\(generation)".utf8) }
+    private static func dataKeyAAD(_ p: Hash, _ generation: UInt64, _ epoch: UInt32) -> [UInt8] {
+        Array("medledger-data-key/1|\(p.hex)|\(generation)|\(epoch)".utf8)
+    }
     static func recordAAD(patient: String, record: String, version: UInt32) -> [UInt8] {
         Array("medledger-record/1|\(patient)|\(record)|\(version)".utf8)
     }
 
-    private func unwrap(_ state: PatientState, _ p: Hash) throws -> SecureBytes {
+    /// The patient's data key of `epoch` (the current one when nil), unwrapped.
+    private func unwrap(_ state: PatientState, _ p: Hash, epoch: UInt32? = nil) throws -> SecureBytes {
         guard state.status == .active else { throw LedgerError(.erased, "the patient was erased") }
         guard let master = masterKey.key(generation: state.generation) else {
             throw LedgerError(.wrongMasterKey, "no master key of generation \(state.generation)")
         }
+        let epoch = epoch ?? state.epoch
+        guard epoch >= 1, epoch <= state.epoch else { throw LedgerError(.storage, "no patient data key of epoch \(epoch)") }
         do {
-            var raw = try AESGCM.open(state.wrappedKey, key: master, associatedData: Self.dataKeyAAD(p, state.generation))
+            var raw = try AESGCM.open(state.wrappedKeys[Int(epoch) - 1], key: master, associatedData: Self.dataKeyAAD(p, state.generation, epoch))
             defer { secureZero(&raw) }
             return raw.withUnsafeBytes { SecureBytes(copying: $0) }
         } catch {
@@ -178,11 +183,27 @@ public final class PatientRecords: @unchecked Sendable {
         UInt32(bigEndian: key.loadUnaligned(fromByteOffset: 64, as: UInt32.self))
     }
 
-    /// A `pl.records` value split into the entry index and the sealed box.
-    private static func splitStored(_ stored: [UInt8]) -> (index: UInt64, box: [UInt8])? {
-        guard stored.count >= 8 else { return nil }
-        let index = stored.withUnsafeBytes { UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: $0[0..<8]))! }
-        return (index, Array(stored[8...]))
+    /// A `pl.records` value (`u64 entry index || u32 key epoch || box`) split in its parts.
+    private static func splitStored(_ stored: [UInt8]) -> (index: UInt64, epoch: UInt32, box: [UInt8])? {
+        guard stored.count >= 12 + AESGCM.overhead else { return nil }
+        return stored.withUnsafeBytes { raw in
+            (UInt64(bigEndian: raw.loadUnaligned(as: UInt64.self)), UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt32.self)),
+             Array(raw[12...]))
+        }
+    }
+
+    /// Identifies one unwrapped data key in a per-call cache.
+    private struct EpochKey: Hashable {
+        let p: Hash
+        let epoch: UInt32
+    }
+
+    /// The data key of `epoch`, unwrapped once per call that passes the same `cache`.
+    private func dataKey(_ state: PatientState, _ p: Hash, epoch: UInt32, cache: inout [EpochKey: SecureBytes]) throws -> SecureBytes {
+        if let cached = cache[EpochKey(p: p, epoch: epoch)] { return cached }
+        let key = try unwrap(state, p, epoch: epoch)
+        cache[EpochKey(p: p, epoch: epoch)] = key
+        return key
     }
 
     /// Opens a stored version's box; nil when it fails authentication (a damaged store). The
@@ -192,22 +213,37 @@ public final class PatientRecords: @unchecked Sendable {
         return try? AESGCM.open(box, key: key, associatedData: recordAAD(patient: p.hex, record: r.hex, version: version))
     }
 
-    /// The stored ciphertext of a record version.
-    func storedBox(_ p: Hash, _ r: Hash, _ version: UInt32) throws -> [UInt8] {
+    /// The stored ciphertext of a record version and the key epoch that sealed it.
+    func storedBox(_ p: Hash, _ r: Hash, _ version: UInt32) throws -> (epoch: UInt32, box: [UInt8]) {
         try Ledger.storage {
             try ledger.environment.read { txn in
                 guard let stored = try txn.value(records, key: Self.recordStorageKey(p, r, version)).flatMap(Self.splitStored) else {
                     throw LedgerError(.recordNotFound, "no such record version")
                 }
-                return stored.box
+                return (stored.epoch, stored.box)
             }
         }
     }
 
-    /// A patient's unwrapped data key (wiped when released).
-    func dataKey(_ p: Hash) throws -> SecureBytes {
+    /// A patient's unwrapped data key of `epoch` (wiped when released).
+    func dataKey(_ p: Hash, epoch: UInt32) throws -> SecureBytes {
         let state = try Ledger.storage { try ledger.environment.read { txn in try requirePatient(txn.unsafeView, p) } }
-        return try unwrap(state, p)
+        return try unwrap(state, p, epoch: epoch)
+    }
+
+    /// Opens a record box offline with the patient's data key of the box's epoch (from a
+    /// ``SealedPatientKey``), as a grantee does with an export.
+    /// - Parameters: `pseudonym`, `recordHash` and `version` as the record's log entry names them.
+    /// - Returns: the record's id, media type and content; wipe the content when done.
+    /// - Throws: ``LedgerError`` `.badSignature` when the box does not open under that key.
+    public static func openRecordBox(_ box: [UInt8], dataKey: SecureBytes, pseudonym: Hash, recordHash: Hash,
+                                     version: UInt32) throws -> (recordId: String, mediaType: String, content: [UInt8]) {
+        guard var plaintext = try openRecord(box, dataKey: dataKey, p: pseudonym, r: recordHash, version: version) else {
+            throw LedgerError(.badSignature, "the record box does not open under this data key")
+        }
+        defer { secureZero(&plaintext) }
+        guard let parts = RecordPlaintext.decode(plaintext) else { throw LedgerError(.invalidRecord, "malformed record plaintext") }
+        return (parts.recordId, parts.mediaType, parts.content)
     }
 
     // MARK: - Patients
@@ -240,7 +276,7 @@ public final class PatientRecords: @unchecked Sendable {
             if let signingKey { payload["signing_key"] = Base64.encode(signingKey.rawRepresentation) }
             var rawKey = try SecureRandom.bytes(32)
             defer { secureZero(&rawKey) }
-            let wrapped = try AESGCM.seal(rawKey, key: master, associatedData: Self.dataKeyAAD(p, generation))
+            let wrapped = try AESGCM.seal(rawKey, key: master, associatedData: Self.dataKeyAAD(p, generation, 1))
             prepared.append((p, wrapped, signingKey?.rawRepresentation))
             entries.append(try LedgerEntry(set: PatientPayload.patientKey(p), payload: PatientPayload.encode(payload)))
         }
@@ -248,7 +284,7 @@ public final class PatientRecords: @unchecked Sendable {
         let first = try ledger.append(entries) { view, first in
             for (i, item) in prepared.enumerated() {
                 if try self.patientState(view, item.p) != nil { throw LedgerError(.patientExists, "a patient with that id is already registered") }
-                let state = PatientState(status: .active, index: first + UInt64(i), generation: generation, wrappedKey: item.wrapped,
+                let state = PatientState(status: .active, index: first + UInt64(i), generation: generation, wrappedKeys: [item.wrapped],
                                          signingKey: item.signingKey)
                 try view.put(self.patients, key: item.p.bytes, value: state.encoded())
             }
@@ -286,7 +322,7 @@ public final class PatientRecords: @unchecked Sendable {
     public func putRecords(_ inputs: [RecordInput]) throws -> [RecordVersionInfo] {
         guard !inputs.isEmpty else { return [] }
         struct Prepared {
-            let p: Hash, r: Hash, version: UInt32, box: [UInt8], boxHash: Hash, mediaType: String, recordId: String
+            let p: Hash, r: Hash, version: UInt32, epoch: UInt32, box: [UInt8], boxHash: Hash, mediaType: String, recordId: String
         }
         writeLock.lock()
         defer { writeLock.unlock() }
@@ -297,16 +333,17 @@ public final class PatientRecords: @unchecked Sendable {
         try Ledger.storage {
             try ledger.environment.read { txn in
                 let view = txn.unsafeView
-                var keys: [Hash: SecureBytes] = [:]
+                var keys: [Hash: (epoch: UInt32, key: SecureBytes)] = [:]
                 var versions: [[UInt8]: UInt32] = [:]
                 for input in inputs {
                     let resourceType = try Self.validate(input)
                     let p = try pseudonym(of: input.patient)
                     let r = try recordHash(p, input.recordId)
-                    let dataKey: SecureBytes
-                    if let cached = keys[p] { dataKey = cached } else {
-                        dataKey = try unwrap(try requirePatient(view, p), p)
-                        keys[p] = dataKey
+                    let (epoch, dataKey): (UInt32, SecureBytes)
+                    if let cached = keys[p] { (epoch, dataKey) = cached } else {
+                        let state = try requirePatient(view, p)
+                        (epoch, dataKey) = (state.epoch, try unwrap(state, p))
+                        keys[p] = (epoch, dataKey)
                     }
                     let slot = p.bytes + r.bytes
                     let last = try versions[slot] ?? lastVersion(view, p, r)
@@ -319,10 +356,10 @@ public final class PatientRecords: @unchecked Sendable {
                     let key = try Self.recordKey(dataKey: dataKey, patient: p.hex, record: r.hex, version: version)
                     let box = try AESGCM.seal(plaintext, key: key, associatedData: Self.recordAAD(patient: p.hex, record: r.hex, version: version))
                     let boxHash = SHA256.hash(box)
-                    prepared.append(Prepared(p: p, r: r, version: version, box: box, boxHash: boxHash,
+                    prepared.append(Prepared(p: p, r: r, version: version, epoch: epoch, box: box, boxHash: boxHash,
                                              mediaType: input.mediaType, recordId: input.recordId))
                     let payload: [String: Any] = ["type": "record", "v": 1, "patient": p.hex, "record": r.hex, "version": Int(version),
-                                                  "ciphertext_hash": boxHash.hex, "ciphertext_size": box.count]
+                                                  "ciphertext_hash": boxHash.hex, "ciphertext_size": box.count, "key_epoch": Int(epoch)]
                     entries.append(try LedgerEntry(set: PatientPayload.recordKey(p, r), payload: PatientPayload.encode(payload)))
                 }
             }
@@ -333,11 +370,12 @@ public final class PatientRecords: @unchecked Sendable {
                 // Versions were chosen in a read snapshot; another process may have written since.
                 if checked.insert(item.p.bytes + item.r.bytes).inserted {
                     guard try self.lastVersion(view, item.p, item.r) == item.version - 1,
-                          try self.patientState(view, item.p)?.status == .active else {
+                          let state = try self.patientState(view, item.p), state.status == .active, state.epoch == item.epoch else {
                         throw LedgerError(.conflict, "the record or patient changed during the write; retry")
                     }
                 }
                 var value = withUnsafeBytes(of: (first + UInt64(i)).bigEndian) { Array($0) }
+                value += withUnsafeBytes(of: item.epoch.bigEndian) { Array($0) }
                 value += item.box
                 try view.put(self.records, key: Self.recordStorageKey(item.p, item.r, item.version), value: value)
             }
@@ -359,10 +397,19 @@ public final class PatientRecords: @unchecked Sendable {
             throw LedgerError(.invalidRecord, "record \(input.recordId): \(input.content.count) bytes exceeds \(maxContentBytes); store it as a blob")
         }
         guard isFHIR(input.mediaType) else { return nil }
-        guard let object = try? JSONSerialization.jsonObject(with: Data(input.content)) as? [String: Any] else {
+        let summary: JSONCheck.Summary
+        do {
+            summary = try JSONCheck.check(input.content)
+        } catch {
+            throw LedgerError(.invalidRecord, "record \(input.recordId): not valid JSON (\(error))")
+        }
+        guard summary.isObject else {
             throw LedgerError(.invalidRecord, "record \(input.recordId): not a JSON object (media type \(input.mediaType))")
         }
-        guard let type = object["resourceType"] as? String, !type.isEmpty, type.utf8.count <= 64,
+        guard !summary.duplicateResourceType else {
+            throw LedgerError(.invalidRecord, "record \(input.recordId): resourceType appears more than once")
+        }
+        guard let type = summary.resourceType, !type.isEmpty, type.utf8.count <= 64,
               type.unicodeScalars.allSatisfy({ CharacterSet.alphanumerics.contains($0) }) else {
             throw LedgerError(.invalidRecord, "record \(input.recordId): FHIR JSON needs a string resourceType")
         }
@@ -387,33 +434,87 @@ public final class PatientRecords: @unchecked Sendable {
     /// - Throws: ``LedgerError`` `.accessDenied`, `.erased`, `.patientNotFound`, `.recordNotFound`.
     public func read(patient: String, recordId: String, version: UInt32? = nil, as accessor: Accessor,
                      purpose: String = "treatment", breakGlass: String? = nil) throws -> RecordContent {
-        let p = try pseudonym(of: patient)
-        let r = try recordHash(p, recordId)
-        var event = AuditEvent(action: "read", accessor: accessor, agent: try auditAgent(accessor), patient: p, record: r.hex, version: version,
-                               purpose: purpose, breakGlass: breakGlass, time: clock())
-        let outcome: Result<RecordContent, LedgerError> = try Ledger.storage {
-            try ledger.environment.read { txn -> Result<RecordContent, LedgerError> in
+        try readRecords([ReadRequest(patient: patient, recordId: recordId, version: version)], as: accessor,
+                        purpose: purpose, breakGlass: breakGlass)[0].get()
+    }
+
+    /// One record version a batch read asks for (the latest when `version` is nil).
+    public struct ReadRequest: Sendable, Hashable {
+        public var patient: String
+        public var recordId: String
+        public var version: UInt32?
+        public init(patient: String, recordId: String, version: UInt32? = nil) {
+            self.patient = patient
+            self.recordId = recordId
+            self.version = version
+        }
+    }
+
+    /// Reads many records as one accessor from one snapshot, with one audit entry per request
+    /// committed together (one durable commit for the batch rather than one per read). Each
+    /// result is the content or the refusal a single ``read(patient:recordId:version:as:purpose:breakGlass:)``
+    /// would have thrown; every request, allowed or refused, has its audit entry committed
+    /// before this returns.
+    ///
+    /// - Throws: ``LedgerError`` `.storage` (or another ledger error) when the snapshot cannot
+    ///   be read or the audit entries cannot be committed; then no content is returned.
+    public func readRecords(_ requests: [ReadRequest], as accessor: Accessor, purpose: String = "treatment",
+                            breakGlass: String? = nil) throws -> [Result<RecordContent, LedgerError>] {
+        let agent = try auditAgent(accessor)
+        let time = clock()
+        var names: [String: Hash] = [:]
+        var events: [AuditEvent] = []
+        events.reserveCapacity(requests.count)
+        for request in requests {
+            let p = try names[request.patient] ?? pseudonym(of: request.patient)
+            names[request.patient] = p
+            events.append(AuditEvent(action: "read", accessor: accessor, agent: agent, patient: p,
+                                     record: try recordHash(p, request.recordId).hex, version: request.version,
+                                     purpose: purpose, breakGlass: breakGlass, time: time))
+        }
+        let outcomes: [Result<RecordContent, LedgerError>] = try Ledger.storage {
+            try ledger.environment.read { txn in
                 let view = txn.unsafeView
-                guard let state = try patientState(view, p) else { return .failure(LedgerError(.patientNotFound, "no such patient")) }
-                guard state.status == .active else { return .failure(LedgerError(.erased, "the patient was erased")) }
-                let wanted = try version ?? lastVersion(view, p, r)
-                event.version = wanted
-                guard wanted > 0, let (index, box) = try view.value(records, key: Self.recordStorageKey(p, r, wanted)).flatMap(Self.splitStored) else {
-                    return .failure(LedgerError(.recordNotFound, "no such record version"))
+                // A batch usually reads several records of one patient: unwrap each data key once.
+                var dataKeys: [EpochKey: SecureBytes] = [:]
+                return try events.indices.map { i in
+                    try readOne(view, &events[i], accessor: accessor, breakGlass: breakGlass, dataKeys: &dataKeys)
                 }
-                guard var plaintext = try Self.openRecord(box, dataKey: try unwrap(state, p), p: p, r: r, version: wanted) else {
-                    return .failure(LedgerError(.storage, "stored ciphertext of a record fails authentication (damaged store)"))
-                }
-                defer { secureZero(&plaintext) }
-                guard let parts = RecordPlaintext.decode(plaintext) else { return .failure(LedgerError(.storage, "malformed record plaintext")) }
-                if let refusal = try refusal(accessor, p: p, r: r, resourceType: parts.resourceType, view: view, breakGlass: breakGlass) {
-                    return .failure(LedgerError(.accessDenied, refusal))
-                }
-                return .success(RecordContent(recordId: parts.recordId, version: wanted, mediaType: parts.mediaType,
-                                              resourceType: parts.resourceType, content: parts.content, index: index))
             }
         }
-        return try audited(event, outcome)
+        for (i, outcome) in outcomes.enumerated() {
+            if case .failure(let error) = outcome {
+                events[i].outcome = "refused"
+                events[i].detail = error.code.description
+            }
+        }
+        try auditCommitter.record(events)
+        return outcomes
+    }
+
+    /// One read inside a snapshot; fills in the version the event reads.
+    private func readOne(_ view: TransactionView, _ event: inout AuditEvent, accessor: Accessor, breakGlass: String?,
+                         dataKeys: inout [EpochKey: SecureBytes]) throws -> Result<RecordContent, LedgerError> {
+        let p = event.patient
+        guard let record = event.record, let r = Hash(hex: record) else { return .failure(LedgerError(.storage, "malformed audit event")) }
+        guard let state = try patientState(view, p) else { return .failure(LedgerError(.patientNotFound, "no such patient")) }
+        guard state.status == .active else { return .failure(LedgerError(.erased, "the patient was erased")) }
+        let wanted = try event.version ?? lastVersion(view, p, r)
+        event.version = wanted
+        guard wanted > 0, let (index, epoch, box) = try view.value(records, key: Self.recordStorageKey(p, r, wanted)).flatMap(Self.splitStored) else {
+            return .failure(LedgerError(.recordNotFound, "no such record version"))
+        }
+        let dataKey = try self.dataKey(state, p, epoch: epoch, cache: &dataKeys)
+        guard var plaintext = try Self.openRecord(box, dataKey: dataKey, p: p, r: r, version: wanted) else {
+            return .failure(LedgerError(.storage, "stored ciphertext of a record fails authentication (damaged store)"))
+        }
+        defer { secureZero(&plaintext) }
+        guard let parts = RecordPlaintext.decode(plaintext) else { return .failure(LedgerError(.storage, "malformed record plaintext")) }
+        if let refusal = try refusal(accessor, p: p, r: r, resourceType: parts.resourceType, view: view, breakGlass: breakGlass) {
+            return .failure(LedgerError(.accessDenied, refusal))
+        }
+        return .success(RecordContent(recordId: parts.recordId, version: wanted, mediaType: parts.mediaType,
+                                      resourceType: parts.resourceType, content: parts.content, index: index))
     }
 
     /// Commits the audit entry of a finished access, then returns its result or throws its refusal.
@@ -425,7 +526,7 @@ public final class PatientRecords: @unchecked Sendable {
             event.outcome = "refused"
             event.detail = error.code.description
         }
-        try auditCommitter.record(event)
+        try auditCommitter.record([event])
         return try outcome.get()
     }
 
@@ -480,7 +581,7 @@ public final class PatientRecords: @unchecked Sendable {
                 let view = txn.unsafeView
                 guard let state = try patientState(view, p) else { return .failure(LedgerError(.patientNotFound, "no such patient")) }
                 guard state.status == .active else { return .failure(LedgerError(.erased, "the patient was erased")) }
-                let dataKey = try unwrap(state, p)
+                var dataKeys: [EpochKey: SecureBytes] = [:]
                 let prefix = p.bytes + (r?.bytes ?? [])
                 var rows: [(r: Hash, version: UInt32, value: [UInt8])] = []
                 try view.withCursor(records) { cursor in
@@ -497,8 +598,11 @@ public final class PatientRecords: @unchecked Sendable {
                     }
                 }
                 var out: [RecordVersionInfo] = []
-                for row in rows where row.value.count >= 8 + AESGCM.overhead {
-                    let (index, box) = Self.splitStored(row.value)!
+                for row in rows {
+                    guard let (index, epoch, box) = Self.splitStored(row.value) else {
+                        return .failure(LedgerError(.storage, "malformed stored record (damaged store)"))
+                    }
+                    let dataKey = try self.dataKey(state, p, epoch: epoch, cache: &dataKeys)
                     guard var plaintext = try Self.openRecord(box, dataKey: dataKey, p: p, r: row.r, version: row.version) else {
                         return .failure(LedgerError(.storage, "stored ciphertext of a record fails authentication (damaged store)"))
                     }
@@ -526,10 +630,12 @@ public final class PatientRecords: @unchecked Sendable {
 
     /// The grant that ``grant(patient:to:granteeKey:scope:notAfter:issuedAt:signature:)`` would
     /// write, so that a self-custody patient can sign ``Grant/signedMessage(pseudonym:)`` first.
-    public func draftGrant(patient: String, to grantee: String, granteeKey: Ed25519PublicKey, scope: GrantScope = .all,
+    public func draftGrant(patient: String, to grantee: String, granteeKey: Ed25519PublicKey,
+                           granteeEncryptionKey: X25519PublicKey? = nil, scope: GrantScope = .all,
                            notAfter: Date, issuedAt: Date) throws -> (grant: Grant, message: [UInt8]) {
         let p = try pseudonym(of: patient)
-        let grant = Grant(grantee: grantee, granteeKey: granteeKey.rawRepresentation, resourceTypes: scope.resourceTypes,
+        let grant = Grant(grantee: grantee, granteeKey: granteeKey.rawRepresentation,
+                          encryptionKey: granteeEncryptionKey?.rawRepresentation, resourceTypes: scope.resourceTypes,
                           recordHashes: try scope.recordIds.map { try recordHash(p, $0).hex }.sorted(),
                           notAfter: Int64(notAfter.timeIntervalSince1970), issuedAt: Int64(issuedAt.timeIntervalSince1970),
                           signature: nil)
@@ -539,9 +645,14 @@ public final class PatientRecords: @unchecked Sendable {
     /// Grants `grantee` read access to the patient's records within `scope` until `notAfter`,
     /// replacing any earlier grant to the same grantee. When the patient registered a signing
     /// key, `signature` must be their signature over the draft's message (same `issuedAt`).
+    ///
+    /// With `granteeEncryptionKey`, the grant also shares the patient's current data key,
+    /// sealed to that X25519 key (``sealedKeys(patient:grantee:)``), so the grantee can open
+    /// the patient's record boxes offline. Revoking such a grant starts a new key epoch.
     /// - Throws: ``LedgerError`` `.badSignature`, `.patientNotFound`, `.erased`, `.invalidArgument`.
     @discardableResult
-    public func grant(patient: String, to grantee: String, granteeKey: Ed25519PublicKey, scope: GrantScope = .all,
+    public func grant(patient: String, to grantee: String, granteeKey: Ed25519PublicKey,
+                      granteeEncryptionKey: X25519PublicKey? = nil, scope: GrantScope = .all,
                       notAfter: Date, issuedAt: Date? = nil, signature: [UInt8]? = nil) throws -> Grant {
         guard !grantee.isEmpty, grantee.utf8.count <= 256, !grantee.unicodeScalars.contains(where: { $0.value < 0x20 }) else {
             throw LedgerError(.invalidArgument, "grantee id must be 1 to 256 bytes without control characters")
@@ -556,9 +667,10 @@ public final class PatientRecords: @unchecked Sendable {
         let issued = issuedAt ?? clock()
         guard notAfter > issued else { throw LedgerError(.invalidArgument, "a grant must expire after it is issued") }
         let p = try pseudonym(of: patient)
-        var (grant, message) = try draftGrant(patient: patient, to: grantee, granteeKey: granteeKey, scope: scope,
+        var (grant, message) = try draftGrant(patient: patient, to: grantee, granteeKey: granteeKey,
+                                              granteeEncryptionKey: granteeEncryptionKey, scope: scope,
                                               notAfter: notAfter, issuedAt: issued)
-        grant = Grant(grantee: grant.grantee, granteeKey: grant.granteeKey, resourceTypes: grant.resourceTypes,
+        grant = Grant(grantee: grant.grantee, granteeKey: grant.granteeKey, encryptionKey: grant.encryptionKey, resourceTypes: grant.resourceTypes,
                       recordHashes: grant.recordHashes, notAfter: grant.notAfter, issuedAt: grant.issuedAt, signature: signature)
         writeLock.lock()
         defer { writeLock.unlock() }
@@ -576,6 +688,11 @@ public final class PatientRecords: @unchecked Sendable {
             }
             var stored = grant.json(pseudonym: p)
             stored["index"] = first
+            if let granteeEncryptionKey {
+                let sealed = try SealedPatientKey.seal(try self.unwrap(state, p), to: granteeEncryptionKey, pseudonym: p,
+                                                       grantee: grantee, epoch: state.epoch)
+                stored["sealed_keys"] = [String(state.epoch): Base64.encode(sealed.sealed)]
+            }
             try view.put(self.grants, key: p.bytes + Array(grantee.utf8), value: PatientPayload.encode(stored))
         }
         grant.index = index
@@ -584,6 +701,10 @@ public final class PatientRecords: @unchecked Sendable {
 
     /// Revokes `grantee`'s grant at once: its next read is refused. The log gets a delete
     /// entry of the grant's key, so the key map proves the grantee holds no grant.
+    ///
+    /// When the grant had shared the patient's data key (an X25519 grant), revocation starts a
+    /// new key epoch: a fresh data key for every later write, sealed again to each remaining
+    /// X25519 grantee. What the revoked grantee could already decrypt stays decryptable to it.
     /// - Throws: ``LedgerError`` `.notFound` when there is no active grant.
     @discardableResult
     public func revoke(patient: String, grantee: String) throws -> UInt64 {
@@ -591,17 +712,84 @@ public final class PatientRecords: @unchecked Sendable {
         writeLock.lock()
         defer { writeLock.unlock() }
         let at = Int64(clock().timeIntervalSince1970)
-        let payload: [String: Any] = ["type": "revoke", "v": 1, "patient": p.hex, "grantee": grantee, "revoked_at": at]
+        let key = p.bytes + Array(grantee.utf8)
+        // Whether the revoked grantee holds the data key decides the entry (it names the new
+        // epoch); the side write re-checks it against the state it commits on.
+        let (heldKey, nextEpoch): (Bool, UInt32) = try Ledger.storage {
+            try ledger.environment.read { txn in
+                let view = txn.unsafeView
+                guard let raw = try view.value(grants, key: key), let object = PatientPayload.decode(raw), object["revoked_at"] == nil else {
+                    throw LedgerError(.notFound, "no active grant for that grantee")
+                }
+                return (object["sealed_keys"] != nil, try requirePatient(view, p).epoch + 1)
+            }
+        }
+        var payload: [String: Any] = ["type": "revoke", "v": 1, "patient": p.hex, "grantee": grantee, "revoked_at": at]
+        if heldKey { payload["key_epoch"] = Int(nextEpoch) }
         let entry = try LedgerEntry(delete: PatientPayload.grantKey(p, grantee), payload: PatientPayload.encode(payload))
+        var newKey = heldKey ? try SecureRandom.bytes(32) : []
+        defer { secureZero(&newKey) }
         return try ledger.append([entry]) { view, first in
-            let key = p.bytes + Array(grantee.utf8)
-            guard let raw = try view.value(self.grants, key: key), var object = PatientPayload.decode(raw), object["revoked_at"] == nil else {
-                throw LedgerError(.notFound, "no active grant for that grantee")
+            guard let raw = try view.value(self.grants, key: key), var object = PatientPayload.decode(raw), object["revoked_at"] == nil,
+                  (object["sealed_keys"] != nil) == heldKey else {
+                throw LedgerError(.conflict, "the grant changed during the revocation; retry")
             }
             object["revoked_at"] = at
             object["revoked_index"] = first
             try view.put(self.grants, key: key, value: PatientPayload.encode(object))
+            if heldKey { try self.startKeyEpoch(view, p, newKey, expected: nextEpoch) }
         }
+    }
+
+    /// Adds key epoch `expected` with `raw` as the patient's data key and seals it to every
+    /// active grantee with an X25519 key.
+    private func startKeyEpoch(_ view: TransactionView, _ p: Hash, _ raw: [UInt8], expected: UInt32) throws {
+        var state = try requirePatient(view, p)
+        guard state.status == .active else { throw LedgerError(.erased, "the patient was erased") }
+        guard state.epoch + 1 == expected else { throw LedgerError(.conflict, "the patient's key changed during the revocation; retry") }
+        guard let master = masterKey.key(generation: state.generation) else {
+            throw LedgerError(.wrongMasterKey, "no master key of generation \(state.generation)")
+        }
+        state.wrappedKeys.append(try AESGCM.seal(raw, key: master, associatedData: Self.dataKeyAAD(p, state.generation, expected)))
+        try view.put(patients, key: p.bytes, value: state.encoded())
+        let dataKey = raw.withUnsafeBytes { SecureBytes(copying: $0) }
+        var updates: [([UInt8], [String: Any])] = []
+        try view.withCursor(grants) { cursor in
+            var more = try cursor.seek(atOrAfter: p.bytes)
+            while more {
+                guard let (k, object) = cursor.withCurrent({ key, value in
+                    key.starts(with: p.bytes) ? (Array(key), PatientPayload.decode(Array(value))) : nil
+                }) else { break }
+                if var object, object["revoked_at"] == nil, let grant = Grant(json: object), let encryptionKey = grant.encryptionKey {
+                    let sealed = try SealedPatientKey.seal(dataKey, to: try X25519PublicKey(rawRepresentation: encryptionKey), pseudonym: p,
+                                                           grantee: grant.grantee, epoch: expected)
+                    var keys = object["sealed_keys"] as? [String: Any] ?? [:]
+                    keys[String(expected)] = Base64.encode(sealed.sealed)
+                    object["sealed_keys"] = keys
+                    updates.append((k, object))
+                }
+                more = try cursor.next()
+            }
+        }
+        for (k, object) in updates { try view.put(grants, key: k, value: PatientPayload.encode(object)) }
+    }
+
+    /// The patient's data keys sealed to `grantee`'s X25519 key, one per key epoch since the
+    /// grant (empty for a grant without an X25519 key, or a revoked grant's later epochs).
+    /// - Throws: ``LedgerError`` `.notFound` when the grantee never held a grant.
+    public func sealedKeys(patient: String, grantee: String) throws -> [SealedPatientKey] {
+        let p = try pseudonym(of: patient)
+        let object: [String: Any]? = try Ledger.storage {
+            try ledger.environment.read { txn in
+                try txn.unsafeView.value(grants, key: p.bytes + Array(grantee.utf8)).flatMap { PatientPayload.decode($0) }
+            }
+        }
+        guard let object else { throw LedgerError(.notFound, "no grant for that grantee") }
+        let keys = object["sealed_keys"] as? [String: Any] ?? [:]
+        return keys.compactMap { epoch, sealed -> SealedPatientKey? in
+            guard let e = UInt32(epoch), let text = sealed as? String, let bytes = Base64.decode(text) else { return nil }
+            return SealedPatientKey(pseudonym: p, grantee: grantee, epoch: e, sealed: bytes)
+        }.sorted { $0.epoch < $1.epoch }
     }
 
     /// The patient's grants, active and revoked, as stored (the revoked carry `revoked_at`).
@@ -793,12 +981,14 @@ public final class PatientRecords: @unchecked Sendable {
                 guard var state, let pk = Hash(key) else { throw LedgerError(.storage, "unreadable patient state") }
                 if pk == p {
                     state.status = .erased
-                    state.wrappedKey = []
+                    state.wrappedKeys = []
                     state.index = erasureIndex
                 } else if state.status == .active {
-                    let dataKey = try unwrap(state, pk)
-                    try dataKey.withUnsafeBytes { raw in
-                        state.wrappedKey = try AESGCM.seal(Array(raw), key: newKey, associatedData: Self.dataKeyAAD(pk, new))
+                    guard state.epoch >= 1 else { throw LedgerError(.storage, "an active patient without a data key") }
+                    state.wrappedKeys = try (1...state.epoch).map { epoch in
+                        var raw = try unwrap(state, pk, epoch: epoch).withUnsafeBytes { Array($0) }
+                        defer { secureZero(&raw) }
+                        return try AESGCM.seal(raw, key: newKey, associatedData: Self.dataKeyAAD(pk, new, epoch))
                     }
                 }
                 state.generation = new
@@ -869,10 +1059,12 @@ final class AuditCommitter: @unchecked Sendable {
 
     init(records: PatientRecords) { self.records = records }
 
-    func record(_ event: AuditEvent) throws {
+    /// Queues `events` and returns once they committed (or their commit failed).
+    func record(_ events: [AuditEvent]) throws {
+        guard !events.isEmpty else { return }
         let ticket = Ticket()
         condition.lock()
-        queue.append((event, ticket))
+        queue += events.map { ($0, ticket) }
         while !ticket.done {
             if committing {
                 condition.wait()
@@ -887,7 +1079,7 @@ final class AuditCommitter: @unchecked Sendable {
             condition.lock()
             for (_, t) in batch {
                 t.done = true
-                t.error = failure
+                t.error = t.error ?? failure
             }
             committing = false
             condition.broadcast()

@@ -188,11 +188,19 @@ struct GrantCommand: ParsableCommand {
     @Option(help: "Expiry: ISO 8601 time or +DAYS.") var expires: String
     @Option(help: "The patient's signature (base64) over the grant message, for self-custody patients.") var signature: String?
     @Option(help: "The issue time the signature covers (ISO 8601); required with --signature.") var issuedAt: String?
+    @Option(help: "The grantee's X25519 public key (base64 of 32 bytes): share the patient's data key sealed to it.")
+    var x25519: String?
 
     func run() throws {
         let store = try ledger.open()
         guard let raw = Base64.decode(granteeKey), let key = try? Ed25519PublicKey(rawRepresentation: raw) else {
             throw CLIError(.usage, "--grantee-key must be base64 of a 32-byte Ed25519 public key")
+        }
+        let encryptionKey = try x25519.map { text -> X25519PublicKey in
+            guard let raw = Base64.decode(text), let key = try? X25519PublicKey(rawRepresentation: raw) else {
+                throw CLIError(.usage, "--x25519 must be base64 of a 32-byte X25519 public key")
+            }
+            return key
         }
         func list(_ s: String?) -> [String] { s?.split(separator: ",").map { String($0) }.filter { !$0.isEmpty } ?? [] }
         let issued = try issuedAt.map { text -> Date in
@@ -203,11 +211,14 @@ struct GrantCommand: ParsableCommand {
             guard let s = Base64.decode(text) else { throw CLIError(.usage, "--signature must be base64") }
             return s
         }
-        let grant = try store.grant(patient: patient, to: grantee, granteeKey: key,
+        let grant = try store.grant(patient: patient, to: grantee, granteeKey: key, granteeEncryptionKey: encryptionKey,
                                     scope: GrantScope(resourceTypes: list(types), recordIds: list(records)),
                                     notAfter: try parseExpiry(expires), issuedAt: issued, signature: sig)
+        let sealed = try store.sealedKeys(patient: patient, grantee: grantee).map { key -> [String: Any] in
+            ["epoch": key.epoch, "sealed_key": Base64.encode(key.sealed)]
+        }
         try printJSON(["grantee": grant.grantee, "index": grant.index, "not_after": grant.notAfter,
-                       "resource_types": grant.resourceTypes, "records": grant.recordHashes])
+                       "resource_types": grant.resourceTypes, "records": grant.recordHashes, "sealed_keys": sealed])
     }
 }
 

@@ -1,3 +1,4 @@
+import Dispatch
 import Testing
 import TestSupport
 import LedgerCrypto
@@ -72,8 +73,35 @@ private func key(_ hex: String) -> SecureBytes { bytes(hex).withUnsafeBytes { Se
     }
 }
 
-/// RFC 4231 test cases 1, 2 and 6 (a key longer than the block).
+/// RFC 4231 test cases 1 to 4, 6 and 7 (keys longer than the block).
 @Suite struct HMACTests {
+    /// Cases 3, 4 and 7 through one prepared ``HMACSHA256/Key`` each, used twice and from two
+    /// threads, which must not disturb its state.
+    @Test func rfc4231PreparedKeys() throws {
+        let cases: [(key: String, message: [UInt8], mac: String)] = [
+            (String(repeating: "aa", count: 20), [UInt8](repeating: 0xdd, count: 50),
+             "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe"),
+            ("0102030405060708090a0b0c0d0e0f10111213141516171819", [UInt8](repeating: 0xcd, count: 50),
+             "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b"),
+            (String(repeating: "aa", count: 131),
+             Array(("This is a test using a larger than block-size key and a larger than block-size data. "
+                    + "The key needs to be hashed before being used by the HMAC algorithm.").utf8),
+             "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2"),
+        ]
+        for c in cases {
+            let prepared = try HMACSHA256.Key(key(c.key))
+            #expect(prepared.authenticationCode(for: c.message).hex == c.mac)
+            nonisolated(unsafe) let results = UnsafeMutableBufferPointer<Hash>.allocate(capacity: 2)  // each thread writes its own slot
+            defer { results.deallocate() }
+            DispatchQueue.concurrentPerform(iterations: 2) { results[$0] = prepared.authenticationCode(for: c.message) }
+            #expect(results.allSatisfy { $0.hex == c.mac })
+            #expect(prepared.authenticationCode(for: c.message.dropLast() + [0]).hex != c.mac)
+        }
+        // An empty message, checked against the one-shot path with a fresh key.
+        let k = try key(String(repeating: "0b", count: 20))
+        #expect(try HMACSHA256.Key(k).authenticationCode(for: []) == HMACSHA256.authenticationCode(for: [], key: k))
+    }
+
     @Test func rfc4231() throws {
         #expect(try HMACSHA256.authenticationCode(for: Array("Hi There".utf8), key: key(String(repeating: "0b", count: 20))).hex
                 == "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7")

@@ -315,6 +315,121 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         #expect(try f.ledger.size == sizeBefore + 200)
         #expect(try f.records.auditTrail(patient: "Patient/j").count == 200)
     }
+
+    /// X25519 grants carry the data key sealed to the grantee, who opens exported boxes
+    /// offline; revoking such a grant starts a key epoch the revoked grantee never receives.
+    @Test func sealedKeysLetGranteesDecryptOfflineAndRevocationRotates() throws {
+        let f = try PatientFixture("sealed")
+        let p = "Patient/s"
+        try f.records.addPatient(externalId: p)
+        try f.records.putRecord(patient: p, recordId: "obs-1", content: observation("epoch-one"))
+        let (a, b) = (try X25519PrivateKey(), try X25519PrivateKey())
+        let later = Date(timeIntervalSince1970: f.now + 3600)
+        for (name, key) in [("dr-a", a), ("dr-b", b)] {
+            try f.records.grant(patient: p, to: name, granteeKey: try Ed25519PrivateKey().publicKey,
+                                granteeEncryptionKey: key.publicKey, notAfter: later)
+        }
+        try f.records.grant(patient: p, to: "dr-c", granteeKey: try Ed25519PrivateKey().publicKey, notAfter: later)
+        #expect(try f.records.sealedKeys(patient: p, grantee: "dr-c").isEmpty)
+        let sealedA = try #require(try f.records.sealedKeys(patient: p, grantee: "dr-a").first)
+        #expect(sealedA.epoch == 1)
+        let keyA1 = try sealedA.open(with: a)
+        #expect(throws: LedgerError(.badSignature, "")) { try sealedA.open(with: b) }
+        var flipped = sealedA.sealed
+        flipped[40] ^= 1
+        #expect(throws: LedgerError(.badSignature, "")) {
+            try SealedPatientKey(pseudonym: sealedA.pseudonym, grantee: "dr-a", epoch: 1, sealed: flipped).open(with: a)
+        }
+        #expect(throws: LedgerError(.badSignature, "")) {  // bound to its grantee and epoch
+            try SealedPatientKey(pseudonym: sealedA.pseudonym, grantee: "dr-b", epoch: 1, sealed: sealedA.sealed).open(with: a)
+        }
+        #expect(throws: LedgerError(.badSignature, "")) {
+            try SealedPatientKey(pseudonym: sealedA.pseudonym, grantee: "dr-a", epoch: 2, sealed: sealedA.sealed).open(with: a)
+        }
+
+        // Revoking dr-c (no key shared) starts no epoch; revoking dr-a does.
+        let sizeBefore = try f.ledger.size
+        try f.records.revoke(patient: p, grantee: "dr-c")
+        try f.records.revoke(patient: p, grantee: "dr-a")
+        let revokeEntries = try (sizeBefore..<(try f.ledger.size)).map { i in
+            try JSONSerialization.jsonObject(with: Data(try LedgerEntry(decoding: try f.ledger.rawEntry(at: i).bytes).payload)) as! [String: Any]
+        }
+        #expect(revokeEntries.map { $0["key_epoch"] as? Int } == [nil, 2])
+        try f.records.putRecord(patient: p, recordId: "obs-2", content: observation("epoch-two"))
+        #expect(try f.records.sealedKeys(patient: p, grantee: "dr-a").map(\.epoch) == [1])
+        let keysB = try f.records.sealedKeys(patient: p, grantee: "dr-b")
+        #expect(keysB.map(\.epoch) == [1, 2])
+        let keyB2 = try keysB[1].open(with: b)
+
+        // Open each exported box offline with the sealed keys of its epoch.
+        let export = try f.records.export(patient: p, as: .custodian("records-office"))
+        let proof = try JSONSerialization.jsonObject(with: export.proof) as! [String: Any]
+        var opened: [String: String] = [:]
+        for item in proof["records"] as! [[String: Any]] {
+            let entry = try LedgerEntry(decoding: Base64.decode(item["entry"] as! String)!)
+            let payload = try JSONSerialization.jsonObject(with: Data(entry.payload)) as! [String: Any]
+            let box = Base64.decode(item["box"] as! String)!
+            let (pseudonym, record) = (Hash(hex: payload["patient"] as! String)!, Hash(hex: payload["record"] as! String)!)
+            let version = UInt32(payload["version"] as! Int)
+            let epoch = payload["key_epoch"] as! Int
+            let right = epoch == 1 ? keyA1 : keyB2
+            let wrong = epoch == 1 ? keyB2 : keyA1
+            let content = try PatientRecords.openRecordBox(box, dataKey: right, pseudonym: pseudonym, recordHash: record, version: version)
+            opened[content.recordId] = String(decoding: content.content, as: UTF8.self)
+            #expect(throws: LedgerError(.badSignature, "")) {
+                try PatientRecords.openRecordBox(box, dataKey: wrong, pseudonym: pseudonym, recordHash: record, version: version)
+            }
+        }
+        #expect(opened["obs-1"]?.contains("epoch-one") == true && opened["obs-2"]?.contains("epoch-two") == true)
+        // The ledger itself reads across epochs; erasure re-wraps and then destroys every epoch.
+        #expect(try f.records.list(patient: p, as: .custodian("c")).count == 2)
+        try f.records.addPatient(externalId: "Patient/other")
+        try f.records.erase(patient: "Patient/other")
+        #expect(try f.records.read(patient: p, recordId: "obs-1", as: .grantee("dr-b")).content == observation("epoch-one"))
+        #expect(try f.records.read(patient: p, recordId: "obs-2", as: .custodian("c")).content == observation("epoch-two"))
+        try f.records.erase(patient: p)
+        let files = try f.allFileBytes()
+        for key in [keyA1, keyB2] { #expect(!contains(files, key.withUnsafeBytes { Array($0) })) }
+        #expect(throws: LedgerError(.erased, "")) { try f.records.read(patient: p, recordId: "obs-2", as: .custodian("c")) }
+    }
+
+    /// A batch read returns what single reads would, one audit entry per request in one
+    /// commit, refusals included and in request order.
+    @Test func batchReadsAuditEveryRequestInOneCommit() throws {
+        let f = try PatientFixture("batchread")
+        try f.records.addPatients([("Patient/a", nil), ("Patient/b", nil)])
+        try f.records.putRecord(patient: "Patient/a", recordId: "obs", content: observation("a1"))
+        try f.records.putRecord(patient: "Patient/a", recordId: "obs", content: observation("a2"))
+        try f.records.putRecord(patient: "Patient/a", recordId: "cond", content: Array(#"{"resourceType":"Condition"}"#.utf8))
+        try f.records.putRecord(patient: "Patient/b", recordId: "obs", content: observation("b1"))
+        try f.records.grant(patient: "Patient/a", to: "dr", granteeKey: try Ed25519PrivateKey().publicKey,
+                            scope: GrantScope(resourceTypes: ["Observation"]), notAfter: Date(timeIntervalSince1970: f.now + 60))
+        let requests: [PatientRecords.ReadRequest] = [
+            .init(patient: "Patient/a", recordId: "obs"), .init(patient: "Patient/a", recordId: "obs", version: 1),
+            .init(patient: "Patient/a", recordId: "cond"), .init(patient: "Patient/b", recordId: "obs"),
+            .init(patient: "Patient/a", recordId: "missing"), .init(patient: "Patient/nobody", recordId: "obs"),
+        ]
+        let sizeBefore = try f.ledger.size
+        let results = try f.records.readRecords(requests, as: .grantee("dr"), purpose: "treatment")
+        #expect(try f.ledger.size == sizeBefore + UInt64(requests.count))
+        #expect(try String(decoding: results[0].get().content, as: UTF8.self).contains("a2"))
+        #expect(try results[1].get().version == 1 && String(decoding: results[1].get().content, as: UTF8.self).contains("a1"))
+        let codes = results.map { result -> String in
+            switch result {
+            case .success: return "ok"
+            case .failure(let error): return error.code.description
+            }
+        }
+        #expect(codes == ["ok", "ok", "accessDenied", "accessDenied", "recordNotFound", "patientNotFound"])
+        // The audit entries of patient a, in request order, carry each outcome and version read.
+        let trail = try auditEvents(f, "Patient/a").suffix(4)
+        #expect(trail.map { $0["outcome"] as? String } == ["success", "success", "refused", "refused"])
+        #expect(trail.map { $0["version"] as? Int } == [2, 1, 1, nil])
+        #expect(try auditEvents(f, "Patient/b").last?["outcome"] as? String == "refused")
+        // Single reads agree with the batch.
+        #expect(try f.records.read(patient: "Patient/a", recordId: "obs", as: .grantee("dr")).content == results[0].get().content)
+        #expect(throws: LedgerError(.accessDenied, "")) { try f.records.read(patient: "Patient/a", recordId: "cond", as: .grantee("dr")) }
+    }
 }
 
 

@@ -383,6 +383,24 @@ if patientRecords > 0 {
         rows.append(Row(name: "audited read, \(threads) thread\(threads == 1 ? "" : "s") (durable audit entry per read, group commit)",
                         value: Double(reads) / seconds, unit: "reads/s", limitName: nil, limit: nil, extra: [:]))
     }
+    for batch in [100, 1000] {
+        let reads = min(50_000, max(patientRecords, batch)) / batch * batch
+        var rng = Workloads.SplitMix64(seed: UInt64(batch))
+        let requests = (0..<reads).map { _ -> PatientRecords.ReadRequest in
+            let i = Int(rng.next() % UInt64(patients * perPatient))
+            return PatientRecords.ReadRequest(patient: "Patient/\(i % patients)", recordId: "obs-\(i / patients)")
+        }
+        var times: [Double] = []
+        for start in stride(from: 0, to: reads, by: batch) {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            let results = try store.readRecords(Array(requests[start..<(start + batch)]), as: .custodian("bench"))
+            times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+            precondition(results.allSatisfy { (try? $0.get()) != nil })
+        }
+        rows.append(Row(name: "audited batch read, \(batch) records per call, 1 thread (one durable audit commit per call)",
+                        value: Double(batch) / Stats(times).median, unit: "reads/s", limitName: nil, limit: nil,
+                        extra: ["p99_batch_s": Stats(times).percentile(99)]))
+    }
     rows.append(Row(name: "patient layer bytes on disk per record (incl. audit entries)",
                     value: Double(try ledger.storedBytes()) / Double(patientRecords), unit: "B/record", limitName: nil, limit: nil, extra: [:]))
 }

@@ -1,0 +1,95 @@
+import Foundation
+import Testing
+import TestSupport
+@testable import MedLedger
+
+/// The upload checker against hand-picked cases and, on random mutations of real FHIR JSON,
+/// against Foundation's parser as an independent reference.
+@Suite struct JSONCheckTests {
+    static let sample = Array(#"""
+        {"resourceType":"Observation","id":"obs-1","status":"final",
+         "code":{"coding":[{"system":"http://loinc.org","code":"8867-4","display":"Heart rate"}]},
+         "valueQuantity":{"value":72.5e0,"unit":"beats/min"},"issued":"2026-11-25T10:00:00Z",
+         "note":[{"text":"r\u00e9sum\u00E9 \"quoted\" \\ caf\#u{e9} \#u{1F600}"}],"flags":[true,false,null,-0,1E+2]}
+        """#.utf8)
+
+    @Test func acceptsValidDocuments() throws {
+        let summary = try JSONCheck.check(Self.sample)
+        #expect(summary.isObject && summary.resourceType == "Observation" && !summary.duplicateResourceType)
+        #expect(try JSONCheck.check(Array(#" {"a":[]} "#.utf8)).resourceType == nil)
+        #expect(try JSONCheck.check(Array(#"{"resource\u0054ype":"Patient"}"#.utf8)).resourceType == "Patient")
+        #expect(try JSONCheck.check(Array(#"{"x":{"resourceType":"Nested"}}"#.utf8)).resourceType == nil)
+        #expect(try JSONCheck.check(Array(#"{"resourceType":"A","resourceType":"B"}"#.utf8)).duplicateResourceType)
+        #expect(try !JSONCheck.check(Array("[1]".utf8)).isObject)
+        #expect(try !JSONCheck.check(Array(#""s""#.utf8)).isObject)
+    }
+
+    @Test func refusesMalformedDocuments() {
+        let bad = [
+            "", " ", "{", "}", "{\"a\"}", "{\"a\":}", "{\"a\":1,}", "[1,]", "[01]", "[1.]", "[.5]", "[1e]", "[-]",
+            "[+1]", "[tru]", "[nul]", "{'a':1}", "{\"a\":1}x", "{\"a\":\"\\x\"}", "{\"a\":\"\\u12\"}", "{\"a\":\"\u{1}\"}",
+            "{\"a\":\"unterminated}", "{a:1}", "[1 2]", "{\"a\" 1}", "[\"\\\"]",
+        ].map { Array($0.utf8) } + [
+            [0x5b, 0x22, 0xc0, 0x80, 0x22, 0x5d],  // overlong NUL
+            [0x5b, 0x22, 0xed, 0xa0, 0x80, 0x22, 0x5d],  // UTF-8 encoded surrogate
+            [0x5b, 0x22, 0xf4, 0x90, 0x80, 0x80, 0x22, 0x5d],  // above U+10FFFF
+            [0x5b, 0x22, 0xe2, 0x82, 0x22, 0x5d],  // truncated sequence
+            [0x5b, 0x22, 0xff, 0x22, 0x5d],
+            Array(repeating: UInt8(ascii: "["), count: JSONCheck.maxDepth + 1) + Array(repeating: UInt8(ascii: "]"), count: JSONCheck.maxDepth + 1),
+        ]
+        for doc in bad {
+            #expect(throws: JSONCheck.Failure.self, "\(String(decoding: doc, as: UTF8.self))") { try JSONCheck.check(doc) }
+        }
+        let deepButAllowed = Array(repeating: UInt8(ascii: "["), count: JSONCheck.maxDepth) + Array(repeating: UInt8(ascii: "]"), count: JSONCheck.maxDepth)
+        #expect((try? JSONCheck.check(deepButAllowed)) != nil)
+    }
+
+    /// `doc` without commas that directly (up to whitespace) precede `]` or `}`.
+    static func droppingTrailingCommas(_ doc: [UInt8]) -> [UInt8] {
+        var out: [UInt8] = []
+        for (i, b) in doc.enumerated() {
+            if b == UInt8(ascii: ","), let next = doc[(i + 1)...].first(where: { ![0x20, 0x0a, 0x0d, 0x09].contains($0) }),
+               next == UInt8(ascii: "]") || next == UInt8(ascii: "}") { continue }
+            out.append(b)
+        }
+        return out
+    }
+
+    /// 20,000 mutants (byte flips, insertions of JSON punctuation, deletions, truncations) of the
+    /// sample: whenever Foundation parses a mutant to an object, so must the checker, with the
+    /// same resourceType; whenever Foundation refuses one, so must the checker. The one known
+    /// difference is Foundation's leniency for trailing commas, which the checker refuses.
+    @Test func agreesWithFoundationOnMutants() throws {
+        var rng = SplitMix64(seed: 0x15a)
+        let punctuation = Array(#"{}[]:,"\ 0-.eE+tfnu"#.utf8)
+        var disagreements: [String] = []
+        var acceptedCount = 0, refusedCount = 0
+        for _ in 0..<20_000 {
+            var doc = Self.sample
+            for _ in 0..<(1 + Int(rng.next() % 3)) {
+                let i = Int(rng.next() % UInt64(doc.count))
+                switch rng.next() % 4 {
+                case 0: doc[i] ^= UInt8(1 << (rng.next() % 8))
+                case 1: doc.insert(punctuation[Int(rng.next() % UInt64(punctuation.count))], at: i)
+                case 2: doc.remove(at: i)
+                default: doc.removeSubrange(i...)
+                }
+                if doc.isEmpty { break }
+            }
+            let reference = (try? JSONSerialization.jsonObject(with: Data(doc))) as? [String: Any]
+            let checked = try? JSONCheck.check(doc)
+            let accepted = checked?.isObject == true
+            if accepted { acceptedCount += 1 } else { refusedCount += 1 }
+            if !accepted, reference != nil, (try? JSONCheck.check(Self.droppingTrailingCommas(doc)))?.isObject == true {
+                continue  // Foundation accepts `[1,]` and `{"a":1,}`; RFC 8259 does not
+            }
+            if accepted != (reference != nil) || (accepted && !checked!.duplicateResourceType
+                                                   && checked!.resourceType != (reference!["resourceType"] as? String ?? (reference!["resourceType"] == nil ? nil : ""))) {
+                disagreements.append(String(decoding: doc, as: UTF8.self))
+            }
+        }
+        // Both outcomes are well represented, so agreement is not trivial.
+        #expect(acceptedCount > 2_000 && refusedCount > 2_000, "\(acceptedCount) accepted, \(refusedCount) refused")
+        #expect(disagreements.isEmpty, "\(disagreements.count) disagreements, first: \(disagreements.first ?? "")")
+    }
+}
