@@ -42,6 +42,7 @@ enum JSONCheck {
 
     /// Checks a byte array as one JSON text.
     static func check(_ bytes: [UInt8]) throws(Failure) -> Summary {
+        // Array.withUnsafeBytes rethrows untyped; the body throws only Failure.
         do {
             return try bytes.withUnsafeBytes { raw in try check(raw) }
         } catch let failure as Failure {
@@ -97,7 +98,7 @@ enum JSONCheck {
                 guard at < bytes.count, bytes[at] == UInt8(ascii: ":") else { throw fail("expected ':'") }
                 at += 1
                 skipSpace()
-                if depth == 1 && decode(name) == "resourceType" {
+                if depth == 1 && isResourceType(name) {
                     if summary.resourceType != nil { summary.duplicateResourceType = true }
                     if at < bytes.count && bytes[at] == UInt8(ascii: "\"") {
                         summary.resourceType = decode(try string())
@@ -239,6 +240,15 @@ enum JSONCheck {
                 guard at < bytes.count, isDigit(bytes[at]) else { throw fail("bad number exponent") }
                 while at < bytes.count && isDigit(bytes[at]) { at += 1 }
             }
+        }
+
+        /// Whether a member name is `resourceType`, comparing bytes unless it holds escapes.
+        func isResourceType(_ name: (range: Range<Int>, escaped: Bool)) -> Bool {
+            let expected: StaticString = "resourceType"
+            guard !name.escaped else { return decode(name) == "resourceType" }
+            return name.range.count == expected.utf8CodeUnitCount
+                && UnsafeRawBufferPointer(rebasing: bytes[name.range]).elementsEqual(
+                    UnsafeBufferPointer(start: expected.utf8Start, count: expected.utf8CodeUnitCount))
         }
 
         /// The text of a checked string; escapes (rare in names) are decoded by Foundation.

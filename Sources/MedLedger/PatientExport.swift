@@ -100,6 +100,7 @@ extension PatientRecords {
         var resources: [[String: Any]] = []
         var items: [[String: Any]] = []
         let (note, checkpoint) = try ledger.signedCheckpointAndState()
+        var dataKeys: [UInt32: SecureBytes] = [:]  // by key epoch, unwrapped once each
         for info in listed {
             let r = try recordHash(p, info.recordId)
             let content = try read(patient: patient, recordId: info.recordId, version: info.version, as: accessor, purpose: purpose)
@@ -111,7 +112,9 @@ extension PatientRecords {
             let key = PatientPayload.recordKey(p, r)
             let (keyProof, mapRoot, size) = try ledger.keyProof(key: key, size: checkpoint.size)
             let (epoch, box) = try storedBox(p, r, content.version)
-            let recordKey = try Self.recordKey(dataKey: try dataKey(p, epoch: epoch), patient: p.hex, record: r.hex, version: content.version)
+            let epochKey = try dataKeys[epoch] ?? dataKey(p, epoch: epoch)
+            dataKeys[epoch] = epochKey
+            let recordKey = try Self.recordKey(dataKey: epochKey, patient: p.hex, record: r.hex, version: content.version)
             func object(_ document: ProofDocument) throws -> Any { try JSONSerialization.jsonObject(with: document.jsonData()) }
             items.append([
                 "entry_index": content.index, "entry": Base64.encode(entryBytes),

@@ -464,13 +464,16 @@ public final class PatientRecords: @unchecked Sendable {
         let time = clock()
         var names: [String: Hash] = [:]
         var events: [AuditEvent] = []
+        var recordHashes: [Hash] = []
         events.reserveCapacity(requests.count)
+        recordHashes.reserveCapacity(requests.count)
         for request in requests {
             let p = try names[request.patient] ?? pseudonym(of: request.patient)
             names[request.patient] = p
-            events.append(AuditEvent(action: "read", accessor: accessor, agent: agent, patient: p,
-                                     record: try recordHash(p, request.recordId).hex, version: request.version,
-                                     purpose: purpose, breakGlass: breakGlass, time: time))
+            let r = try recordHash(p, request.recordId)
+            recordHashes.append(r)
+            events.append(AuditEvent(action: "read", accessor: accessor, agent: agent, patient: p, record: r.hex,
+                                     version: request.version, purpose: purpose, breakGlass: breakGlass, time: time))
         }
         let outcomes: [Result<RecordContent, LedgerError>] = try Ledger.storage {
             try ledger.environment.read { txn in
@@ -478,25 +481,19 @@ public final class PatientRecords: @unchecked Sendable {
                 // A batch usually reads several records of one patient: unwrap each data key once.
                 var dataKeys: [EpochKey: SecureBytes] = [:]
                 return try events.indices.map { i in
-                    try readOne(view, &events[i], accessor: accessor, breakGlass: breakGlass, dataKeys: &dataKeys)
+                    try readOne(view, &events[i], r: recordHashes[i], accessor: accessor, breakGlass: breakGlass, dataKeys: &dataKeys)
                 }
             }
         }
-        for (i, outcome) in outcomes.enumerated() {
-            if case .failure(let error) = outcome {
-                events[i].outcome = "refused"
-                events[i].detail = error.code.description
-            }
-        }
+        for (i, outcome) in outcomes.enumerated() { events[i].settle(outcome) }
         try auditCommitter.record(events)
         return outcomes
     }
 
     /// One read inside a snapshot; fills in the version the event reads.
-    private func readOne(_ view: TransactionView, _ event: inout AuditEvent, accessor: Accessor, breakGlass: String?,
+    private func readOne(_ view: TransactionView, _ event: inout AuditEvent, r: Hash, accessor: Accessor, breakGlass: String?,
                          dataKeys: inout [EpochKey: SecureBytes]) throws -> Result<RecordContent, LedgerError> {
         let p = event.patient
-        guard let record = event.record, let r = Hash(hex: record) else { return .failure(LedgerError(.storage, "malformed audit event")) }
         guard let state = try patientState(view, p) else { return .failure(LedgerError(.patientNotFound, "no such patient")) }
         guard state.status == .active else { return .failure(LedgerError(.erased, "the patient was erased")) }
         let wanted = try event.version ?? lastVersion(view, p, r)
@@ -520,12 +517,7 @@ public final class PatientRecords: @unchecked Sendable {
     /// Commits the audit entry of a finished access, then returns its result or throws its refusal.
     private func audited<T>(_ event: AuditEvent, _ outcome: Result<T, LedgerError>) throws -> T {
         var event = event
-        switch outcome {
-        case .success: event.outcome = "success"
-        case .failure(let error):
-            event.outcome = "refused"
-            event.detail = error.code.description
-        }
+        event.settle(outcome)
         try auditCommitter.record([event])
         return try outcome.get()
     }
@@ -1016,6 +1008,16 @@ struct AuditEvent {
 
     var agent: String
 
+    /// Records how the access ended: `success`, or `refused` with the error code.
+    mutating func settle<T>(_ result: Result<T, LedgerError>) {
+        switch result {
+        case .success: outcome = "success"
+        case .failure(let error):
+            outcome = "refused"
+            detail = error.code.description
+        }
+    }
+
     init(action: String, accessor: Accessor, agent: String, patient: Hash, record: String?, version: UInt32?, purpose: String, breakGlass: String?, time: Date) {
         self.action = action
         self.accessor = accessor
@@ -1079,7 +1081,7 @@ final class AuditCommitter: @unchecked Sendable {
             condition.lock()
             for (_, t) in batch {
                 t.done = true
-                t.error = t.error ?? failure
+                t.error = failure
             }
             committing = false
             condition.broadcast()

@@ -35,10 +35,21 @@ struct AccessorOptions: ParsableArguments {
     @Option(help: "Read without a valid grant, stating why; flagged for review in `audit --break-glass`.")
     var breakGlass: String?
 
-    func make() throws -> Accessor {
-        guard let role = Accessor.Role(rawValue: role) else { throw CLIError(.usage, "--role must be grantee, custodian or patient") }
-        return Accessor(id: accessor, role: role)
+    func make() throws -> Accessor { Accessor(id: accessor, role: try parseRole(role)) }
+}
+
+/// The `--role` option's value as a role.
+func parseRole(_ text: String) throws -> Accessor.Role {
+    guard let role = Accessor.Role(rawValue: text) else { throw CLIError(.usage, "--role must be grantee, custodian or patient") }
+    return role
+}
+
+/// A 32-byte public key given as base64 in `option`; `kind` names the algorithm in the error.
+func parsePublicKey<Key>(_ text: String, option: String, kind: String, _ make: ([UInt8]) throws -> Key) throws -> Key {
+    guard let raw = Base64.decode(text), let key = try? make(raw) else {
+        throw CLIError(.usage, "\(option) must be base64 of a 32-byte \(kind) public key")
     }
+    return key
 }
 
 func versionJSON(_ v: RecordVersionInfo) -> [String: Any] {
@@ -65,13 +76,7 @@ struct PatientCommand: ParsableCommand {
 
         func run() throws {
             let records = try ledger.open()
-            var key: Ed25519PublicKey?
-            if let signingKey {
-                guard let raw = Base64.decode(signingKey), let parsed = try? Ed25519PublicKey(rawRepresentation: raw) else {
-                    throw CLIError(.usage, "--signing-key must be base64 of a 32-byte Ed25519 public key")
-                }
-                key = parsed
-            }
+            let key = try signingKey.map { try parsePublicKey($0, option: "--signing-key", kind: "Ed25519", Ed25519PublicKey.init) }
             let (pseudonym, index) = try records.addPatient(externalId: id, signingKey: key)
             try printJSON(["pseudonym": pseudonym.hex, "index": index])
         }
@@ -193,15 +198,8 @@ struct GrantCommand: ParsableCommand {
 
     func run() throws {
         let store = try ledger.open()
-        guard let raw = Base64.decode(granteeKey), let key = try? Ed25519PublicKey(rawRepresentation: raw) else {
-            throw CLIError(.usage, "--grantee-key must be base64 of a 32-byte Ed25519 public key")
-        }
-        let encryptionKey = try x25519.map { text -> X25519PublicKey in
-            guard let raw = Base64.decode(text), let key = try? X25519PublicKey(rawRepresentation: raw) else {
-                throw CLIError(.usage, "--x25519 must be base64 of a 32-byte X25519 public key")
-            }
-            return key
-        }
+        let key = try parsePublicKey(granteeKey, option: "--grantee-key", kind: "Ed25519", Ed25519PublicKey.init)
+        let encryptionKey = try x25519.map { try parsePublicKey($0, option: "--x25519", kind: "X25519", X25519PublicKey.init) }
         func list(_ s: String?) -> [String] { s?.split(separator: ",").map { String($0) }.filter { !$0.isEmpty } ?? [] }
         let issued = try issuedAt.map { text -> Date in
             guard let d = ISO8601DateFormatter().date(from: text) else { throw CLIError(.usage, "--issued-at must be ISO 8601") }
@@ -295,8 +293,7 @@ struct ExportCommand: ParsableCommand {
 
     func run() throws {
         let store = try ledger.open()
-        guard let parsedRole = Accessor.Role(rawValue: role) else { throw CLIError(.usage, "--role must be grantee, custodian or patient") }
-        let who = Accessor(id: accessor ?? patient, role: parsedRole)
+        let who = Accessor(id: accessor ?? patient, role: try parseRole(role))
         let export = try store.export(patient: patient, as: who)
         do {
             try export.bundle.write(to: URL(fileURLWithPath: bundle))
