@@ -48,10 +48,10 @@ public final class Ledger: @unchecked Sendable {
     public let environment: Environment
     /// The key that verifies this ledger's checkpoints.
     public let verifier: NoteVerifier
-    private let signer: NoteSigner?
-    private let store: LMDBLogStore
+    let signer: NoteSigner?
+    let store: LMDBLogStore
     private let log: MerkleLog<LMDBLogStore>
-    private let sparse: LMDBSparseStore
+    let sparse: LMDBSparseStore
     private let ledgerMeta: Database
     private let appendLock = NSLock()
 

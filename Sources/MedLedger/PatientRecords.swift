@@ -70,8 +70,8 @@ public final class PatientRecords: @unchecked Sendable {
 
     // MARK: - Master key
 
-    private static let checkText = Array("medledger master key check".utf8)
-    private static func checkAAD(_ generation: UInt64) -> [UInt8] { Array("medledger-key-check/1|\(generation)".utf8) }
+    static let checkText = Array("medledger master key check".utf8)
+    static func checkAAD(_ generation: UInt64) -> [UInt8] { Array("medledger-key-check/1|\(generation)".utf8) }
 
     private func bindMasterKey() throws {
         let stored: (UInt64, [UInt8])? = try Ledger.storage {
@@ -117,7 +117,7 @@ public final class PatientRecords: @unchecked Sendable {
         masterKey.pseudonymMAC.authenticationCode(utf8: "record|\(pseudonym.hex)|\(recordId)")
     }
 
-    private static func dataKeyAAD(_ p: Hash, _ generation: UInt64, _ epoch: UInt32) -> [UInt8] {
+    static func dataKeyAAD(_ p: Hash, _ generation: UInt64, _ epoch: UInt32) -> [UInt8] {
         Array("medledger-data-key/1|\(p.hex)|\(generation)|\(epoch)".utf8)
     }
     static func recordAAD(patient: String, record: String, version: UInt32) -> [UInt8] {

@@ -19,7 +19,7 @@ struct MedLedgerCommand: ParsableCommand {
         1 verification failed, 2 usage or input error, 3 not found, 4 storage error, \
         5 refused (access denied, patient erased, wrong master key).
         """,
-        subcommands: [Init.self, Append.self, CheckpointCommand.self, Prove.self, VerifyProof.self, Get.self, RebuildIndex.self,
+        subcommands: [Init.self, Append.self, CheckpointCommand.self, Prove.self, VerifyProof.self, Get.self, RebuildIndex.self, VerifyLedger.self,
                       PatientCommand.self, RecordCommand.self, GrantCommand.self, RevokeCommand.self, ReadCommand.self,
                       AuditCommand.self, EraseCommand.self, ExportCommand.self]
     )
@@ -139,4 +139,85 @@ struct RebuildIndex: ParsableCommand {
         try printJSON(["versions": report.versions, "mismatches": report.mismatches, "map_root": report.mapRoot.hex])
         if !report.mismatches.isEmpty { throw ExitCode(ExitStatus.verificationFailed.rawValue) }
     }
+}
+
+struct VerifyLedger: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Audit a whole ledger: rehash the log, rebuild the key map, check checkpoints and stored ciphertexts.",
+        discussion: """
+        Reads one snapshot (writers may keep appending) and never writes to the ledger. Prints \
+        a summary, or with --json {"valid","tree_size","root_hash","map_root","checkpoint", \
+        counts...,"problem_count","problems":[{"area","location","detail"}]}. Exits 1 when \
+        anything differs, listing each discrepancy with its location.
+        """)
+
+    @OptionGroup var location: LedgerLocation
+
+    @Flag(help: "Print the report as JSON.")
+    var json = false
+
+    @Option(name: .customLong("checkpoint"), help: "A signed checkpoint issued earlier (file, or - for stdin) that the ledger must still contain; repeatable.")
+    var checkpoints: [String] = []
+
+    @Option(help: "Where to rebuild the key map (default: the temporary directory).")
+    var scratch: String?
+
+    @Option(help: "The master key file: also check that the key check and every wrapped data key open under it.")
+    var masterKey: String?
+
+    func run() throws {
+        var ledgerOptions = Ledger.Options()
+        ledgerOptions.readOnly = true
+        let ledger = try Ledger(path: location.directory, options: ledgerOptions)
+        var options = VerificationOptions()
+        options.scratchDirectory = scratch
+        if let masterKey { options.masterKey = try MasterKeyFile(path: masterKey) }
+        for path in checkpoints {
+            options.checkpoints.append(String(decoding: try readInput(path, limit: 1 << 20), as: UTF8.self))
+        }
+        let progress = ProgressBox()
+        options.progress = { done, total in progress.update(done, total: total) }
+        let report = try ledger.verify(options)
+        progress.finish()
+        if json {
+            let problems: [[String: Any]] = report.problems.map {
+                ["area": $0.area.rawValue, "location": $0.location, "detail": $0.detail]
+            }
+            var out: [String: Any] = [
+                "valid": report.isValid, "tree_size": report.treeSize, "root_hash": report.rootHash.hex,
+                "map_root": report.mapRoot.hex, "entries": report.entries, "stored_hashes": report.storedHashes,
+                "map_versions": report.mapVersions, "map_pages": report.mapPages, "patients": report.patients,
+                "records": report.records, "grants": report.grants, "audit_events": report.auditEvents,
+                "checkpoints_checked": report.checkpointsChecked, "problem_count": report.problemCount, "problems": problems,
+            ]
+            if let note = report.checkpoint { out["checkpoint"] = note }
+            try printJSON(out)
+        } else {
+            var text = """
+            tree size \(report.treeSize): \(report.entries) entries and \(report.storedHashes) stored hashes rehashed, \
+            \(report.mapVersions) map versions and \(report.mapPages) pages rebuilt
+            patient layer: \(report.patients) patients, \(report.records) stored record versions, \
+            \(report.grants) grants, \(report.auditEvents) audit events
+            checkpoints given: \(report.checkpointsChecked)
+
+            """
+            for problem in report.problems { text += "PROBLEM \(problem)\n" }
+            if report.problemCount > report.problems.count {
+                text += "... and \(report.problemCount - report.problems.count) more\n"
+            }
+            text += report.isValid ? "OK: the ledger verifies\n" : "FAILED: \(report.problemCount) problems\n"
+            if report.isValid, let note = report.checkpoint { text += note }
+            writeStdout(Data(text.utf8))
+        }
+        if !report.isValid { throw ExitCode(ExitStatus.verificationFailed.rawValue) }
+    }
+}
+
+/// A progress display shared with a callback.
+final class ProgressBox: @unchecked Sendable {
+    // Sendable: the callback runs on the calling thread only.
+    private var progress = Progress()
+    func update(_ done: UInt64, total: UInt64) { progress.update(done, total: total, unit: "entries") }
+    func finish() { progress.finish() }
 }

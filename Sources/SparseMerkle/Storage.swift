@@ -121,6 +121,8 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
     public var pagesDatabase: Database { pages }
     /// The `smt.roots` database (version → root), for tools that list versions.
     public var rootsDatabase: Database { roots }
+    /// The `smt.stale` database (replacing version || page key), for integrity checks.
+    public var staleDatabase: Database { stale }
 
     /// Opens (creating when writable) the tree's databases.
     public init(environment: Environment) throws {

@@ -76,6 +76,45 @@ func independentInclusionRoot(index: UInt64, size: UInt64, leaf: Hash, path: [Ha
 }
 
 @Suite(.serialized) struct CLITests {
+    @Test func verifyPassesThenFindsAFlippedByteInTheDataFile() throws {
+        let dir = scratch("verify")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(try CLI.run(["init", dir, "--origin", "cli.example/verify"]).status == 0)
+        let lines = (0..<100).map { "k\($0 % 30)\tpayload-\($0)-marker" }.joined(separator: "\n") + "\n"
+        try Data(lines.utf8).write(to: URL(fileURLWithPath: dir + ".lines"))
+        defer { try? FileManager.default.removeItem(atPath: dir + ".lines") }
+        #expect(try CLI.run(["append", dir, "--lines", dir + ".lines", "--keys"]).status == 0)
+        let early = try CLI.run(["checkpoint", dir])
+        #expect(try CLI.run(["append", dir, "--key", "last"], stdin: Data("x".utf8)).status == 0)
+        try early.stdout.write(to: URL(fileURLWithPath: dir + ".cp"))
+        defer { try? FileManager.default.removeItem(atPath: dir + ".cp") }
+
+        let ok = try CLI.run(["verify", dir, "--json", "--checkpoint", dir + ".cp"])
+        #expect(ok.status == 0, "\(ok.stderr)")
+        let report = try ok.json()
+        #expect(report["valid"] as? Bool == true)
+        #expect(report["tree_size"] as? Int == 101)
+        #expect(report["checkpoints_checked"] as? Int == 1)
+        #expect((report["problems"] as? [Any])?.isEmpty == true)
+        let current = try CLI.run(["checkpoint", dir])
+        #expect(report["checkpoint"] as? String == current.text)
+
+        // One byte of one entry's payload, changed in the file itself.
+        let path = dir + "/data.mdb"
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        let at = try #require(bytes.range(of: Data("payload-42-marker".utf8))).lowerBound
+        bytes[at] ^= 0x20
+        try bytes.write(to: URL(fileURLWithPath: path))
+        let bad = try CLI.run(["verify", dir, "--json"])
+        #expect(bad.status == 1)
+        let problems = try #require(try bad.json()["problems"] as? [[String: Any]])
+        #expect(problems.first?["location"] as? String == "entry 42")
+        #expect(problems.first?["area"] as? String == "log")
+        let human = try CLI.run(["verify", dir])
+        #expect(human.status == 1)
+        #expect(human.text.contains("PROBLEM log: entry 42: stored leaf hash differs"))
+    }
+
     @Test func endToEndLinesProofsAndTampering() throws {
         let dir = scratch("e2e")
         let work = scratch("work")

@@ -1,0 +1,839 @@
+import Foundation
+import LMDBKit
+public import LedgerCrypto
+import MerkleLog
+import SparseMerkle
+
+/// What ``Ledger/verify(_:)`` checked and every discrepancy it found.
+public struct VerificationReport: Sendable {
+    /// The part of the ledger a discrepancy is in.
+    public enum Area: String, Sendable {
+        /// Entries, stored leaf and subtree hashes, the committed size.
+        case log
+        /// The key map's roots, pages and stale records.
+        case map
+        /// Key files, the signed checkpoint, checkpoints given to check.
+        case checkpoint
+        /// Patient states (`pl.patients`, `pl.meta`).
+        case patients
+        /// Stored ciphertexts (`pl.records`) against their `record` entries.
+        case records
+        /// Stored grants (`pl.grants`) against their `grant` and `revoke` entries.
+        case grants
+        /// Audit and break-glass indexes (`pl.audit`, `pl.breakglass`) against `audit` entries.
+        case audit
+        /// A read failed: the file is damaged where the location says.
+        case storage
+    }
+
+    /// One discrepancy: where it is and what is wrong.
+    public struct Problem: Sendable, Hashable, CustomStringConvertible {
+        public let area: Area
+        /// Where: an entry index, a database and key, a version.
+        public let location: String
+        public let detail: String
+        public var description: String { "\(area.rawValue): \(location): \(detail)" }
+    }
+
+    /// The committed tree size checked.
+    public internal(set) var treeSize: UInt64 = 0
+    /// Entries read and rehashed.
+    public internal(set) var entries: UInt64 = 0
+    /// Stored leaf and subtree hashes compared with recomputed ones.
+    public internal(set) var storedHashes: UInt64 = 0
+    /// Key-map versions rebuilt from the log and compared.
+    public internal(set) var mapVersions: UInt64 = 0
+    /// Stored key-map pages compared byte for byte with rebuilt ones.
+    public internal(set) var mapPages: UInt64 = 0
+    /// Patient states, stored record versions, grants and audit events checked.
+    public internal(set) var patients: UInt64 = 0
+    public internal(set) var records: UInt64 = 0
+    public internal(set) var grants: UInt64 = 0
+    public internal(set) var auditEvents: UInt64 = 0
+    /// Checkpoints given in ``VerificationOptions/checkpoints`` that were checked.
+    public internal(set) var checkpointsChecked = 0
+    /// The log root and key-map root recomputed from the entries, at ``treeSize``.
+    public internal(set) var rootHash: Hash = SHA256.hash([])
+    public internal(set) var mapRoot: Hash = .zero
+    /// The signed checkpoint of the verified state, when the signer key was readable.
+    public internal(set) var checkpoint: String?
+    /// The first ``maxListedProblems`` discrepancies, in the order found.
+    public internal(set) var problems: [Problem] = []
+    /// All discrepancies, including those past the listed ones.
+    public internal(set) var problemCount = 0
+    /// True when nothing was found wrong.
+    public var isValid: Bool { problemCount == 0 }
+    public static let maxListedProblems = 1000
+
+    mutating func add(_ area: Area, _ location: String, _ detail: String) {
+        problemCount += 1
+        if problems.count < Self.maxListedProblems { problems.append(Problem(area: area, location: location, detail: detail)) }
+    }
+}
+
+/// How ``Ledger/verify(_:)`` runs.
+public struct VerificationOptions: Sendable {
+    /// Where the key map is rebuilt (a fresh directory is made inside and removed at the end);
+    /// the system's temporary directory when nil. It needs about the space of the ledger's
+    /// current key map.
+    public var scratchDirectory: String?
+    /// Signed checkpoint notes issued earlier: each must verify under the ledger's key and
+    /// match the roots recomputed at its size (a crashed or restored ledger must still
+    /// contain every state it signed).
+    public var checkpoints: [String] = []
+    /// The patient layer's master key file: when given, the key check and every patient's
+    /// wrapped data keys must open under it (without it they are checked for shape only).
+    public var masterKey: MasterKeyFile?
+    /// Called now and then from the verifying thread with the entries read so far.
+    public var progress: (@Sendable (_ done: UInt64, _ total: UInt64) -> Void)?
+    public init() {}
+}
+
+extension Ledger {
+    /// Audits everything the ledger stores against the log: recomputes every leaf and stored
+    /// subtree hash, rebuilds the key map from the entries and compares every retained map
+    /// version (roots, pages, stale records) byte for byte, signs and checks the checkpoint
+    /// of the verified state, and checks the patient layer's stored ciphertexts, patient
+    /// states, grants and audit indexes against the entries they belong to.
+    ///
+    /// It reads one snapshot in one pass over the entries (memory bounded by the largest
+    /// single append), so writers may keep appending. It never writes to the ledger.
+    /// - Returns: the report; ``VerificationReport/isValid`` is false when anything differs.
+    /// - Throws: ``LedgerError`` `.storage` when the scratch space cannot be created; damage in
+    ///   the ledger itself is reported, not thrown.
+    public func verify(_ options: VerificationOptions = VerificationOptions()) throws -> VerificationReport {
+        let scratchParent = options.scratchDirectory ?? NSTemporaryDirectory()
+        let scratchPath = scratchParent + "/medledger-verify-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: scratchPath) }
+        let scratch: LMDBSparseStore = try Self.storage {
+            var env = Environment.Options()
+            env.durable = false
+            env.mapSize = 64 << 20
+            return try LMDBSparseStore(environment: Environment(path: scratchPath, options: env))
+        }
+        let verifier = LedgerVerifier(ledger: self, scratch: scratch, options: options)
+        try verifier.run()
+        return verifier.report
+    }
+}
+
+/// One verification run: a single pass over the entries that rehashes the log and rebuilds
+/// the key map beside it, then scans of the patient layer's tables.
+final class LedgerVerifier {
+    let ledger: Ledger
+    let scratch: LMDBSparseStore
+    let options: VerificationOptions
+    var report = VerificationReport()
+
+    init(ledger: Ledger, scratch: LMDBSparseStore, options: VerificationOptions) {
+        self.ledger = ledger
+        self.scratch = scratch
+        self.options = options
+    }
+
+    /// The log's databases, opened in the verifying transaction.
+    struct LogTables {
+        let entries: Database
+        let meta: Database
+        let tiles: Database
+        let levels: [Database]
+    }
+
+    /// The patient layer's databases, when the ledger has one.
+    struct PatientTables {
+        let meta: Database
+        let patients: Database
+        let records: Database
+        let grants: Database
+        let audit: Database
+        let breakGlass: Database
+    }
+
+    static let tileBytes = 62 * 32
+
+    func run() throws {
+        // Checkpoints to hold the recomputed state against: parsed and verified first, so the
+        // pass knows which sizes to remember.
+        var given: [(Int, Checkpoint)] = []
+        for (n, note) in options.checkpoints.enumerated() {
+            do {
+                let signed = try SignedCheckpoint(verifying: note, verifiers: [ledger.verifier], origin: ledger.origin)
+                given.append((n, signed.checkpoint))
+            } catch {
+                report.add(.checkpoint, "checkpoint \(n + 1)", "does not verify under the ledger's key: \(error)")
+            }
+        }
+        var logRoots: [UInt64: Hash] = [:]
+        var mapRoots: [UInt64: Hash] = [:]
+        let wanted = Set(given.map(\.1.size))
+
+        do {
+            try ledger.environment.read { txn in
+                let view = txn.unsafeView
+                guard let log = try openLogTables(view) else {
+                    report.add(.log, "log.*", "the log's databases are missing")
+                    return
+                }
+                let patientTables = try openPatientTables(view)
+                var pass = try Pass(verifier: self, view: view, log: log, patients: patientTables, wanted: wanted)
+                try pass.run()
+                logRoots = pass.capturedLogRoots
+                mapRoots = pass.capturedMapRoots
+                if let patientTables { try checkPatientTables(view, log: log, tables: patientTables, counts: pass.patientCounts) }
+            }
+        } catch {
+            report.add(.storage, "snapshot", "reading the ledger failed: \(error)")
+        }
+
+        checkSignedState()
+        for (n, checkpoint) in given {
+            report.checkpointsChecked += 1
+            let location = "checkpoint \(n + 1) (size \(checkpoint.size))"
+            guard checkpoint.size <= report.treeSize else {
+                report.add(.checkpoint, location, "signed a size beyond the log's \(report.treeSize) entries: acknowledged entries are missing")
+                continue
+            }
+            if let root = logRoots[checkpoint.size], root != checkpoint.rootHash {
+                report.add(.checkpoint, location, "log root \(root.hex) recomputed from the entries differs from the signed \(checkpoint.rootHash.hex)")
+            }
+            if let signedMap = checkpoint.mapRoot {
+                if let mapRoot = mapRoots[checkpoint.size] {
+                    if mapRoot != signedMap {
+                        report.add(.checkpoint, location, "map root \(mapRoot.hex) rebuilt from the entries differs from the signed \(signedMap.hex)")
+                    }
+                } else {
+                    report.add(.checkpoint, location, "no map version at this size: it is not a size where this ledger committed")
+                }
+            }
+        }
+    }
+
+    /// The checkpoint this state would be signed with, from the recomputed roots, and the key files.
+    private func checkSignedState() {
+        if ledger.verifier.name != ledger.origin {
+            report.add(.checkpoint, Ledger.verifierKeyFile, "names \(ledger.verifier.name), not the ledger's origin \(ledger.origin)")
+        }
+        var signer = ledger.signer
+        let signerPath = ledger.path + "/" + Ledger.signerKeyFile
+        if signer == nil, let text = try? String(contentsOfFile: signerPath, encoding: .utf8) {
+            if let parsed = try? NoteSigner(parsing: text), parsed.verifier == ledger.verifier {
+                signer = parsed
+            } else {
+                report.add(.checkpoint, Ledger.signerKeyFile, "is malformed or does not match \(Ledger.verifierKeyFile)")
+            }
+        }
+        // The stored hashes give the root readers and proofs use; it must be the recomputed one.
+        if let stored = try? ledger.rootHash(size: report.treeSize), stored != report.rootHash {
+            report.add(.log, "size \(report.treeSize)", "root from stored hashes \(stored.hex) differs from the entries' \(report.rootHash.hex)")
+        }
+        guard let signer else { return }
+        let checkpoint = Checkpoint(origin: ledger.origin, size: report.treeSize, rootHash: report.rootHash, mapRoot: report.mapRoot)
+        do {
+            let note = try signer.sign(checkpoint.text)
+            _ = try SignedCheckpoint(verifying: note, verifiers: [ledger.verifier], origin: ledger.origin)
+            report.checkpoint = note
+        } catch {
+            report.add(.checkpoint, "size \(report.treeSize)", "the checkpoint of the verified state does not sign and verify: \(error)")
+        }
+    }
+
+    private func openLogTables(_ view: TransactionView) throws -> LogTables? {
+        guard let entries = try view.openDatabase("log.entries", create: false),
+              let meta = try view.openDatabase("log.meta", create: false),
+              let tiles = try view.openDatabase("log.tiles", create: false) else { return nil }
+        var levels: [Database] = []
+        for level in 0..<64 {
+            guard let db = try view.openDatabase(level < 10 ? "log.h0\(level)" : "log.h\(level)", create: false) else { return nil }
+            levels.append(db)
+        }
+        return LogTables(entries: entries, meta: meta, tiles: tiles, levels: levels)
+    }
+
+    private func openPatientTables(_ view: TransactionView) throws -> PatientTables? {
+        var handles: [Database] = []
+        for name in ["pl.meta", "pl.patients", "pl.records", "pl.grants", "pl.audit", "pl.breakglass"] {
+            guard let db = try view.openDatabase(name, create: false) else { return nil }
+            handles.append(db)
+        }
+        return PatientTables(meta: handles[0], patients: handles[1], records: handles[2], grants: handles[3],
+                             audit: handles[4], breakGlass: handles[5])
+    }
+}
+
+// MARK: - The pass over the entries
+
+/// What the pass counted for the patient layer, to compare with the tables' row counts.
+struct PatientCounts {
+    var liveRecordVersions = 0
+    var auditEvents = 0
+    var breakGlassEvents = 0
+}
+
+extension LedgerVerifier {
+    /// Reads entries 0..<n once: rehashes each, rebuilds the complete subtrees and compares
+    /// them with the stored ones, replays the key map into the scratch store and compares each
+    /// version, and checks each patient-layer entry against the private table it indexes.
+    struct Pass {
+        let verifier: LedgerVerifier
+        let view: TransactionView
+        let log: LogTables
+        let patients: PatientTables?
+        let wanted: Set<UInt64>
+        let size: UInt64
+        /// Map versions to rebuild and compare, increasing.
+        var boundaries: [UInt64] = []
+        var nextBoundary = 0
+        /// The oldest stored map root: versions below it count as pruned.
+        var oldestRoot: UInt64?
+        var changes: [SparseChange] = []
+        /// The right edge of the tree so far: complete subtrees, lowest level last.
+        var stack: [(level: Int, hash: Hash)] = []
+        var tile: [UInt8]?
+        var tileBlock: UInt64 = .max
+        var capturedLogRoots: [UInt64: Hash] = [:]
+        var capturedMapRoots: [UInt64: Hash] = [:]
+        var patientCounts = PatientCounts()
+        /// Patient states met during the pass (status and epochs), by pseudonym.
+        var patientCache: [Hash: PatientState?] = [:]
+
+        init(verifier: LedgerVerifier, view: TransactionView, log: LogTables, patients: PatientTables?, wanted: Set<UInt64>) throws {
+            self.verifier = verifier
+            self.view = view
+            self.log = log
+            self.patients = patients
+            self.wanted = wanted
+            let stored = try view.value(log.meta, key: "size")
+            if let stored, stored.count != 8 {
+                verifier.report.add(.log, "log.meta size", "holds \(stored.count) bytes, not 8")
+            }
+            size = stored.flatMap { $0.count == 8 ? $0.withUnsafeBytes { UInt64(bigEndianBytes: $0) } : nil } ?? 0
+            verifier.report.treeSize = size
+        }
+
+        var report: VerificationReport {
+            get { verifier.report }
+            nonmutating set { verifier.report = newValue }
+        }
+
+        mutating func run() throws {
+            try collectBoundaries()
+            if wanted.contains(0) {
+                capturedLogRoots[0] = SHA256.hash([])
+                capturedMapRoots[0] = SparseHash.empty
+            }
+            var index: UInt64 = 0
+            var complete = true
+            try view.withCursor(log.entries) { cursor in
+                var more = try cursor.first()
+                while more, index < size {
+                    let key = cursor.withCurrent { key, _ in key.count == 8 ? UInt64(bigEndianBytes: key) : nil }
+                    guard key == index else {
+                        report.add(.log, "entry \(index)", key.map { "missing: the next stored entry is \($0)" } ?? "missing: the next stored key is not 8 bytes")
+                        complete = false
+                        return
+                    }
+                    let bytes = cursor.withCurrent { _, value in Array(value) }
+                    try entry(bytes, at: index)
+                    index += 1
+                    if index & 0xffff == 0 { verifier.options.progress?(index, size) }
+                    more = try cursor.next()
+                }
+                if index < size {
+                    report.add(.log, "entry \(index)", "missing: log.entries ends at \(index) of \(size) committed entries")
+                    complete = false
+                } else if more {
+                    report.add(.log, "log.entries", "holds entries past the committed size \(size)")
+                }
+            }
+            verifier.options.progress?(index, size)
+            guard complete else { return }
+            report.rootHash = rootOfStack()
+            try checkCounts()
+        }
+
+        /// Every size the key map must be rebuilt at: the stored roots' versions, the versions
+        /// that wrote stored pages (after a prune some pages outlive their version's root), and
+        /// the current size.
+        private mutating func collectBoundaries() throws {
+            var versions = Set<UInt64>()
+            try view.withCursor(verifier.ledger.sparse.rootsDatabase) { cursor in
+                var more = try cursor.first()
+                while more {
+                    let version = cursor.withCurrent { key, _ in key.count == 8 ? UInt64(bigEndianBytes: key) : nil }
+                    if let version { versions.insert(version); oldestRoot = min(oldestRoot ?? version, version) } else {
+                        report.add(.map, "smt.roots", "a key is not 8 bytes")
+                    }
+                    more = try cursor.next()
+                }
+            }
+            // Pages are keyed by version first: one seek per distinct version.
+            try view.withCursor(verifier.ledger.sparse.pagesDatabase) { cursor in
+                var more = try cursor.first()
+                while more {
+                    guard let version = cursor.withCurrent({ key, _ in key.count >= 9 ? UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: key[0..<8])) : nil }) else {
+                        report.add(.map, "smt.pages", "a key is shorter than 9 bytes")
+                        more = try cursor.next()
+                        continue
+                    }
+                    versions.insert(version)
+                    guard version < .max else { break }
+                    more = try cursor.seek(atOrAfter: version + 1)
+                }
+            }
+            for version in versions where version > size {
+                report.add(.map, "version \(version)", "stored map data for a version past the committed size \(size)")
+            }
+            versions = versions.filter { $0 > 0 && $0 <= size }
+            if size > 0 { versions.insert(size) }
+            boundaries = versions.sorted()
+        }
+
+        private mutating func entry(_ bytes: [UInt8], at index: UInt64) throws {
+            report.entries += 1
+            let leaf = SHA256.leafHash(bytes)
+            try addLeaf(leaf, at: index)
+            let parsed: LedgerEntry?
+            do { parsed = try LedgerEntry(decoding: bytes) } catch {
+                report.add(.log, "entry \(index)", "not a valid ledger entry: \(error)")
+                parsed = nil
+            }
+            if let parsed, !parsed.key.isEmpty {
+                changes.append(SparseChange(keyHash: SHA256.hash(utf8: parsed.key), value: parsed.operation == .set
+                    ? Ledger.mapValue(index: index, leafHash: leaf) : nil))
+            }
+            if let parsed, patients != nil { try patientEntry(parsed, at: index) }
+            let after = index + 1
+            if wanted.contains(after) { capturedLogRoots[after] = rootOfStack() }
+            if nextBoundary < boundaries.count, boundaries[nextBoundary] == after {
+                try rebuildMapVersion(after)
+                nextBoundary += 1
+            }
+        }
+
+        // MARK: Log hashes
+
+        private mutating func addLeaf(_ leaf: Hash, at index: UInt64) throws {
+            if index >> 5 != tileBlock { try loadTile(index >> 5) }
+            var level = 0
+            var k = index
+            var hash = leaf
+            try compareStored(hash, level: 0, index: k)
+            while let last = stack.last, last.level == level {
+                stack.removeLast()
+                hash = SHA256.nodeHash(last.hash, hash)
+                level += 1
+                k >>= 1
+                try compareStored(hash, level: level, index: k)
+            }
+            stack.append((level, hash))
+        }
+
+        /// The root of the entries so far: the right edge folded from its lowest subtree up.
+        func rootOfStack() -> Hash {
+            guard var hash = stack.last?.hash else { return SHA256.hash([]) }
+            for item in stack.dropLast().reversed() { hash = SHA256.nodeHash(item.hash, hash) }
+            return hash
+        }
+
+        private mutating func loadTile(_ block: UInt64) throws {
+            tileBlock = block
+            tile = nil
+            if block < size / 32 {
+                let stored = try view.value(log.tiles, key: block)
+                guard let stored, stored.count == LedgerVerifier.tileBytes else {
+                    report.add(.log, "log.tiles block \(block)", stored == nil ? "missing" : "holds \(stored!.count) bytes, not \(LedgerVerifier.tileBytes)")
+                    return
+                }
+                tile = stored
+            } else {
+                let stored = try view.value(log.meta, key: "tile.pending")
+                guard let stored, stored.count == 8 + LedgerVerifier.tileBytes,
+                      stored.withUnsafeBytes({ UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: $0[0..<8])) }) == block else {
+                    report.add(.log, "log.meta tile.pending", "missing, malformed or not for block \(block), the incomplete one")
+                    return
+                }
+                tile = Array(stored[8...])
+            }
+        }
+
+        private mutating func compareStored(_ hash: Hash, level: Int, index k: UInt64) throws {
+            let stored: [UInt8]?
+            let location: String
+            if level < LMDBLogStore.tileHeight {
+                guard let tile else { return }  // reported once when loaded
+                let position = (64 - (1 << (6 - level))) + Int(k & ((1 << (5 - level)) - 1))
+                stored = Array(tile[(position * 32)..<(position * 32 + 32)])
+                location = level == 0 ? "entry \(k)" : "tile of block \(tileBlock), level \(level) node \(k)"
+            } else {
+                stored = try view.value(log.levels[level], key: k)
+                location = "log.h\(level < 10 ? "0" : "")\(level) node \(k)"
+            }
+            report.storedHashes += 1
+            guard let stored else {
+                report.add(.log, location, "stored hash missing")
+                return
+            }
+            if stored != hash.bytes {
+                report.add(.log, location, level == 0
+                    ? "stored leaf hash differs from the entry's \(hash.hex)"
+                    : "stored subtree hash differs from the one recomputed from the entries")
+            }
+        }
+
+        private func checkCounts() throws {
+            let expectations: [(Database, String, UInt64)] =
+                [(log.tiles, "log.tiles", size / 32)]
+                + (0..<64).map { level in
+                    (log.levels[level], "log.h\(level < 10 ? "0" : "")\(level)",
+                     level < LMDBLogStore.tileHeight ? 0 : size >> UInt64(level))
+                }
+            for (db, name, expected) in expectations {
+                let count = try view.count(db)
+                if count != Int(expected) { report.add(.log, name, "holds \(count) records, expected \(expected) for size \(size)") }
+            }
+        }
+
+        // MARK: Key map
+
+        /// Applies the changes since the last version to the scratch store as version
+        /// `version` and compares what it wrote with what the ledger stores.
+        private mutating func rebuildMapVersion(_ version: UInt64) throws {
+            let pending = changes
+            changes.removeAll(keepingCapacity: true)
+            let stored = view
+            let sparse = verifier.ledger.sparse
+            let rootRequired = version == size || (oldestRoot.map { version >= $0 } ?? false)
+            let pagesComplete = oldestRoot.map { version >= $0 } ?? false
+            var found: [(VerificationReport.Area, String, String)] = []
+            var pages = 0
+            let root: Hash = try verifier.scratch.environment.write { txn in
+                let scratchView = LMDBSparseStore.View(txn.unsafeView, store: verifier.scratch)
+                let root = try SparseMerkleTree.apply(pending, version: version, writer: scratchView).hash
+                let rebuilt = txn.unsafeView
+                // The root record.
+                let rebuiltRoot = try rebuilt.value(verifier.scratch.rootsDatabase, key: version)
+                let storedRoot = try stored.value(sparse.rootsDatabase, key: version)
+                if rootRequired, storedRoot != rebuiltRoot {
+                    found.append((.map, "smt.roots version \(version)", storedRoot == nil
+                        ? "missing" : "differs from the root rebuilt from the entries (\(root.hex))"))
+                }
+                let prefix = withUnsafeBytes(of: version.bigEndian) { Array($0) }
+                // Pages: every rebuilt page must be stored with the same bytes (after a prune,
+                // versions before the oldest root keep only the pages later versions use)...
+                try forEach(prefix, in: verifier.scratch.pagesDatabase, of: rebuilt) { key, value in
+                    let same = try stored.withValue(sparse.pagesDatabase, key: key) { Array($0) == value }
+                    if same == false { found.append((.map, Self.pageName(key), "differs from the page rebuilt from the entries")) }
+                    if same == nil, pagesComplete { found.append((.map, Self.pageName(key), "missing")) }
+                }
+                // ...and every stored page must be one the rebuild wrote.
+                try forEach(prefix, in: sparse.pagesDatabase, of: stored) { key, _ in
+                    pages += 1
+                    if try rebuilt.withValue(verifier.scratch.pagesDatabase, key: key, { _ in true }) == nil {
+                        found.append((.map, Self.pageName(key), "not a page of the key map rebuilt from the entries"))
+                    }
+                }
+                // Stale records: pruning deletes those up to the prune point, so below the
+                // oldest root none may remain, at it they may or may not.
+                var rebuiltStale = 0
+                try forEach(prefix, in: verifier.scratch.staleDatabase, of: rebuilt) { key, _ in
+                    rebuiltStale += 1
+                    let present = try stored.withValue(sparse.staleDatabase, key: key) { _ in true } ?? false
+                    if !present, pagesComplete, version != oldestRoot {
+                        found.append((.map, "smt.stale version \(version)", "a stale record of the rebuilt map is missing"))
+                    }
+                }
+                var storedStale = 0
+                try forEach(prefix, in: sparse.staleDatabase, of: stored) { key, _ in
+                    storedStale += 1
+                    let present = try rebuilt.withValue(verifier.scratch.staleDatabase, key: key) { _ in true } ?? false
+                    if !present || !pagesComplete {
+                        found.append((.map, "smt.stale version \(version)", "a stale record the rebuilt map does not have"))
+                    }
+                }
+                _ = try scratchView.prune(before: version)
+                return root
+            }
+            for (area, location, detail) in found { report.add(area, location, detail) }
+            report.mapVersions += 1
+            report.mapPages += UInt64(pages)
+            if wanted.contains(version) { capturedMapRoots[version] = root }
+            if version == size { report.mapRoot = root }
+        }
+
+        /// Calls `body` with each record of `db` whose key starts with `prefix`.
+        private func forEach(_ prefix: [UInt8], in db: Database, of txn: TransactionView,
+                             _ body: ([UInt8], [UInt8]) throws -> Void) throws {
+            try txn.withCursor(db) { cursor in
+                var more = try cursor.seek(atOrAfter: prefix)
+                while more {
+                    let (key, value) = cursor.withCurrent { key, value in (Array(key), Array(value)) }
+                    guard key.starts(with: prefix) else { break }
+                    try body(key, value)
+                    more = try cursor.next()
+                }
+            }
+        }
+
+        static func pageName(_ key: [UInt8]) -> String {
+            guard key.count >= 9 else { return "smt.pages key \(Hex.encode(key))" }
+            let version = key.withUnsafeBytes { UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: $0[0..<8])) } ?? 0
+            return "smt.pages version \(version) depth \(Int(key[8]) * 4) prefix \(Hex.encode(Array(key[9...])))"
+        }
+
+        // MARK: Patient layer entries
+
+        private mutating func patientState(_ p: Hash) throws -> PatientState? {
+            if let cached = patientCache[p] { return cached }
+            guard let patients else { return nil }
+            let found = try p.withUnsafeBytes { key in try view.withValue(patients.patients, key: key) { PatientState(decoding: $0) } }
+            let state = found.flatMap { $0 }
+            if patientCache.count > 100_000 { patientCache.removeAll(keepingCapacity: true) }
+            patientCache[p] = state
+            return state
+        }
+
+        /// Checks one entry of the patient layer against the private table that indexes it.
+        private mutating func patientEntry(_ entry: LedgerEntry, at index: UInt64) throws {
+            guard let tables = patients else { return }
+            let where_ = "entry \(index)"
+            if entry.key.isEmpty {
+                guard entry.payload.starts(with: Array(#"{"action":"#.utf8)),
+                      let event = PatientPayload.decode(entry.payload), event["type"] as? String == "audit",
+                      let patient = (event["patient"] as? String).flatMap({ Hash(hex: $0) }) else { return }
+                patientCounts.auditEvents += 1
+                let key = patient.bytes + withUnsafeBytes(of: index.bigEndian) { Array($0) }
+                if try view.withValue(tables.audit, key: key, { _ in true }) == nil {
+                    report.add(.audit, where_, "audit event missing from pl.audit (the patient's accounting of disclosures)")
+                }
+                if event["break_glass"] as? Bool == true {
+                    patientCounts.breakGlassEvents += 1
+                    if try view.value(tables.breakGlass, key: index) != patient.bytes {
+                        report.add(.audit, where_, "break-glass event missing from pl.breakglass (the review list)")
+                    }
+                }
+                return
+            }
+            let parts = entry.key.split(separator: "/", maxSplits: 2, omittingEmptySubsequences: false)
+            guard parts.count >= 2, let p = Hash(hex: parts[1]), parts[1].utf8.count == 64 else { return }
+            switch parts[0] {
+            case "patient":
+                guard let state = try patientState(p) else {
+                    report.add(.patients, where_, "no pl.patients state for the patient this entry registers or erases")
+                    return
+                }
+                let expected: Bool = entry.operation == .set
+                    ? (state.status == .active ? state.index == index : state.index > index)
+                    : (state.status == .erased && state.index == index)
+                if !expected { report.add(.patients, where_, "pl.patients state (status \(state.status), entry \(state.index)) does not match this entry") }
+            case "record":
+                guard parts.count == 3, let state = try patientState(p) else {
+                    report.add(.records, where_, "record entry of a patient with no pl.patients state")
+                    return
+                }
+                guard state.status == .active else { return }  // erasure deleted the ciphertexts
+                patientCounts.liveRecordVersions += 1
+                try recordEntry(entry, p: p, index: index, tables: tables)
+            case "grant":
+                guard parts.count == 3, let state = try patientState(p) else {
+                    report.add(.grants, where_, "grant entry of a patient with no pl.patients state")
+                    return
+                }
+                guard state.status == .active else { return }  // erasure deleted the grants
+                let key = p.bytes + Array(parts[2].utf8)
+                let row = try view.value(tables.grants, key: key).flatMap { PatientPayload.decode($0) }
+                let rowIndex = (row?["index"] as? NSNumber)?.uint64Value ?? 0
+                let revokedIndex = (row?["revoked_index"] as? NSNumber)?.uint64Value
+                // The row holds the grantee's latest grant, and its revocation when revoked.
+                let matches = entry.operation == .set ? row != nil && rowIndex >= index
+                                                      : row != nil && (rowIndex > index || revokedIndex == index)
+                if !matches {
+                    report.add(.grants, where_, entry.operation == .set
+                        ? "pl.grants holds no grant for this grantee from this entry or a later one"
+                        : "pl.grants does not record this revocation")
+                }
+            default:
+                return
+            }
+        }
+
+        private mutating func recordEntry(_ entry: LedgerEntry, p: Hash, index: UInt64, tables: PatientTables) throws {
+            let where_ = "entry \(index)"
+            guard let payload = PatientPayload.decode(entry.payload),
+                  let version = (payload["version"] as? NSNumber)?.uint32Value,
+                  let r = (payload["record"] as? String).flatMap({ Hash(hex: $0) }),
+                  let hash = (payload["ciphertext_hash"] as? String).flatMap({ Hash(hex: $0) }) else {
+                report.add(.records, where_, "record payload lacks version, record or ciphertext_hash")
+                return
+            }
+            let key = p.bytes + r.bytes + withUnsafeBytes(of: version.bigEndian) { Array($0) }
+            guard let stored = try view.value(tables.records, key: key), stored.count >= 12 else {
+                report.add(.records, where_, "ciphertext of version \(version) missing from pl.records")
+                return
+            }
+            report.records += 1
+            let storedIndex = stored.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(as: UInt64.self)) }
+            let epoch = stored.withUnsafeBytes { UInt32(bigEndian: $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self)) }
+            let box = stored[12...]
+            if storedIndex != index { report.add(.records, where_, "pl.records row of version \(version) names entry \(storedIndex)") }
+            if SHA256.hash(Array(box)) != hash { report.add(.records, where_, "stored ciphertext does not hash to the entry's ciphertext_hash") }
+            if (payload["ciphertext_size"] as? NSNumber)?.intValue != box.count {
+                report.add(.records, where_, "stored ciphertext is \(box.count) bytes, the entry says \(payload["ciphertext_size"] ?? "nothing")")
+            }
+            if let entryEpoch = (payload["key_epoch"] as? NSNumber)?.uint32Value, entryEpoch != epoch {
+                report.add(.records, where_, "pl.records row names key epoch \(epoch), the entry \(entryEpoch)")
+            }
+        }
+    }
+}
+
+// MARK: - Patient tables
+
+extension LedgerVerifier {
+    /// Scans the patient layer's tables: every patient state and grant against its entries,
+    /// and row counts against what the pass found (a surplus row is then located by a scan).
+    func checkPatientTables(_ view: TransactionView, log: LogTables, tables: PatientTables, counts: PatientCounts) throws {
+        func entry(_ index: UInt64) throws -> LedgerEntry? {
+            guard index < report.treeSize else { return nil }
+            return try view.withValue(log.entries, key: index) { try? LedgerEntry(decoding: $0) } ?? nil
+        }
+
+        let patientCount = try view.count(tables.patients)
+        let generation = try view.value(tables.meta, key: "master.generation")
+        let check = try view.value(tables.meta, key: "master.check")
+        if patientCount > 0, generation?.count != 8 || check?.count != PatientRecords.checkText.count + AESGCM.overhead {
+            report.add(.patients, "pl.meta", "master.generation or master.check is missing or malformed")
+        }
+        if let masterKey = options.masterKey, let generation, let check, generation.count == 8 {
+            let g = generation.withUnsafeBytes { UInt64(bigEndianBytes: $0) } ?? 0
+            let opened = masterKey.key(generation: g).flatMap { try? AESGCM.open(check, key: $0, associatedData: PatientRecords.checkAAD(g)) }
+            if opened != PatientRecords.checkText {
+                report.add(.patients, "pl.meta master.check", "does not open under the given master key (generation \(g))")
+            }
+        }
+        try view.withCursor(tables.patients) { cursor in
+            var more = try cursor.first()
+            while more {
+                let (key, state) = cursor.withCurrent { key, value in (Array(key), PatientState(decoding: value)) }
+                more = try cursor.next()
+                report.patients += 1
+                let where_ = "pl.patients \(Hex.encode(key))"
+                guard key.count == 32, let p = Hash(key), let state else {
+                    report.add(.patients, where_, "malformed patient state")
+                    continue
+                }
+                let active = state.status == .active
+                if active ? (state.wrappedKeys.isEmpty || state.wrappedKeys.contains { $0.count != 32 + AESGCM.overhead })
+                          : !state.wrappedKeys.isEmpty {
+                    report.add(.patients, where_, active ? "wrapped data keys missing or malformed" : "an erased patient still holds wrapped keys")
+                }
+                if active, let masterKey = options.masterKey {
+                    for (n, wrapped) in state.wrappedKeys.enumerated() {
+                        let epoch = UInt32(n + 1)
+                        var raw = masterKey.key(generation: state.generation).flatMap {
+                            try? AESGCM.open(wrapped, key: $0, associatedData: PatientRecords.dataKeyAAD(p, state.generation, epoch))
+                        }
+                        if raw == nil {
+                            report.add(.patients, where_, "wrapped data key of epoch \(epoch) does not open under the master key")
+                        } else {
+                            secureZero(&raw!)
+                        }
+                    }
+                }
+                let named = try entry(state.index)
+                if named?.key != PatientPayload.patientKey(p) || named?.operation != (active ? .set : .delete) {
+                    report.add(.patients, where_, "entry \(state.index) is not this patient's \(active ? "registration" : "erasure")")
+                }
+            }
+        }
+
+        try view.withCursor(tables.grants) { cursor in
+            var more = try cursor.first()
+            while more {
+                let (key, row) = cursor.withCurrent { key, value in (Array(key), PatientPayload.decode(Array(value))) }
+                more = try cursor.next()
+                report.grants += 1
+                let where_ = "pl.grants \(Hex.encode(key.prefix(32)))/\(String(decoding: key.dropFirst(32), as: UTF8.self))"
+                guard key.count > 32, let p = Hash(key.prefix(32)), var row, let index = (row["index"] as? NSNumber)?.uint64Value else {
+                    report.add(.grants, where_, "malformed grant row")
+                    continue
+                }
+                let grantKey = PatientPayload.grantKey(p, String(decoding: key.dropFirst(32), as: UTF8.self))
+                let revokedIndex = (row["revoked_index"] as? NSNumber)?.uint64Value
+                for extra in ["index", "sealed_keys", "revoked_at", "revoked_index"] { row[extra] = nil }
+                let granted = try entry(index)
+                if granted?.key != grantKey || granted?.operation != .set || granted?.payload != PatientPayload.encode(row) {
+                    report.add(.grants, where_, "entry \(index) is not this grant")
+                }
+                if let revokedIndex {
+                    let revoked = try entry(revokedIndex)
+                    if revoked?.key != grantKey || revoked?.operation != .delete {
+                        report.add(.grants, where_, "entry \(revokedIndex) is not this grant's revocation")
+                    }
+                }
+                let status = try patientStatus(view, tables, p)
+                if status != .active {
+                    report.add(.grants, where_, "grant row of a patient who is erased or unknown")
+                }
+            }
+        }
+
+        // Each live record version, audit and break-glass event found its row in the pass;
+        // a count above that means surplus rows, which a scan then names.
+        let recordRows = try view.count(tables.records)
+        if recordRows != counts.liveRecordVersions {
+            report.add(.records, "pl.records", "holds \(recordRows) rows, the log has \(counts.liveRecordVersions) versions of unerased patients")
+            try view.withCursor(tables.records) { cursor in
+                var more = try cursor.first()
+                while more {
+                    let (key, index) = cursor.withCurrent { key, value in
+                        (Array(key), value.count >= 8 ? UInt64(bigEndian: value.loadUnaligned(as: UInt64.self)) : UInt64.max)
+                    }
+                    more = try cursor.next()
+                    guard key.count == 68, let p = Hash(key.prefix(32)), let r = Hash(key[32..<64]) else {
+                        report.add(.records, "pl.records \(Hex.encode(key))", "malformed key")
+                        continue
+                    }
+                    let named = try entry(index)
+                    let status = try patientStatus(view, tables, p)
+                    if named?.key != PatientPayload.recordKey(p, r) || status != .active {
+                        report.add(.records, "pl.records \(Hex.encode(key))", "row has no record entry of an unerased patient")
+                    }
+                }
+            }
+        }
+        let auditRows = try view.count(tables.audit)
+        report.auditEvents = UInt64(counts.auditEvents)
+        if auditRows != counts.auditEvents {
+            report.add(.audit, "pl.audit", "holds \(auditRows) rows, the log has \(counts.auditEvents) audit events")
+            try scanIndex(view, tables.audit, keyBytes: 40, name: "pl.audit", entry: entry) { key in
+                key.withUnsafeBytes { UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: $0[32..<40])) } ?? .max
+            }
+        }
+        let breakGlassRows = try view.count(tables.breakGlass)
+        if breakGlassRows != counts.breakGlassEvents {
+            report.add(.audit, "pl.breakglass", "holds \(breakGlassRows) rows, the log has \(counts.breakGlassEvents) break-glass events")
+            try scanIndex(view, tables.breakGlass, keyBytes: 8, name: "pl.breakglass", entry: entry) { key in
+                key.withUnsafeBytes { UInt64(bigEndianBytes: $0) } ?? .max
+            }
+        }
+    }
+
+    /// Names the rows of an audit index whose entry is not an audit event.
+    private func scanIndex(_ view: TransactionView, _ db: Database, keyBytes: Int, name: String,
+                           entry: (UInt64) throws -> LedgerEntry?, index: ([UInt8]) -> UInt64) throws {
+        try view.withCursor(db) { cursor in
+            var more = try cursor.first()
+            while more {
+                let key = cursor.withCurrent { key, _ in Array(key) }
+                more = try cursor.next()
+                let named = key.count == keyBytes ? try entry(index(key)) : nil
+                let isAudit = named.map { $0.key.isEmpty && PatientPayload.decode($0.payload)?["type"] as? String == "audit" } ?? false
+                if !isAudit { report.add(.audit, "\(name) \(Hex.encode(key))", "row names no audit event") }
+            }
+        }
+    }
+
+    private func patientStatus(_ view: TransactionView, _ tables: PatientTables, _ p: Hash) throws -> PatientState.Status? {
+        try p.withUnsafeBytes { key in try view.withValue(tables.patients, key: key) { PatientState(decoding: $0)?.status } } ?? nil
+    }
+}
