@@ -25,7 +25,8 @@ let package = Package(
             pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev"])]
         ),
-        .target(name: "LMDBKit", dependencies: ["CLMDB"]),
+        .target(name: "CLMDBGuard", dependencies: ["CLMDB"]),
+        .target(name: "LMDBKit", dependencies: ["CLMDB", "CLMDBGuard"]),
         .target(name: "LedgerCrypto", dependencies: ["CCrypto"]),
         .target(name: "MerkleLog", dependencies: ["LMDBKit", "LedgerCrypto"]),
         .target(name: "SparseMerkle", dependencies: ["LMDBKit", "LedgerCrypto"]),
@@ -44,6 +45,6 @@ let package = Package(
         .testTarget(name: "MerkleLogTests", dependencies: ["MerkleLog", "LedgerCrypto", "LMDBKit", "TestSupport"]),
         .testTarget(name: "SparseMerkleTests", dependencies: ["SparseMerkle", "LedgerCrypto", "LMDBKit", "TestSupport"]),
         .testTarget(name: "MedLedgerTests", dependencies: ["MedLedger", "MerkleLog", "LedgerCrypto", "SparseMerkle", "LMDBKit", "TestSupport"]),
-        .testTarget(name: "MedLedgerCLITests", dependencies: ["MedLedgerCLI", "LedgerCrypto"]),
+        .testTarget(name: "MedLedgerCLITests", dependencies: ["MedLedgerCLI", "LedgerCrypto", "TestSupport"]),
     ]
 )

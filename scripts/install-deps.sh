@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs the native libraries MedLedger links (LMDB, OpenSSL libcrypto) when missing.
+# Installs the native libraries MedLedger links (LMDB, OpenSSL libcrypto) when missing, and
+# lmdb-utils, whose mdb_dump the tamper test uses as an independent reader.
 set -euo pipefail
 missing=()
-for pkg in liblmdb-dev libssl-dev pkg-config; do
+for pkg in liblmdb-dev libssl-dev pkg-config lmdb-utils; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

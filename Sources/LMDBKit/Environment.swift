@@ -1,4 +1,5 @@
 internal import CLMDB
+internal import CLMDBGuard
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -72,6 +73,10 @@ public final class Environment: @unchecked Sendable {
     private let writerLock = Mutex()
     // Guarded by resizeLock (read under read lock, changed under write lock).
     private var currentMapSize: Int
+    /// LMDB's page size, for bounding what read transactions return.
+    private let pageSize: Int
+    /// Where the data file is mapped (nil when it cannot be found); changes when the map is resized.
+    private var mapBase: UInt?
 
     /// Opens (and, unless read-only, creates) the environment in directory `path`.
     ///
@@ -117,6 +122,8 @@ public final class Environment: @unchecked Sendable {
         }
         // From here every failure must close the handle.
         do {
+            try check(clmdb_install_assert(handle), "mdb_env_set_assert")
+            try Self.checkDataFileLength(path)
             try check(mdb_env_set_mapsize(handle, options.mapSize), "mdb_env_set_mapsize")
             try check(mdb_env_set_maxreaders(handle, options.maxReaders), "mdb_env_set_maxreaders")
             try check(mdb_env_set_maxdbs(handle, options.maxDatabases), "mdb_env_set_maxdbs")
@@ -130,6 +137,10 @@ public final class Environment: @unchecked Sendable {
             var info = MDB_envinfo()
             try check(mdb_env_info(handle, &info), "mdb_env_info")
             self.currentMapSize = info.me_mapsize
+            var st = MDB_stat()
+            try check(mdb_env_stat(handle, &st), "mdb_env_stat")
+            self.pageSize = Int(st.ms_psize)
+            self.mapBase = Self.mappedAddress(of: path + "/data.mdb")
         } catch {
             mdb_env_close(handle)
             OpenEnvironments.shared.release(identity)
@@ -139,6 +150,65 @@ public final class Environment: @unchecked Sendable {
     }
 
     private let identity: OpenEnvironments.Identity
+
+    /// The start of the mapping of `file` at offset 0, from `/proc/self/maps` (LMDB does not
+    /// report where it mapped the file unless it chose the address itself).
+    static func mappedAddress(of file: String) -> UInt? {
+        guard let resolved = realpath(file, nil) else { return nil }
+        defer { free(resolved) }
+        let target = String(cString: resolved)
+        let fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = Glibc.read(fd, &chunk, chunk.count)
+            if n <= 0 { break }
+            bytes += chunk[0..<n]
+        }
+        let maps = String(decoding: bytes, as: UTF8.self)
+        for line in maps.split(separator: "\n") where line.hasSuffix(" " + target) {
+            // start-end perms offset dev inode path
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count >= 6, fields[2] == "00000000", let dash = fields[0].firstIndex(of: "-") else { continue }
+            return UInt(fields[0][..<dash], radix: 16)
+        }
+        return nil
+    }
+
+    /// Refuses a data file shorter than its newest meta page says. LMDB would map it anyway,
+    /// and the first read of a page past the end would kill the process with SIGBUS.
+    ///
+    /// The meta pages are the first two pages: after the 16-byte page header, `mm_magic` (u32)
+    /// at byte 16, the page size (the free database's `md_pad`, u32) at byte 40, `mm_last_pg`
+    /// (u64) at 136 and `mm_txnid` (u64) at 144, in the machine's byte order. LMDB uses the
+    /// valid meta page with the larger transaction id.
+    static func checkDataFileLength(_ directory: String) throws {
+        let fd = open(directory + "/data.mdb", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return }  // a new environment: LMDB creates the file
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_size > 0 else { return }
+        func meta(at offset: Int) -> (lastPage: UInt64, txnid: UInt64, pageSize: UInt64)? {
+            var raw = [UInt8](repeating: 0, count: 152)
+            guard pread(fd, &raw, raw.count, off_t(offset)) == raw.count else { return nil }
+            return raw.withUnsafeBytes { b in
+                guard b.loadUnaligned(fromByteOffset: 16, as: UInt32.self) == 0xBEEF_C0DE else { return nil }
+                return (b.loadUnaligned(fromByteOffset: 136, as: UInt64.self), b.loadUnaligned(fromByteOffset: 144, as: UInt64.self),
+                        UInt64(b.loadUnaligned(fromByteOffset: 40, as: UInt32.self)))
+            }
+        }
+        guard let first = meta(at: 0), first.pageSize >= 512, first.pageSize <= 1 << 16 else { return }  // LMDB refuses it itself
+        let second = meta(at: Int(first.pageSize))
+        let newest = second.map { $0.txnid > first.txnid ? $0 : first } ?? first
+        let (pages, overflow) = newest.lastPage.addingReportingOverflow(1)
+        let (needed, overflow2) = pages.multipliedReportingOverflow(by: first.pageSize)
+        if overflow || overflow2 || needed > UInt64(st.st_size) {
+            throw LMDBError(code: .corrupted, rawCode: MDB_CORRUPTED,
+                            operation: "open environment \(directory): data.mdb holds \(st.st_size) bytes but its newest meta page needs \(overflow || overflow2 ? "more" : String(needed)) (truncated or damaged)")
+        }
+    }
 
     deinit {
         mdb_env_close(env)
@@ -237,7 +307,16 @@ public final class Environment: @unchecked Sendable {
         guard rc == 0, let txn else {
             throw LMDBError.from(rc, readOnly ? "begin read transaction" : "begin write transaction")
         }
-        return Transaction(txn: txn, isReadOnly: readOnly)
+        var bounds: MapBounds?
+        if readOnly {
+            // Everything a read transaction returns lies in the pages its snapshot can name;
+            // a pointer past them comes from a damaged page (see ``MapBounds``).
+            var info = MDB_envinfo()
+            if mdb_env_info(env, &info) == 0, let base = mapBase {
+                bounds = MapBounds(start: base, end: base + UInt(info.me_last_pgno + 1) * UInt(pageSize))
+            }
+        }
+        return Transaction(txn: txn, isReadOnly: readOnly, bounds: bounds)
     }
 
     /// Adopts a map size grown by another process (`mdb_env_set_mapsize(env, 0)`), which LMDB
@@ -248,6 +327,7 @@ public final class Environment: @unchecked Sendable {
             var info = MDB_envinfo()
             try check(mdb_env_info(env, &info), "mdb_env_info")
             currentMapSize = info.me_mapsize
+            mapBase = Self.mappedAddress(of: path + "/data.mdb")
         }
     }
 
@@ -261,6 +341,7 @@ public final class Environment: @unchecked Sendable {
             let newSize = min(maxMapSize, currentMapSize * 2)
             try check(mdb_env_set_mapsize(env, newSize), "mdb_env_set_mapsize")
             currentMapSize = newSize
+            mapBase = Self.mappedAddress(of: path + "/data.mdb")
         }
     }
 }

@@ -1,4 +1,5 @@
 internal import CLMDB
+internal import CLMDBGuard
 
 /// An LMDB transaction, lent to the closure of ``Environment/read(_:)`` or ``Environment/write(_:)``.
 ///
@@ -16,8 +17,8 @@ public struct Transaction: ~Copyable {
     public var isReadOnly: Bool { unsafeView.isReadOnly }
     private var finished = false
 
-    init(txn: OpaquePointer, isReadOnly: Bool) {
-        self.unsafeView = TransactionView(txn: txn, isReadOnly: isReadOnly)
+    init(txn: OpaquePointer, isReadOnly: Bool, bounds: MapBounds?) {
+        self.unsafeView = TransactionView(txn: txn, isReadOnly: isReadOnly, bounds: bounds)
     }
 
     deinit {
@@ -27,7 +28,7 @@ public struct Transaction: ~Copyable {
     /// Commits (`mdb_txn_commit`). LMDB frees the transaction even when the commit fails.
     consuming func commit() throws {
         finished = true
-        try check(mdb_txn_commit(unsafeView.txn), isReadOnly ? "end read transaction" : "commit")
+        try check(clmdb_txn_commit(unsafeView.txn), isReadOnly ? "end read transaction" : "commit")
     }
 
     /// Opens a named database inside this transaction; see ``TransactionView/openDatabase(_:create:)``.
@@ -74,9 +75,14 @@ public struct TransactionView {
     /// Whether the transaction is read-only.
     public let isReadOnly: Bool
 
-    init(txn: OpaquePointer, isReadOnly: Bool) {
+    /// For read transactions: the mapped pages of the snapshot.
+    @usableFromInline
+    let bounds: MapBounds?
+
+    init(txn: OpaquePointer, isReadOnly: Bool, bounds: MapBounds?) {
         self.txn = txn
         self.isReadOnly = isReadOnly
+        self.bounds = bounds
     }
 
     /// How a value is stored (`mdb_put` flags).
@@ -97,9 +103,9 @@ public struct TransactionView {
         let flags: UInt32 = create ? UInt32(MDB_CREATE) : 0
         let rc: Int32
         if let name {
-            rc = mdb_dbi_open(txn, name, flags, &dbi)
+            rc = clmdb_dbi_open(txn, name, flags, &dbi)
         } else {
-            rc = mdb_dbi_open(txn, nil, flags, &dbi)
+            rc = clmdb_dbi_open(txn, nil, flags, &dbi)
         }
         if rc == MDB_NOTFOUND && !create { return nil }
         try check(rc, "open database \(name ?? "(main)")")
@@ -121,9 +127,10 @@ public struct TransactionView {
     func withValue<R>(_ db: Database, rawKey: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R? {
         var k = MDB_val(mv_size: rawKey.count, mv_data: UnsafeMutableRawPointer(mutating: rawKey.baseAddress))
         var v = MDB_val()
-        let rc = mdb_get(txn, db.dbi, &k, &v)
+        let rc = clmdb_get(txn, db.dbi, &k, &v)
         if rc == MDB_NOTFOUND { return nil }
         try check(rc, "mdb_get")
+        try bounds?.check(v, "mdb_get")
         return try body(UnsafeRawBufferPointer(start: v.mv_data, count: v.mv_size))
     }
 
@@ -148,7 +155,7 @@ public struct TransactionView {
     func put(_ db: Database, rawKey: UnsafeRawBufferPointer, rawValue: UnsafeRawBufferPointer, flags: PutFlags) throws {
         var k = MDB_val(mv_size: rawKey.count, mv_data: UnsafeMutableRawPointer(mutating: rawKey.baseAddress))
         var v = MDB_val(mv_size: rawValue.count, mv_data: UnsafeMutableRawPointer(mutating: rawValue.baseAddress))
-        try check(mdb_put(txn, db.dbi, &k, &v, flags.rawValue), "mdb_put")
+        try check(clmdb_put(txn, db.dbi, &k, &v, flags.rawValue), "mdb_put")
     }
 
     /// Reserves `size` bytes under `key` and lets `body` fill them in place (`MDB_RESERVE`),
@@ -168,7 +175,7 @@ public struct TransactionView {
                  _ body: (UnsafeMutableRawBufferPointer) throws -> Void) throws {
         var k = MDB_val(mv_size: rawKey.count, mv_data: UnsafeMutableRawPointer(mutating: rawKey.baseAddress))
         var v = MDB_val(mv_size: size, mv_data: nil)
-        try check(mdb_put(txn, db.dbi, &k, &v, flags.rawValue | UInt32(MDB_RESERVE)), "mdb_put (reserve)")
+        try check(clmdb_put(txn, db.dbi, &k, &v, flags.rawValue | UInt32(MDB_RESERVE)), "mdb_put (reserve)")
         try body(UnsafeMutableRawBufferPointer(start: v.mv_data, count: size))
     }
 
@@ -177,7 +184,7 @@ public struct TransactionView {
     public func delete<K: LMDBBytes>(_ db: Database, key: K) throws -> Bool {
         try key.withLMDBBytes { keyBytes in
             var k = MDB_val(mv_size: keyBytes.count, mv_data: UnsafeMutableRawPointer(mutating: keyBytes.baseAddress))
-            let rc = mdb_del(txn, db.dbi, &k, nil)
+            let rc = clmdb_del(txn, db.dbi, &k, nil)
             if rc == MDB_NOTFOUND { return false }
             try check(rc, "mdb_del")
             return true
@@ -186,20 +193,28 @@ public struct TransactionView {
 
     /// Removes every key of `db` (`mdb_drop` without deleting the database).
     public func clear(_ db: Database) throws {
-        try check(mdb_drop(txn, db.dbi, 0), "mdb_drop")
+        try check(clmdb_drop(txn, db.dbi, 0), "mdb_drop")
+    }
+
+    /// The flags `db` was created with (`mdb_dbi_flags`); 0 for the plain databases this
+    /// package creates.
+    public func flags(_ db: Database) throws -> UInt32 {
+        var flags: UInt32 = 0
+        try check(mdb_dbi_flags(txn, db.dbi, &flags), "mdb_dbi_flags")
+        return flags
     }
 
     /// The number of keys in `db` (`mdb_stat`).
     public func count(_ db: Database) throws -> Int {
         var st = MDB_stat()
-        try check(mdb_stat(txn, db.dbi, &st), "mdb_stat")
+        try check(clmdb_stat(txn, db.dbi, &st), "mdb_stat")
         return st.ms_entries
     }
 
     /// Pages used by `db`'s B-tree (branch, leaf and overflow), times the page size.
     public func storedBytes(_ db: Database) throws -> Int {
         var st = MDB_stat()
-        try check(mdb_stat(txn, db.dbi, &st), "mdb_stat")
+        try check(clmdb_stat(txn, db.dbi, &st), "mdb_stat")
         return (st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages) * Int(st.ms_psize)
     }
 
@@ -208,7 +223,7 @@ public struct TransactionView {
         var cursor: OpaquePointer?
         try check(mdb_cursor_open(txn, db.dbi, &cursor), "mdb_cursor_open")
         guard let cursor else { throw LMDBError(code: .other, operation: "mdb_cursor_open") }
-        var wrapped = Cursor(cursor: cursor)
+        var wrapped = Cursor(cursor: cursor, bounds: bounds)
         return try body(&wrapped)
     }
 }
@@ -223,14 +238,23 @@ public struct Cursor: ~Copyable {
     private var key = MDB_val()
     private var value = MDB_val()
 
-    init(cursor: OpaquePointer) { self.cursor = cursor }
+    let bounds: MapBounds?
+
+    init(cursor: OpaquePointer, bounds: MapBounds?) {
+        self.cursor = cursor
+        self.bounds = bounds
+    }
 
     deinit { mdb_cursor_close(cursor) }
 
     private mutating func move(_ op: MDB_cursor_op, _ name: String) throws -> Bool {
-        let rc = mdb_cursor_get(cursor, &key, &value, op)
+        let rc = clmdb_cursor_get(cursor, &key, &value, op)
         if rc == MDB_NOTFOUND { return false }
         try check(rc, name)
+        if let bounds {
+            try bounds.check(key, name)
+            try bounds.check(value, name)
+        }
         return true
     }
 
@@ -264,13 +288,34 @@ public struct Cursor: ~Copyable {
             try newValue.withLMDBBytes { valueBytes in
                 var k = MDB_val(mv_size: keyBytes.count, mv_data: UnsafeMutableRawPointer(mutating: keyBytes.baseAddress))
                 var v = MDB_val(mv_size: valueBytes.count, mv_data: UnsafeMutableRawPointer(mutating: valueBytes.baseAddress))
-                try check(mdb_cursor_put(cursor, &k, &v, flags.rawValue), "mdb_cursor_put")
+                try check(clmdb_cursor_put(cursor, &k, &v, flags.rawValue), "mdb_cursor_put")
             }
         }
     }
 
     /// Deletes the current entry (`mdb_cursor_del`).
     public mutating func deleteCurrent() throws {
-        try check(mdb_cursor_del(cursor, 0), "mdb_cursor_del")
+        try check(clmdb_cursor_del(cursor, 0), "mdb_cursor_del")
+    }
+}
+
+/// The address range of the pages a read transaction may return data from.
+///
+/// In a damaged file a node can claim a size or an overflow page that reaches past the data
+/// file; copying it would kill the process with SIGBUS. Keys and values of read transactions
+/// are checked against this range and refused as ``LMDBError/Code/corrupted``. (Write
+/// transactions also return pages copied to the heap, so they are not checked.)
+@usableFromInline
+struct MapBounds {
+    let start: UInt
+    let end: UInt
+
+    @inline(__always)
+    func check(_ val: MDB_val, _ operation: String) throws {
+        guard val.mv_size > 0 else { return }
+        let p = UInt(bitPattern: val.mv_data)
+        guard p >= start, p <= end, UInt(val.mv_size) <= end - p else {
+            throw LMDBError(code: .corrupted, rawCode: MDB_CORRUPTED, operation: "\(operation): a key or value lies outside the data file (damaged page)")
+        }
     }
 }

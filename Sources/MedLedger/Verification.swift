@@ -55,7 +55,7 @@ public struct VerificationReport: Sendable {
     /// The log root and key-map root recomputed from the entries, at ``treeSize``.
     public internal(set) var rootHash: Hash = SHA256.hash([])
     public internal(set) var mapRoot: Hash = .zero
-    /// The signed checkpoint of the verified state, when the signer key was readable.
+    /// The signed checkpoint of the verified state, when it verified and the signer key was readable.
     public internal(set) var checkpoint: String?
     /// The first ``maxListedProblems`` discrepancies, in the order found.
     public internal(set) var problems: [Problem] = []
@@ -174,7 +174,18 @@ final class LedgerVerifier {
                     report.add(.log, "log.*", "the log's databases are missing")
                     return
                 }
+                if let meta = try view.openDatabase("ledger.meta", create: false), try view.count(meta) != 2 {
+                    report.add(.log, "ledger.meta", "holds records other than origin and format")
+                }
                 let patientTables = try openPatientTables(view)
+                // Every database is a plain one; other flags (duplicates, integer keys) in a
+                // database record would change what its records mean.
+                var all = [log.entries, log.meta, log.tiles] + log.levels
+                all += [ledger.sparse.pagesDatabase, ledger.sparse.rootsDatabase, ledger.sparse.staleDatabase]
+                if let p = patientTables { all += [p.meta, p.patients, p.records, p.grants, p.audit, p.breakGlass] }
+                for db in all where try view.flags(db) != 0 {
+                    report.add(.storage, "database record", "a database has flags \(try view.flags(db)) where none were set")
+                }
                 var pass = try Pass(verifier: self, view: view, log: log, patients: patientTables, wanted: wanted)
                 try pass.run()
                 logRoots = pass.capturedLogRoots
@@ -226,7 +237,8 @@ final class LedgerVerifier {
         if let stored = try? ledger.rootHash(size: report.treeSize), stored != report.rootHash {
             report.add(.log, "size \(report.treeSize)", "root from stored hashes \(stored.hex) differs from the entries' \(report.rootHash.hex)")
         }
-        guard let signer else { return }
+        // Sign only a state that verified: a partial recomputation must not look like one.
+        guard let signer, report.problemCount == 0 else { return }
         let checkpoint = Checkpoint(origin: ledger.origin, size: report.treeSize, rootHash: report.rootHash, mapRoot: report.mapRoot)
         do {
             let note = try signer.sign(checkpoint.text)
@@ -290,6 +302,7 @@ extension LedgerVerifier {
         var stack: [(level: Int, hash: Hash)] = []
         var tile: [UInt8]?
         var tileBlock: UInt64 = .max
+        var pendingZeroRanges: [Range<Int>] = []
         var capturedLogRoots: [UInt64: Hash] = [:]
         var capturedMapRoots: [UInt64: Hash] = [:]
         var patientCounts = PatientCounts()
@@ -366,18 +379,27 @@ extension LedgerVerifier {
                     more = try cursor.next()
                 }
             }
-            // Pages are keyed by version first: one seek per distinct version.
-            try view.withCursor(verifier.ledger.sparse.pagesDatabase) { cursor in
-                var more = try cursor.first()
-                while more {
-                    guard let version = cursor.withCurrent({ key, _ in key.count >= 9 ? UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: key[0..<8])) : nil }) else {
-                        report.add(.map, "smt.pages", "a key is shorter than 9 bytes")
-                        more = try cursor.next()
-                        continue
+            // Pages and stale records are keyed by version first: one seek per distinct version.
+            for (db, name) in [(verifier.ledger.sparse.pagesDatabase, "smt.pages"), (verifier.ledger.sparse.staleDatabase, "smt.stale")] {
+                try view.withCursor(db) { cursor in
+                    var more = try cursor.first()
+                    var previous: UInt64?
+                    while more {
+                        guard let version = cursor.withCurrent({ key, _ in key.count >= 9 ? UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: key[0..<8])) : nil }) else {
+                            report.add(.map, name, "a key is shorter than 9 bytes")
+                            more = try cursor.next()
+                            continue
+                        }
+                        // A damaged tree can return keys out of order; seeking on would never end.
+                        if let previous, version <= previous {
+                            report.add(.map, name, "keys out of order after version \(previous): the file's B-tree is damaged")
+                            break
+                        }
+                        previous = version
+                        versions.insert(version)
+                        guard version < .max else { break }
+                        more = try cursor.seek(atOrAfter: version + 1)
                     }
-                    versions.insert(version)
-                    guard version < .max else { break }
-                    more = try cursor.seek(atOrAfter: version + 1)
                 }
             }
             for version in versions where version > size {
@@ -446,6 +468,12 @@ extension LedgerVerifier {
                 }
                 tile = stored
             } else {
+                // Positions of subtrees not complete at this size must hold zeros.
+                let filled = Int(size & 31)
+                pendingZeroRanges = (0..<LMDBLogStore.tileHeight).map { level in
+                    let first = 64 - (1 << (6 - level))
+                    return (first + (filled >> level))..<(first + (32 >> level))
+                }
                 let stored = try view.value(log.meta, key: "tile.pending")
                 guard let stored, stored.count == 8 + LedgerVerifier.tileBytes,
                       stored.withUnsafeBytes({ UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: $0[0..<8])) }) == block else {
@@ -453,6 +481,10 @@ extension LedgerVerifier {
                     return
                 }
                 tile = Array(stored[8...])
+                for range in pendingZeroRanges where stored[(8 + range.lowerBound * 32)..<(8 + range.upperBound * 32)].contains(where: { $0 != 0 }) {
+                    report.add(.log, "log.meta tile.pending", "holds non-zero bytes where block \(block)'s subtrees are incomplete")
+                    break
+                }
             }
         }
 
@@ -481,6 +513,12 @@ extension LedgerVerifier {
         }
 
         private func checkCounts() throws {
+            if size % 32 == 0, try view.value(log.meta, key: "tile.pending") != nil {
+                report.add(.log, "log.meta tile.pending", "present although every block is complete")
+            }
+            if try view.count(log.meta) != (size == 0 ? 0 : 1) + (size % 32 == 0 ? 0 : 1) {
+                report.add(.log, "log.meta", "holds records other than size and tile.pending")
+            }
             let expectations: [(Database, String, UInt64)] =
                 [(log.tiles, "log.tiles", size / 32)]
                 + (0..<64).map { level in
@@ -543,8 +581,9 @@ extension LedgerVerifier {
                     }
                 }
                 var storedStale = 0
-                try forEach(prefix, in: sparse.staleDatabase, of: stored) { key, _ in
+                try forEach(prefix, in: sparse.staleDatabase, of: stored) { key, value in
                     storedStale += 1
+                    if !value.isEmpty { found.append((.map, "smt.stale version \(version)", "a stale record has a value")) }
                     let present = try rebuilt.withValue(verifier.scratch.staleDatabase, key: key) { _ in true } ?? false
                     if !present || !pagesComplete {
                         found.append((.map, "smt.stale version \(version)", "a stale record the rebuilt map does not have"))
@@ -602,8 +641,8 @@ extension LedgerVerifier {
                       let patient = (event["patient"] as? String).flatMap({ Hash(hex: $0) }) else { return }
                 patientCounts.auditEvents += 1
                 let key = patient.bytes + withUnsafeBytes(of: index.bigEndian) { Array($0) }
-                if try view.withValue(tables.audit, key: key, { _ in true }) == nil {
-                    report.add(.audit, where_, "audit event missing from pl.audit (the patient's accounting of disclosures)")
+                if try view.withValue(tables.audit, key: key, { $0.isEmpty }) != true {
+                    report.add(.audit, where_, "audit event missing from pl.audit (the patient's accounting of disclosures), or its row has a value")
                 }
                 if event["break_glass"] as? Bool == true {
                     patientCounts.breakGlassEvents += 1
@@ -620,6 +659,12 @@ extension LedgerVerifier {
                 guard let state = try patientState(p) else {
                     report.add(.patients, where_, "no pl.patients state for the patient this entry registers or erases")
                     return
+                }
+                if entry.operation == .set {
+                    let registered = PatientPayload.decode(entry.payload)?["signing_key"] as? String
+                    if registered != state.signingKey.map(Base64.encode) {
+                        report.add(.patients, where_, "the signing key in pl.patients differs from the one this entry registered")
+                    }
                 }
                 let expected: Bool = entry.operation == .set
                     ? (state.status == .active ? state.index == index : state.index > index)
@@ -700,6 +745,9 @@ extension LedgerVerifier {
         let patientCount = try view.count(tables.patients)
         let generation = try view.value(tables.meta, key: "master.generation")
         let check = try view.value(tables.meta, key: "master.check")
+        if try view.count(tables.meta) != (generation == nil && check == nil ? 0 : 2) {
+            report.add(.patients, "pl.meta", "holds records other than master.generation and master.check")
+        }
         if patientCount > 0, generation?.count != 8 || check?.count != PatientRecords.checkText.count + AESGCM.overhead {
             report.add(.patients, "pl.meta", "master.generation or master.check is missing or malformed")
         }
@@ -722,6 +770,9 @@ extension LedgerVerifier {
                     continue
                 }
                 let active = state.status == .active
+                if let generation, generation.count == 8, state.generation != generation.withUnsafeBytes({ UInt64(bigEndianBytes: $0) }) {
+                    report.add(.patients, where_, "wrapped under generation \(state.generation), not the ledger's current one")
+                }
                 if active ? (state.wrappedKeys.isEmpty || state.wrappedKeys.contains { $0.count != 32 + AESGCM.overhead })
                           : !state.wrappedKeys.isEmpty {
                     report.add(.patients, where_, active ? "wrapped data keys missing or malformed" : "an erased patient still holds wrapped keys")
@@ -759,6 +810,24 @@ extension LedgerVerifier {
                 }
                 let grantKey = PatientPayload.grantKey(p, String(decoding: key.dropFirst(32), as: UTF8.self))
                 let revokedIndex = (row["revoked_index"] as? NSNumber)?.uint64Value
+                let revokedAt = row["revoked_at"] as? NSNumber
+                if (revokedIndex == nil) != (revokedAt == nil) {
+                    report.add(.grants, where_, "revoked_at and revoked_index must come together")
+                }
+                // Sealed keys are authenticated by their grantee only (AES-GCM under a key the
+                // ledger never holds); here they are checked for shape and epoch.
+                if let sealed = row["sealed_keys"] {
+                    let epochs = try patientEpochs(view, tables, p)
+                    let wellFormed = (sealed as? [String: Any]).map { keys in
+                        !keys.isEmpty && keys.allSatisfy { epoch, value in
+                            UInt32(epoch).map { $0 >= 1 && $0 <= epochs && String($0) == epoch } == true
+                                && (value as? String).flatMap(Base64.decode)?.count == 92
+                        }
+                    } ?? false
+                    if !wellFormed || row["grantee_x25519"] == nil {
+                        report.add(.grants, where_, "sealed_keys malformed, of an unknown key epoch, or without grantee_x25519")
+                    }
+                }
                 for extra in ["index", "sealed_keys", "revoked_at", "revoked_index"] { row[extra] = nil }
                 let granted = try entry(index)
                 if granted?.key != grantKey || granted?.operation != .set || granted?.payload != PatientPayload.encode(row) {
@@ -766,7 +835,8 @@ extension LedgerVerifier {
                 }
                 if let revokedIndex {
                     let revoked = try entry(revokedIndex)
-                    if revoked?.key != grantKey || revoked?.operation != .delete {
+                    let revokedPayload = revoked.flatMap { PatientPayload.decode($0.payload) }
+                    if revoked?.key != grantKey || revoked?.operation != .delete || revokedPayload?["revoked_at"] as? NSNumber != revokedAt {
                         report.add(.grants, where_, "entry \(revokedIndex) is not this grant's revocation")
                     }
                 }
@@ -831,6 +901,12 @@ extension LedgerVerifier {
                 if !isAudit { report.add(.audit, "\(name) \(Hex.encode(key))", "row names no audit event") }
             }
         }
+    }
+
+    /// The number of key epochs of an active patient (0 when erased or unknown).
+    private func patientEpochs(_ view: TransactionView, _ tables: PatientTables, _ p: Hash) throws -> UInt32 {
+        let epochs = try p.withUnsafeBytes { key in try view.withValue(tables.patients, key: key) { PatientState(decoding: $0)?.epoch } }
+        return epochs.flatMap { $0 } ?? 0
     }
 
     private func patientStatus(_ view: TransactionView, _ tables: PatientTables, _ p: Hash) throws -> PatientState.Status? {

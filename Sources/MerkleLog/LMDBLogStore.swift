@@ -181,6 +181,10 @@ public final class LMDBLogStore: LogStore, @unchecked Sendable {
             }
         }
 
+        public func clearPendingTile() throws {
+            _ = try view.delete(store.meta, key: LMDBLogStore.pendingTileKey)
+        }
+
         public func setTreeSize(_ size: UInt64) throws {
             try view.put(store.meta, key: "size", value: size)
         }

@@ -41,11 +41,15 @@ public protocol LogStorageWriter: LogStorageReader {
     /// replacing the previous ones; called once per batch when the size is not a multiple
     /// of the tile width.
     func setPendingTile(_ hashes: UnsafeBufferPointer<Hash>, index: UInt64) throws
+    /// Removes the incomplete block's hashes; called once per batch when the size is a
+    /// multiple of the tile width.
+    func clearPendingTile() throws
 }
 
 extension LogStorageWriter {
     public func appendTile(_ hashes: UnsafeBufferPointer<Hash>, index: UInt64) throws {}
     public func setPendingTile(_ hashes: UnsafeBufferPointer<Hash>, index: UInt64) throws {}
+    public func clearPendingTile() throws {}
 }
 
 /// A place that holds one log and lends read and write views of it.

@@ -200,7 +200,11 @@ public struct Frontier: Sendable, Equatable {
 
     /// Writes the incomplete block's hashes, if any; call once at the end of a batch.
     func flushPendingTile<W: LogStorageWriter>(writer: W) throws {
-        guard tileHeight > 0, size & ((1 << UInt64(tileHeight)) - 1) != 0 else { return }
+        guard tileHeight > 0 else { return }
+        guard size & ((1 << UInt64(tileHeight)) - 1) != 0 else {
+            try writer.clearPendingTile()  // the block it held is complete and stored as a tile
+            return
+        }
         try tile.withUnsafeBufferPointer { try writer.setPendingTile($0, index: size >> UInt64(tileHeight)) }
     }
 
@@ -228,6 +232,9 @@ public struct Frontier: Sendable, Equatable {
         size += 1
         if tileHeight > 0 && size & ((1 << UInt64(tileHeight)) - 1) == 0 {
             try tile.withUnsafeBufferPointer { try writer.appendTile($0, index: (size >> UInt64(tileHeight)) - 1) }
+            // The next block's pending tile holds zeros where its subtrees are incomplete, so
+            // every stored byte is determined by the entries (and checkable).
+            for i in tile.indices { tile[i] = .zero }
         }
     }
 }
