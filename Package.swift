@@ -40,6 +40,8 @@ let package = Package(
         ),
         // Helpers shared by the test targets (seeded random generator).
         .target(name: "TestSupport", path: "Tests/TestSupport"),
+        // The writer the crash test kills (Tests/MedLedgerCLITests/CrashTests.swift).
+        .executableTarget(name: "crash-writer", dependencies: ["MedLedger", "LedgerCrypto", "TestSupport"], path: "Tests/CrashWriter"),
         .testTarget(name: "LMDBKitTests", dependencies: ["LMDBKit"]),
         .testTarget(name: "LedgerCryptoTests", dependencies: ["LedgerCrypto", "TestSupport"]),
         .testTarget(name: "MerkleLogTests", dependencies: ["MerkleLog", "LedgerCrypto", "LMDBKit", "TestSupport"]),
