@@ -30,8 +30,11 @@ enum JSONCheck {
     }
 
     /// Checks `bytes` as one JSON text.
-    static func check(_ bytes: UnsafeRawBufferPointer) throws(Failure) -> Summary {
+    /// With `rejectingDuplicates`, an object naming a member twice is refused: parsers
+    /// disagree on which of the two wins, so a verifier must not accept it.
+    static func check(_ bytes: UnsafeRawBufferPointer, rejectingDuplicates: Bool = false) throws(Failure) -> Summary {
         var parser = Parser(bytes: bytes)
+        parser.rejectDuplicates = rejectingDuplicates
         var summary = Summary()
         parser.skipSpace()
         try parser.value(depth: 0, summary: &summary)
@@ -41,10 +44,10 @@ enum JSONCheck {
     }
 
     /// Checks a byte array as one JSON text.
-    static func check(_ bytes: [UInt8]) throws(Failure) -> Summary {
+    static func check(_ bytes: [UInt8], rejectingDuplicates: Bool = false) throws(Failure) -> Summary {
         // Array.withUnsafeBytes rethrows untyped; the body throws only Failure.
         do {
-            return try bytes.withUnsafeBytes { raw in try check(raw) }
+            return try bytes.withUnsafeBytes { raw in try check(raw, rejectingDuplicates: rejectingDuplicates) }
         } catch let failure as Failure {
             throw failure
         } catch {
@@ -55,6 +58,7 @@ enum JSONCheck {
     private struct Parser {
         let bytes: UnsafeRawBufferPointer
         var at = 0
+        var rejectDuplicates = false
 
         init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
 
@@ -91,9 +95,17 @@ enum JSONCheck {
             skipSpace()
             if at < bytes.count && bytes[at] == UInt8(ascii: "}") { at += 1; return }
             var ignored = Summary()
+            var names = Set<String>()
             while true {
                 guard at < bytes.count, bytes[at] == UInt8(ascii: "\"") else { throw fail("expected a member name") }
+                let nameStart = at
                 let name = try string()
+                if rejectDuplicates {
+                    guard names.insert(decode(name)).inserted else {
+                        at = nameStart
+                        throw fail("member name given twice")
+                    }
+                }
                 skipSpace()
                 guard at < bytes.count, bytes[at] == UInt8(ascii: ":") else { throw fail("expected ':'") }
                 at += 1

@@ -25,12 +25,20 @@ public struct PatientExport: Sendable {
     @discardableResult
     public static func verify(bundle: Data, proof: Data, verifier: NoteVerifier) throws -> Int {
         func fail(_ why: String) -> MerkleLogError { MerkleLogError(.verificationFailed, "export: \(why)") }
+        // A member named twice could read differently to another verifier: refused.
+        for (name, document) in [("proof bundle", proof), ("Bundle", bundle)] {
+            do { _ = try JSONCheck.check([UInt8](document), rejectingDuplicates: true) } catch {
+                throw fail("the \(name) is not valid JSON with unique member names: \(error)")
+            }
+        }
         guard let doc = (try? JSONSerialization.jsonObject(with: proof)) as? [String: Any], doc["type"] as? String == "export",
               doc["v"] as? Int == 1, let note = doc["checkpoint"] as? String, let items = doc["records"] as? [[String: Any]] else {
             throw fail("not an export proof bundle")
         }
         guard let fhir = (try? JSONSerialization.jsonObject(with: bundle)) as? [String: Any], fhir["resourceType"] as? String == "Bundle",
-              fhir["type"] as? String == "collection" else { throw fail("not a FHIR collection Bundle") }
+              fhir["type"] as? String == "collection", Set(fhir.keys).isSubset(of: ["entry", "resourceType", "type"]) else {
+            throw fail("not a FHIR collection Bundle as exports write it")
+        }
         let entries = fhir["entry"] as? [[String: Any]] ?? []
         guard entries.count == items.count else { throw fail("the Bundle has \(entries.count) entries, the proofs \(items.count)") }
         let checkpoint: Checkpoint
@@ -70,8 +78,12 @@ public struct PatientExport: Sendable {
             guard var plaintext = try? AESGCM.open(box, key: recordKey, associatedData: PatientRecords.recordAAD(
                 patient: patient, record: record, version: UInt32(version))) else { throw bad("the ciphertext does not open with the record key") }
             defer { secureZero(&plaintext) }
-            guard let parts = RecordPlaintext.decode(plaintext), let resource = bundleEntry["resource"] as? [String: Any] else {
+            guard let parts = RecordPlaintext.decode(plaintext), let resource = bundleEntry["resource"] as? [String: Any],
+                  Set(bundleEntry.keys) == ["fullUrl", "resource"] else {
                 throw bad("malformed record or Bundle entry")
+            }
+            guard bundleEntry["fullUrl"] as? String == "urn:medledger:record:\(record):\(version)" else {
+                throw bad("the Bundle entry's fullUrl does not name this record version")
             }
             guard let expected = resourceObject(mediaType: parts.mediaType, content: parts.content),
                   NSDictionary(dictionary: expected).isEqual(to: resource) else {

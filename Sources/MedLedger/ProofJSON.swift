@@ -92,6 +92,9 @@ public enum ProofDocument: Sendable, Equatable {
     /// - Throws: ``LedgerError`` `.invalidArgument` with a message naming the bad field.
     public init(json: Data) throws {
         guard json.count <= Self.maxSize else { throw LedgerError(.invalidArgument, "proof document larger than 1 MiB") }
+        do { _ = try JSONCheck.check([UInt8](json), rejectingDuplicates: true) } catch {
+            throw LedgerError(.invalidArgument, "proof is not valid JSON: \(error)")
+        }
         let wire: Wire
         do { wire = try JSONDecoder().decode(Wire.self, from: json) } catch {
             throw LedgerError(.invalidArgument, "proof is not valid proof JSON: \(Self.describe(error))")

@@ -97,3 +97,35 @@ import Glibc
         #expect(acks > 0)
     }
 }
+
+/// Two writer processes on one ledger: LMDB's writer lock makes one wait for the other, and
+/// each picks up the other's commits (frontier, map) before its own.
+@Suite(.serialized) struct TwoWritersTests {
+    @Test func twoWriterProcessesInterleaveWithoutDamage() throws {
+        let dir = scratch("two-writers")
+        defer {
+            try? FileManager.default.removeItem(atPath: dir)
+            for n in 0..<2 { try? FileManager.default.removeItem(atPath: dir + ".\(n).lines") }
+        }
+        #expect(try CLI.run(["init", dir, "--origin", "writers.example/ledger"]).status == 0)
+        var writers: [Process] = []
+        for n in 0..<2 {
+            let lines = (0..<20_000).map { "w\(n)-k\($0 % 3000)\tpayload \($0)" }.joined(separator: "\n") + "\n"
+            try Data(lines.utf8).write(to: URL(fileURLWithPath: dir + ".\(n).lines"))
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: CLI.binary)
+            process.arguments = ["append", dir, "--lines", dir + ".\(n).lines", "--keys", "--batch", "100"]
+            process.standardOutput = FileHandle.nullDevice
+            writers.append(process)
+        }
+        for writer in writers { try writer.run() }
+        for writer in writers {
+            writer.waitUntilExit()
+            #expect(writer.terminationStatus == 0)
+        }
+        let report = try CLI.run(["verify", dir, "--json"])
+        #expect(report.status == 0, "\(report.text.prefix(600))")
+        #expect(try report.json()["tree_size"] as? Int == 40_000)
+        #expect(try (report.json()["map_versions"] as? Int ?? 0) == 400)
+    }
+}

@@ -185,3 +185,41 @@ import TestSupport
         return String(decoding: data, as: UTF8.self)
     }
 }
+
+/// Random command lines from the tool's own vocabulary, against a real ledger: every one
+/// must end with a documented exit status (0–5) and, when not 0, a message; none may crash.
+@Suite struct ArgumentFuzzTests {
+    @Test func randomCommandLinesExitCleanly() throws {
+        let environment = ProcessInfo.processInfo.environment
+        let seconds = Double(environment["MEDLEDGER_FUZZ_SECONDS"] ?? "") ?? 0.5
+        var rng = SplitMix64(seed: UInt64(environment["MEDLEDGER_FUZZ_SEED"] ?? "") ?? 0xa59)
+        // Relative words ("k", "Patient/1") may name directories: run inside a scratch one.
+        let work = scratch("argfuzz")
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let dir = work + "/ledger"
+        let key = work + "/master.key"
+        #expect(try CLI.run(["init", dir, "--origin", "args.example/ledger", "--master-key", key]).status == 0)
+        #expect(try CLI.run(["append", dir, "--key", "k"], stdin: Data("v".utf8)).status == 0)
+        let words = ["init", "append", "checkpoint", "prove", "inclusion", "consistency", "key", "verify-proof", "get",
+                     "rebuild-index", "verify", "patient", "add", "record", "put", "get", "history", "list", "grant",
+                     "revoke", "read", "audit", "erase", "export", dir, dir + "/nope", key, "/dev/null", "-", "--json",
+                     "--index", "--size", "--old-size", "--key", "--delete", "--lines", "--keys", "--batch", "--origin",
+                     "--master-key", "--id", "--patient", "--record", "--as", "--grantee", "--grantee-key", "--expires",
+                     "--break-glass", "--checkpoint", "--scratch", "--type", "0", "1", "-1", "18446744073709551616",
+                     "+3", "Patient/1", "", "k", "AAAA", String(repeating: "x", count: 5000), "--help"]
+        let deadline = Date().addingTimeInterval(seconds)
+        var runs = 0
+        var statuses: [Int32: Int] = [:]
+        while Date() < deadline || runs < 20 {
+            let arguments = (0..<(1 + Int(rng.next() % 6))).map { _ in words[Int(rng.next() % UInt64(words.count))] }
+            let result = try CLI.run(arguments, stdin: Data(), in: work)
+            runs += 1
+            statuses[result.status, default: 0] += 1
+            #expect((0...5).contains(result.status), "\(arguments): exit \(result.status) \(result.stderr.prefix(200))")
+            if result.status != 0 { #expect(!result.stderr.isEmpty, "\(arguments): no message") }
+        }
+        print("fuzz arguments: \(runs) command lines, exit statuses \(statuses.sorted { $0.key < $1.key })")
+        #expect(try CLI.run(["verify", dir]).status == 0)
+    }
+}
