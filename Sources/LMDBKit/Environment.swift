@@ -287,12 +287,22 @@ public final class Environment: @unchecked Sendable {
                     }
                 } catch let error as LMDBError where error.code == .mapFull {
                     try grow()
+                } catch let error as LMDBError where error.code == .ioError && fileSystemIsFull() {
+                    // LMDB reports a short write as EIO; on a full file system that is ENOSPC.
+                    throw LMDBError(code: .diskFull, rawCode: error.rawCode, operation: "\(error.operation) (the file system is full)")
                 } catch let error as LMDBError where error.code == .mapResized && resizes < 8 {
                     resizes += 1
                     try adoptResizedMap()
                 }
             }
         }
+    }
+
+    /// Whether the file system holding the environment has no room left for a page.
+    private func fileSystemIsFull() -> Bool {
+        var st = statvfs()
+        guard statvfs(path, &st) == 0 else { return false }
+        return UInt64(st.f_bavail) * UInt64(st.f_frsize) < UInt64(max(pageSize, 4096)) * 16
     }
 
     /// Flushes buffers to disk (`mdb_env_sync` with force), for environments opened non-durable.

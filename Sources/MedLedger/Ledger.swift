@@ -37,6 +37,10 @@ public final class Ledger: @unchecked Sendable {
         public var durable = true
         /// Initial LMDB map size; it grows on demand.
         public var initialMapSize = 1 << 30
+        /// The map doubles on demand up to this size (16 TiB by default); an append that
+        /// needs more fails with ``LedgerError`` `.storage` (cause `LMDBError.mapFull`) and
+        /// writes nothing.
+        public var maximumMapSize = 1 << 44
         public init() {}
     }
 
@@ -153,6 +157,7 @@ public final class Ledger: @unchecked Sendable {
         env.readOnly = options.readOnly
         env.durable = options.durable
         env.mapSize = options.initialMapSize
+        env.maxMapSize = max(options.maximumMapSize, options.initialMapSize)
         env.createIfMissing = !options.readOnly
         return env
     }
