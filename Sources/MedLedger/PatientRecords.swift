@@ -683,7 +683,9 @@ public final class PatientRecords: @unchecked Sendable {
             if let granteeEncryptionKey {
                 let sealed = try SealedPatientKey.seal(try self.unwrap(state, p), to: granteeEncryptionKey, pseudonym: p,
                                                        grantee: grantee, epoch: state.epoch)
-                stored["sealed_keys"] = [String(state.epoch): Base64.encode(sealed.sealed)]
+                let encoded = Base64.encode(sealed.sealed)
+                stored["sealed_keys"] = [String(state.epoch): encoded]
+                stored["sealed_macs"] = [String(state.epoch): Self.sealedKeyMAC(self.masterKey.pseudonymMAC, p, grantee, state.epoch, encoded)]
             }
             try view.put(self.grants, key: p.bytes + Array(grantee.utf8), value: PatientPayload.encode(stored))
         }
@@ -733,6 +735,12 @@ public final class PatientRecords: @unchecked Sendable {
         }
     }
 
+    /// The tag that lets `verify` (given the master key file) check a stored sealed key: only
+    /// its grantee can authenticate the sealed box itself.
+    static func sealedKeyMAC(_ key: HMACSHA256.Key, _ p: Hash, _ grantee: String, _ epoch: UInt32, _ sealed: String) -> String {
+        Base64.encode(key.authenticationCode(utf8: "sealed-key|\(p.hex)|\(grantee)|\(epoch)|\(sealed)").bytes)
+    }
+
     /// Adds key epoch `expected` with `raw` as the patient's data key and seals it to every
     /// active grantee with an X25519 key.
     private func startKeyEpoch(_ view: TransactionView, _ p: Hash, _ raw: [UInt8], expected: UInt32) throws {
@@ -755,9 +763,13 @@ public final class PatientRecords: @unchecked Sendable {
                 if var object, object["revoked_at"] == nil, let grant = Grant(json: object), let encryptionKey = grant.encryptionKey {
                     let sealed = try SealedPatientKey.seal(dataKey, to: try X25519PublicKey(rawRepresentation: encryptionKey), pseudonym: p,
                                                            grantee: grant.grantee, epoch: expected)
+                    let encoded = Base64.encode(sealed.sealed)
                     var keys = object["sealed_keys"] as? [String: Any] ?? [:]
-                    keys[String(expected)] = Base64.encode(sealed.sealed)
+                    keys[String(expected)] = encoded
                     object["sealed_keys"] = keys
+                    var macs = object["sealed_macs"] as? [String: Any] ?? [:]
+                    macs[String(expected)] = Self.sealedKeyMAC(masterKey.pseudonymMAC, p, grant.grantee, expected, encoded)
+                    object["sealed_macs"] = macs
                     updates.append((k, object))
                 }
                 more = try cursor.next()

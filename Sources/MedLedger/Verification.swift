@@ -814,10 +814,25 @@ extension LedgerVerifier {
                 if (revokedIndex == nil) != (revokedAt == nil) {
                     report.add(.grants, where_, "revoked_at and revoked_index must come together")
                 }
-                // Sealed keys are authenticated by their grantee only (AES-GCM under a key the
-                // ledger never holds); here they are checked for shape and epoch.
+                // A sealed key is an AES-GCM box under a key only its grantee derives; its tag
+                // under the master key file's secret lets verify check it (given the file).
+                let macs = row["sealed_macs"] as? [String: Any]
                 if let sealed = row["sealed_keys"] {
                     let epochs = try patientEpochs(view, tables, p)
+                    let grantee = String(decoding: key.dropFirst(32), as: UTF8.self)
+                    let keys = sealed as? [String: Any] ?? [:]
+                    if Set(keys.keys) != Set((macs ?? [:]).keys) {
+                        report.add(.grants, where_, "sealed_macs does not cover exactly the sealed keys")
+                    } else if let masterKey = options.masterKey {
+                        for (epoch, value) in keys {
+                            let expected = (value as? String).map {
+                                PatientRecords.sealedKeyMAC(masterKey.pseudonymMAC, p, grantee, UInt32(epoch) ?? 0, $0)
+                            }
+                            if expected == nil || expected != macs?[epoch] as? String {
+                                report.add(.grants, where_, "the sealed key of epoch \(epoch) does not match its tag under the master key")
+                            }
+                        }
+                    }
                     let wellFormed = (sealed as? [String: Any]).map { keys in
                         !keys.isEmpty && keys.allSatisfy { epoch, value in
                             UInt32(epoch).map { $0 >= 1 && $0 <= epochs && String($0) == epoch } == true
@@ -827,8 +842,10 @@ extension LedgerVerifier {
                     if !wellFormed || row["grantee_x25519"] == nil {
                         report.add(.grants, where_, "sealed_keys malformed, of an unknown key epoch, or without grantee_x25519")
                     }
+                } else if macs != nil {
+                    report.add(.grants, where_, "sealed_macs without sealed keys")
                 }
-                for extra in ["index", "sealed_keys", "revoked_at", "revoked_index"] { row[extra] = nil }
+                for extra in ["index", "sealed_keys", "sealed_macs", "revoked_at", "revoked_index"] { row[extra] = nil }
                 let granted = try entry(index)
                 if granted?.key != grantKey || granted?.operation != .set || granted?.payload != PatientPayload.encode(row) {
                     report.add(.grants, where_, "entry \(index) is not this grant")

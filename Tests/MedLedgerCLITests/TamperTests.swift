@@ -14,8 +14,6 @@ import TestSupport
     enum Outcome: String {
         /// Altered data: verify listed problems, or refused the file with a clear error.
         case detected, cleanError = "clean-error"
-        /// Altered data only inside a grant's sealed keys, which only their grantee can authenticate.
-        case sealedKeyOnly = "sealed-key-only"
         case missed
         /// Nothing `mdb_dump` shows changed; verify passed, or found damage in what it does not
         /// show (a database record's counters, a truncated tail).
@@ -70,7 +68,7 @@ import TestSupport
             let result = try CLI.run(["verify", copy, "--json", "--master-key", pristine + "/../" + Self.keyName(pristine)])
             let outcome: Outcome
             switch result.status {
-            case 0: outcome = !altered ? .unaltered : Self.onlySealedKeysDiffer(pristineDump, damagedDump) ? .sealedKeyOnly : .missed
+            case 0: outcome = altered ? .missed : .unaltered
             case 1: outcome = altered ? .detected : .verifyOnly
             case 2...5 where result.stderr.hasPrefix("medledger: "): outcome = altered ? .cleanError : .verifyOnly
             default: outcome = .crash
@@ -83,40 +81,12 @@ import TestSupport
             #expect(outcome != .crash, "trial \(trial) (\(kind)): exit \(result.status), \(result.stderr.prefix(300))")
             #expect(outcome != .missed, "trial \(trial) (\(kind)): altered data, yet verify passed: \(Self.firstDifference(pristineDump, damagedDump))")
         }
-        let summary = [Outcome.detected, .cleanError, .sealedKeyOnly, .missed, .unaltered, .verifyOnly, .crash]
+        let summary = [Outcome.detected, .cleanError, .missed, .unaltered, .verifyOnly, .crash]
             .map { "\($0.rawValue) \(counts[$0] ?? 0)" }.joined(separator: ", ")
         print("tamper: \(trials) trials on a \(dataSize)-byte data file: \(summary)")
         for (kind, outcomes) in byKind.sorted(by: { $0.key < $1.key }) {
             print("tamper:   \(kind): " + outcomes.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue) \($0.value)" }.joined(separator: ", "))
         }
-    }
-
-    /// Whether the dumps differ only in `pl.grants` rows whose JSON is equal once `sealed_keys` is removed.
-    static func onlySealedKeysDiffer(_ a: String, _ b: String?) -> Bool {
-        guard let b else { return false }
-        let x = a.split(separator: "\n", omittingEmptySubsequences: false), y = b.split(separator: "\n", omittingEmptySubsequences: false)
-        guard x.count == y.count else { return false }
-        var database = ""
-        var differences = 0
-        for (l, r) in zip(x, y) {
-            if l.hasPrefix("database=") { database = String(l) }
-            guard l != r else { continue }
-            differences += 1
-            func grant(_ line: Substring) -> NSDictionary? {
-                let hex = Array(line.trimmingCharacters(in: .whitespaces).utf8)
-                guard hex.count % 2 == 0 else { return nil }
-                var bytes: [UInt8] = []
-                for i in stride(from: 0, to: hex.count, by: 2) {
-                    guard let byte = UInt8(String(decoding: hex[i..<(i + 2)], as: UTF8.self), radix: 16) else { return nil }
-                    bytes.append(byte)
-                }
-                guard var object = (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any] else { return nil }
-                object["sealed_keys"] = nil
-                return object as NSDictionary
-            }
-            guard database == "database=pl.grants", let left = grant(l), let right = grant(r), left == right else { return false }
-        }
-        return differences > 0
     }
 
     /// The first differing line of two dumps, with the database it is in.

@@ -41,6 +41,8 @@ final class VerifyFixture: @unchecked Sendable {
         let later = Date(timeIntervalSince1970: patients.now + 86_400)
         try records.grant(patient: "Patient/a", to: "dr-lee", granteeKey: doctor, notAfter: later)
         try records.grant(patient: "Patient/a", to: "dr-kim", granteeKey: doctor, notAfter: later)
+        try records.grant(patient: "Patient/a", to: "dr-sealed", granteeKey: doctor,
+                          granteeEncryptionKey: try X25519PrivateKey().publicKey, notAfter: later)
         try records.grant(patient: "Patient/b", to: "dr-lee", granteeKey: doctor, notAfter: later)
         _ = try records.read(patient: "Patient/a", recordId: "obs-1", as: .grantee("dr-lee"))
         _ = try records.read(patient: "Patient/a", recordId: "obs-1", as: .grantee("dr-who"), breakGlass: "unconscious")
@@ -95,11 +97,11 @@ func flipLastByte(_ view: TransactionView, _ db: Database, key: [UInt8]) throws 
         #expect(report.mapRoot == checkpoint.mapRoot)
         #expect(report.checkpoint == (try f.ledger.signedCheckpoint()))
         #expect(report.checkpointsChecked == f.checkpoints.count)
-        // Versions: one per append (4 raw batches, 2 registrations, 3 puts, 3 grants, 2 reads,
+        // Versions: one per append (4 raw batches, 2 registrations, 3 puts, 4 grants, 2 reads,
         // a revocation, an erasure).
-        #expect(report.mapVersions == 16)
+        #expect(report.mapVersions == 17)
         #expect(report.mapPages > 0 && report.storedHashes > report.entries)
-        #expect(report.patients == 2 && report.records == 2 && report.grants == 2 && report.auditEvents == 2)
+        #expect(report.patients == 2 && report.records == 2 && report.grants == 3 && report.auditEvents == 2)
 
         var withKey = VerificationOptions()
         withKey.masterKey = try MasterKeyFile(path: f.patients.keyPath)
@@ -151,7 +153,7 @@ func flipLastByte(_ view: TransactionView, _ db: Database, key: [UInt8]) throws 
     @Test(arguments: [
         "entry", "leaf", "subtree", "missing-subtree", "pending-tile", "size", "missing-entry",
         "page", "root", "missing-root", "stale", "box", "missing-record", "audit", "breakglass",
-        "patient", "grant", "wrapped-key",
+        "patient", "grant", "wrapped-key", "sealed-key",
     ])
     func tamperingIsDetectedAndLocated(_ what: String) throws {
         let f = try VerifyFixture("verify-\(what)")
@@ -271,6 +273,21 @@ func flipLastByte(_ view: TransactionView, _ db: Database, key: [UInt8]) throws 
                 try view.put(db, key: found, value: state)
             }
             expected = (.patients, "pl.patients")
+        case "sealed-key":
+            let db = try f.database("pl.grants")
+            let key = try f.patients.records.pseudonym(of: "Patient/a").bytes + Array("dr-sealed".utf8)
+            try f.tamper { view in
+                let stored = try #require(try view.value(db, key: key))
+                var row = try #require(PatientRowJSON.decode(stored))
+                var sealed = try #require(row["sealed_keys"] as? [String: String])
+                let epoch = try #require(sealed.keys.first)
+                var bytes = try #require(Base64.decode(sealed[epoch]!))
+                bytes[50] ^= 0x01  // inside the box: only the grantee's open, or the tag, can tell
+                sealed[epoch] = Base64.encode(bytes)
+                row["sealed_keys"] = sealed
+                try view.put(db, key: key, value: [UInt8](try JSONSerialization.data(withJSONObject: row, options: [.sortedKeys, .withoutEscapingSlashes])))
+            }
+            expected = (.grants, "pl.grants")
         default:
             Issue.record("unknown case \(what)")
             return
@@ -292,5 +309,11 @@ func flipLastByte(_ view: TransactionView, _ db: Database, key: [UInt8]) throws 
         #expect(report.problems.first?.detail == "stored leaf hash differs from the entry's \(leaf.hex)")
         // Every checkpoint signed after it no longer matches the entries.
         #expect(report.problems.filter { $0.area == .checkpoint }.count == f.checkpoints.count)
+    }
+}
+
+enum PatientRowJSON {
+    static func decode(_ bytes: [UInt8]) -> [String: Any]? {
+        (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any]
     }
 }
