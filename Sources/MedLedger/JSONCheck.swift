@@ -234,6 +234,7 @@ enum JSONCheck {
         }
 
         mutating func number() throws(Failure) {
+            let start = at
             if bytes[at] == UInt8(ascii: "-") { at += 1 }
             guard at < bytes.count, isDigit(bytes[at]) else { throw fail("bad number") }
             if bytes[at] == UInt8(ascii: "0") {
@@ -251,6 +252,18 @@ enum JSONCheck {
                 if at < bytes.count && (bytes[at] == UInt8(ascii: "+") || bytes[at] == UInt8(ascii: "-")) { at += 1 }
                 guard at < bytes.count, isDigit(bytes[at]) else { throw fail("bad number exponent") }
                 while at < bytes.count && isDigit(bytes[at]) { at += 1 }
+                try finite(start)
+            } else if at - start > 300 {
+                try finite(start)
+            }
+        }
+
+        /// RFC 8259 allows any magnitude, but readers hold numbers as doubles (section 6):
+        /// one past the double range would be stored and then fail every later reader.
+        func finite(_ start: Int) throws(Failure) {
+            let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<at]), as: UTF8.self)
+            guard let value = Double(text), value.isFinite else {
+                throw Failure(offset: start, reason: "number outside the range of a double")
             }
         }
 

@@ -188,4 +188,28 @@ import TestSupport
             }
         }
     }
+
+    @Test func fhirRecordsAreCheckedBeforeStorage() throws {
+        let f = try PatientFixture("fuzz-fhir")
+        try f.records.addPatient(externalId: "Patient/fuzz")
+        var n = 0
+        Self.fuzz("FHIR record", seeds: [try Self.seed("observation.fhir.json")]) { input in
+            n += 1
+            do {
+                try f.records.putRecord(patient: "Patient/fuzz", recordId: "r\(n)", content: input)
+            } catch let error as LedgerError {
+                #expect(error.code == .invalidRecord, "\(error)")
+                return false
+            } catch {
+                Issue.record("untyped error \(error)")
+                return false
+            }
+            // Accepted: a JSON object with a resourceType, stored and read back unchanged.
+            let object = (try? JSONSerialization.jsonObject(with: Data(input))) as? [String: Any]
+            #expect(object?["resourceType"] is String, "accepted a record Foundation does not read as a FHIR resource: \(String(decoding: input, as: UTF8.self).prefix(300))")
+            let back = try? f.records.read(patient: "Patient/fuzz", recordId: "r\(n)", as: .custodian("fuzz"))
+            #expect(back?.content == input)
+            return true
+        }
+    }
 }
