@@ -11,12 +11,12 @@ import Glibc
 /// moments and checks after each kill that the ledger opens and verifies, that every
 /// acknowledged commit is there, that the one commit in flight is either wholly there or
 /// wholly absent, and that checkpoints signed before the crash still match.
-/// `MEDLEDGER_CRASH_KILLS` kills (default 30; docs/RELIABILITY.md has the full run), on a fresh
+/// `MEDLEDGER_CRASH_KILLS` kills (default 50; docs/RELIABILITY.md has the full run), on a fresh
 /// ledger every ten.
 @Suite(.serialized) struct CrashTests {
     @Test func killedWritersLoseNoAcknowledgedCommit() throws {
         let environment = ProcessInfo.processInfo.environment
-        let kills = Int(environment["MEDLEDGER_CRASH_KILLS"] ?? "") ?? 30
+        let kills = Int(environment["MEDLEDGER_CRASH_KILLS"] ?? "") ?? 50
         var rng = SplitMix64(seed: UInt64(environment["MEDLEDGER_CRASH_SEED"] ?? "") ?? 0xc4a5)
         let writer = URL(fileURLWithPath: CLI.binary).deletingLastPathComponent().appendingPathComponent("crash-writer").path
         try #require(FileManager.default.isExecutableFile(atPath: writer), "build the crash-writer product first")
