@@ -302,7 +302,9 @@ public final class Environment: @unchecked Sendable {
     private func fileSystemIsFull() -> Bool {
         var st = statvfs()
         guard statvfs(path, &st) == 0 else { return false }
-        return UInt64(st.f_bavail) * UInt64(st.f_frsize) < UInt64(max(pageSize, 4096)) * 16
+        // Root may write into the reserved blocks that f_bavail leaves out.
+        let free = geteuid() == 0 ? UInt64(st.f_bfree) : UInt64(st.f_bavail)
+        return free * UInt64(st.f_frsize) < UInt64(max(pageSize, 4096)) * 16
     }
 
     /// Flushes buffers to disk (`mdb_env_sync` with force), for environments opened non-durable.

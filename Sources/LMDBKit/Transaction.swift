@@ -22,7 +22,10 @@ public struct Transaction: ~Copyable {
     }
 
     deinit {
-        if !finished { mdb_txn_abort(unsafeView.txn) }
+        if !finished {
+            clmdb_txn_ended(unsafeView.txn)
+            mdb_txn_abort(unsafeView.txn)
+        }
     }
 
     /// Commits (`mdb_txn_commit`). LMDB frees the transaction even when the commit fails.

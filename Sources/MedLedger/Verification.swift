@@ -215,7 +215,7 @@ final class LedgerVerifier {
                         report.add(.checkpoint, location, "map root \(mapRoot.hex) rebuilt from the entries differs from the signed \(signedMap.hex)")
                     }
                 } else {
-                    report.add(.checkpoint, location, "no map version at this size: it is not a size where this ledger committed")
+                    report.add(.checkpoint, location, "no map version to rebuild at this size: not a size where this ledger committed, or pruned with none of its pages left")
                 }
             }
         }
@@ -546,9 +546,10 @@ extension LedgerVerifier {
             let sparse = verifier.ledger.sparse
             let rootRequired = version == size || (oldestRoot.map { version >= $0 } ?? false)
             let pagesComplete = oldestRoot.map { version >= $0 } ?? false
-            var found: [(VerificationReport.Area, String, String)] = []
-            var pages = 0
-            let root: Hash = try verifier.scratch.environment.write { txn in
+            // Everything the closure finds is returned from it: a full scratch map runs it again.
+            let (root, found, pages) = try verifier.scratch.environment.write { txn -> (Hash, [(VerificationReport.Area, String, String)], Int) in
+                var found: [(VerificationReport.Area, String, String)] = []
+                var pages = 0
                 let scratchView = LMDBSparseStore.View(txn.unsafeView, store: verifier.scratch)
                 let root = try SparseMerkleTree.apply(pending, version: version, writer: scratchView).hash
                 let rebuilt = txn.unsafeView
@@ -594,7 +595,7 @@ extension LedgerVerifier {
                     }
                 }
                 _ = try scratchView.prune(before: version)
-                return root
+                return (root, found, pages)
             }
             for (area, location, detail) in found { report.add(area, location, detail) }
             report.mapVersions += 1

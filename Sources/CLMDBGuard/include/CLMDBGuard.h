@@ -23,5 +23,7 @@ int clmdb_dbi_open(MDB_txn *txn, const char *name, unsigned int flags, MDB_dbi *
 int clmdb_stat(MDB_txn *txn, MDB_dbi dbi, MDB_stat *stat);
 int clmdb_drop(MDB_txn *txn, MDB_dbi dbi, int del);
 int clmdb_txn_commit(MDB_txn *txn);
+/* Forgets a poisoned transaction that was aborted (its address may be reused). */
+void clmdb_txn_ended(MDB_txn *txn);
 
 #endif
