@@ -56,7 +56,7 @@ public final class Ledger: @unchecked Sendable {
     let store: LMDBLogStore
     private let log: MerkleLog<LMDBLogStore>
     let sparse: LMDBSparseStore
-    private let ledgerMeta: Database
+    let ledgerMeta: Database
     private let appendLock = NSLock()
 
     static let signerKeyFile = "signer.key"

@@ -53,17 +53,10 @@ public final class PatientRecords: @unchecked Sendable {
         self.masterKey = masterKey
         let environment = ledger.environment
         let create = !environment.isReadOnly
-        let open = { (txn: borrowing Transaction) throws -> [Database]? in
-            var handles: [Database] = []
-            for name in ["pl.meta", "pl.patients", "pl.records", "pl.grants", "pl.audit", "pl.breakglass"] {
-                guard let db = try txn.openDatabase(name, create: create) else { return nil }
-                handles.append(db)
-            }
-            return handles
-        }
-        let handles = try Ledger.storage { create ? try environment.write(open) : try environment.read(open) }
-        guard let handles else { throw LedgerError(.ledgerNotFound, "\(ledger.path) holds no patient records") }
-        (meta, patients, records, grants, audits, breakGlass) = (handles[0], handles[1], handles[2], handles[3], handles[4], handles[5])
+        let open = { (txn: borrowing Transaction) throws -> PatientTables? in try PatientTables(txn.unsafeView, create: create) }
+        let tables = try Ledger.storage { create ? try environment.write(open) : try environment.read(open) }
+        guard let tables else { throw LedgerError(.ledgerNotFound, "\(ledger.path) holds no patient records") }
+        (meta, patients, records, grants, audits, breakGlass) = (tables.meta, tables.patients, tables.records, tables.grants, tables.audit, tables.breakGlass)
         auditCommitter = AuditCommitter(records: self)
         try bindMasterKey()
     }
@@ -1001,6 +994,33 @@ public final class PatientRecords: @unchecked Sendable {
             }
         }
         for (key, state) in updates { try view.put(patients, key: key, value: state.encoded()) }
+    }
+}
+
+/// The patient layer's private databases (`docs/FORMATS.md` section 10.5).
+struct PatientTables {
+    let meta: Database
+    let patients: Database
+    let records: Database
+    let grants: Database
+    let audit: Database
+    let breakGlass: Database
+
+    /// Opens them in `view`; nil when a ledger has none and `create` is false.
+    init?(_ view: TransactionView, create: Bool) throws {
+        var handles: [Database] = []
+        for name in ["pl.meta", "pl.patients", "pl.records", "pl.grants", "pl.audit", "pl.breakglass"] {
+            guard let db = try view.openDatabase(name, create: create) else { return nil }
+            handles.append(db)
+        }
+        (meta, patients, records, grants, audit, breakGlass) = (handles[0], handles[1], handles[2], handles[3], handles[4], handles[5])
+    }
+
+    var all: [Database] { [meta, patients, records, grants, audit, breakGlass] }
+
+    /// The stored state of patient `p`, nil when unknown or unreadable.
+    func state(_ view: TransactionView, _ p: Hash) throws -> PatientState? {
+        try p.withUnsafeBytes { key in try view.withValue(patients, key: key) { PatientState(decoding: $0) } } ?? nil
     }
 }
 

@@ -133,22 +133,12 @@ final class LedgerVerifier {
         self.options = options
     }
 
-    /// The log's databases, opened in the verifying transaction.
+    /// The log's databases (the ledger's own handles).
     struct LogTables {
         let entries: Database
         let meta: Database
         let tiles: Database
         let levels: [Database]
-    }
-
-    /// The patient layer's databases, when the ledger has one.
-    struct PatientTables {
-        let meta: Database
-        let patients: Database
-        let records: Database
-        let grants: Database
-        let audit: Database
-        let breakGlass: Database
     }
 
     static let tileBytes = 62 * 32
@@ -172,21 +162,20 @@ final class LedgerVerifier {
         do {
             try ledger.environment.read { txn in
                 let view = txn.unsafeView
-                guard let log = try openLogTables(view) else {
-                    report.add(.log, "log.*", "the log's databases are missing")
-                    return
-                }
-                if let meta = try view.openDatabase("ledger.meta", create: false), try view.count(meta) != 2 {
+                let store = ledger.store
+                let log = LogTables(entries: store.entriesDatabase, meta: store.metaDatabase, tiles: store.tilesDatabase,
+                                    levels: store.levelDatabases)
+                if try view.count(ledger.ledgerMeta) != 2 {
                     report.add(.log, "ledger.meta", "holds records other than origin and format")
                 }
-                let patientTables = try openPatientTables(view)
+                let patientTables = try PatientTables(view, create: false)
                 // Every database is a plain one; other flags (duplicates, integer keys) in a
                 // database record would change what its records mean.
-                var all = [log.entries, log.meta, log.tiles] + log.levels
-                all += [ledger.sparse.pagesDatabase, ledger.sparse.rootsDatabase, ledger.sparse.staleDatabase]
-                if let p = patientTables { all += [p.meta, p.patients, p.records, p.grants, p.audit, p.breakGlass] }
-                for db in all where try view.flags(db) != 0 {
-                    report.add(.storage, "database record", "a database has flags \(try view.flags(db)) where none were set")
+                let all = [log.entries, log.meta, log.tiles, ledger.ledgerMeta] + log.levels
+                    + [ledger.sparse.pagesDatabase, ledger.sparse.rootsDatabase, ledger.sparse.staleDatabase] + (patientTables?.all ?? [])
+                for db in all {
+                    let flags = try view.flags(db)
+                    if flags != 0 { report.add(.storage, "database record", "a database has flags \(flags) where none were set") }
                 }
                 var pass = try Pass(verifier: self, view: view, log: log, patients: patientTables, wanted: wanted)
                 try pass.run()
@@ -250,28 +239,6 @@ final class LedgerVerifier {
         } catch {
             report.add(.checkpoint, "size \(report.treeSize)", "the checkpoint of the verified state does not sign and verify: \(error)")
         }
-    }
-
-    private func openLogTables(_ view: TransactionView) throws -> LogTables? {
-        guard let entries = try view.openDatabase("log.entries", create: false),
-              let meta = try view.openDatabase("log.meta", create: false),
-              let tiles = try view.openDatabase("log.tiles", create: false) else { return nil }
-        var levels: [Database] = []
-        for level in 0..<64 {
-            guard let db = try view.openDatabase(level < 10 ? "log.h0\(level)" : "log.h\(level)", create: false) else { return nil }
-            levels.append(db)
-        }
-        return LogTables(entries: entries, meta: meta, tiles: tiles, levels: levels)
-    }
-
-    private func openPatientTables(_ view: TransactionView) throws -> PatientTables? {
-        var handles: [Database] = []
-        for name in ["pl.meta", "pl.patients", "pl.records", "pl.grants", "pl.audit", "pl.breakglass"] {
-            guard let db = try view.openDatabase(name, create: false) else { return nil }
-            handles.append(db)
-        }
-        return PatientTables(meta: handles[0], patients: handles[1], records: handles[2], grants: handles[3],
-                             audit: handles[4], breakGlass: handles[5])
     }
 }
 
@@ -577,17 +544,13 @@ extension LedgerVerifier {
                 }
                 // Stale records: pruning deletes those up to the prune point, so below the
                 // oldest root none may remain, at it they may or may not.
-                var rebuiltStale = 0
                 try forEach(prefix, in: verifier.scratch.staleDatabase, of: rebuilt) { key, _ in
-                    rebuiltStale += 1
                     let present = try stored.withValue(sparse.staleDatabase, key: key) { _ in true } ?? false
                     if !present, pagesComplete, version != oldestRoot {
                         found.append((.map, "smt.stale version \(version)", "a stale record of the rebuilt map is missing"))
                     }
                 }
-                var storedStale = 0
                 try forEach(prefix, in: sparse.staleDatabase, of: stored) { key, value in
-                    storedStale += 1
                     if !value.isEmpty { found.append((.map, "smt.stale version \(version)", "a stale record has a value")) }
                     let present = try rebuilt.withValue(verifier.scratch.staleDatabase, key: key) { _ in true } ?? false
                     if !present || !pagesComplete {
@@ -629,8 +592,7 @@ extension LedgerVerifier {
         private mutating func patientState(_ p: Hash) throws -> PatientState? {
             if let cached = patientCache[p] { return cached }
             guard let patients else { return nil }
-            let found = try p.withUnsafeBytes { key in try view.withValue(patients.patients, key: key) { PatientState(decoding: $0) } }
-            let state = found.flatMap { $0 }
+            let state = try patients.state(view, p)
             if patientCache.count > 100_000 { patientCache.removeAll(keepingCapacity: true) }
             patientCache[p] = state
             return state
@@ -823,7 +785,7 @@ extension LedgerVerifier {
                 // under the master key file's secret lets verify check it (given the file).
                 let macs = row["sealed_macs"] as? [String: Any]
                 if let sealed = row["sealed_keys"] {
-                    let epochs = try patientEpochs(view, tables, p)
+                    let epochs = try tables.state(view, p)?.epoch ?? 0
                     let grantee = String(decoding: key.dropFirst(32), as: UTF8.self)
                     let keys = sealed as? [String: Any] ?? [:]
                     if Set(keys.keys) != Set((macs ?? [:]).keys) {
@@ -862,7 +824,7 @@ extension LedgerVerifier {
                         report.add(.grants, where_, "entry \(revokedIndex) is not this grant's revocation")
                     }
                 }
-                let status = try patientStatus(view, tables, p)
+                let status = try tables.state(view, p)?.status
                 if status != .active {
                     report.add(.grants, where_, "grant row of a patient who is erased or unknown")
                 }
@@ -886,7 +848,7 @@ extension LedgerVerifier {
                         continue
                     }
                     let named = try entry(index)
-                    let status = try patientStatus(view, tables, p)
+                    let status = try tables.state(view, p)?.status
                     if named?.key != PatientPayload.recordKey(p, r) || status != .active {
                         report.add(.records, "pl.records \(Hex.encode(key))", "row has no record entry of an unerased patient")
                     }
@@ -923,15 +885,5 @@ extension LedgerVerifier {
                 if !isAudit { report.add(.audit, "\(name) \(Hex.encode(key))", "row names no audit event") }
             }
         }
-    }
-
-    /// The number of key epochs of an active patient (0 when erased or unknown).
-    private func patientEpochs(_ view: TransactionView, _ tables: PatientTables, _ p: Hash) throws -> UInt32 {
-        let epochs = try p.withUnsafeBytes { key in try view.withValue(tables.patients, key: key) { PatientState(decoding: $0)?.epoch } }
-        return epochs.flatMap { $0 } ?? 0
-    }
-
-    private func patientStatus(_ view: TransactionView, _ tables: PatientTables, _ p: Hash) throws -> PatientState.Status? {
-        try p.withUnsafeBytes { key in try view.withValue(tables.patients, key: key) { PatientState(decoding: $0)?.status } } ?? nil
     }
 }

@@ -25,6 +25,14 @@ public final class LMDBLogStore: LogStore, @unchecked Sendable {
     /// Key in `log.meta` of the incomplete block's hashes: 8-byte block index, then a tile.
     static let pendingTileKey = "tile.pending"
     static let levelCount = 64
+    /// The `log.entries` database, for integrity checks.
+    public var entriesDatabase: Database { entries }
+    /// The `log.meta` database (`size`, `tile.pending`).
+    public var metaDatabase: Database { meta }
+    /// The `log.tiles` database.
+    public var tilesDatabase: Database { tiles }
+    /// `log.h00` … `log.h63`, by level.
+    public var levelDatabases: [Database] { levels }
     /// Upper levels kept in memory (see ``UpperLevelCache``).
     public let upperLevels: UpperLevelCache
     /// Right-edge hashes of the latest size (see ``RightEdgeCache``).
