@@ -26,11 +26,12 @@ let package = Package(
             providers: [.apt(["libssl-dev"])]
         ),
         .target(name: "CLMDBGuard", dependencies: ["CLMDB"]),
+        .target(name: "CSystemShims"),
         .target(name: "LMDBKit", dependencies: ["CLMDB", "CLMDBGuard"]),
         .target(name: "LedgerCrypto", dependencies: ["CCrypto"]),
         .target(name: "MerkleLog", dependencies: ["LMDBKit", "LedgerCrypto"]),
         .target(name: "SparseMerkle", dependencies: ["LMDBKit", "LedgerCrypto"]),
-        .target(name: "MedLedger", dependencies: ["LMDBKit", "LedgerCrypto", "MerkleLog", "SparseMerkle"]),
+        .target(name: "MedLedger", dependencies: ["CSystemShims", "LMDBKit", "LedgerCrypto", "MerkleLog", "SparseMerkle"]),
         .executableTarget(
             name: "MedLedgerCLI",
             dependencies: [

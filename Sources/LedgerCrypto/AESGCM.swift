@@ -109,6 +109,72 @@ public enum AESGCM {
         }
     }
 
+    /// Encrypts `input` into `output` (exactly `input.count + 16` bytes: ciphertext || tag)
+    /// with a caller-chosen nonce, without allocating: for streams sealed piece by piece into
+    /// reused buffers. The nonce is not written; a (key, nonce) pair must never repeat.
+    public static func seal(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer, key: SecureBytes,
+                            nonce: [UInt8], associatedData: [UInt8]) throws {
+        guard nonce.count == nonceByteCount else { throw CryptoError(code: .invalidInput, operation: "AES-GCM nonce length") }
+        guard input.count <= maxPlaintextByteCount, output.count == input.count + tagByteCount else {
+            throw CryptoError(code: .invalidInput, operation: "AES-GCM detached seal of \(input.count) bytes into \(output.count)")
+        }
+        try nonce.withUnsafeBytes { nonce in
+            try associatedData.withUnsafeBytes { aad in
+                try withContext(encrypt: true, key: key, nonce: nonce) { ctx in
+                    try update(ctx, encrypt: true, aad: aad)
+                    var written: Int32 = 0
+                    if input.count > 0 {
+                        guard EVP_EncryptUpdate(ctx, output.baseAddress!.assumingMemoryBound(to: UInt8.self), &written,
+                                                input.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(input.count)) == 1,
+                              Int(written) == input.count else { throw CryptoError.openSSL("EVP_EncryptUpdate") }
+                    }
+                    var tail: Int32 = 0
+                    guard EVP_EncryptFinal_ex(ctx, output.baseAddress! + input.count, &tail) == 1, tail == 0,
+                          CCrypto_GCM_GetTag(ctx, output.baseAddress! + input.count, Int32(tagByteCount)) == 1 else {
+                        throw CryptoError.openSSL("AES-GCM final")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decrypts and authenticates `box` (ciphertext || tag, as the detached ``seal(_:into:key:nonce:associatedData:)``
+    /// writes it) into `output` (exactly `box.count - 16` bytes). On failure `output` is zeroed.
+    /// - Throws: ``CryptoError`` `.authenticationFailure`, `.invalidInput` for wrong sizes.
+    public static func open(_ box: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer, key: SecureBytes,
+                            nonce: [UInt8], associatedData: [UInt8]) throws {
+        guard nonce.count == nonceByteCount else { throw CryptoError(code: .invalidInput, operation: "AES-GCM nonce length") }
+        guard box.count >= tagByteCount, output.count == box.count - tagByteCount, output.count <= maxPlaintextByteCount else {
+            throw CryptoError(code: .invalidInput, operation: "AES-GCM detached box of \(box.count) bytes into \(output.count)")
+        }
+        let textCount = output.count
+        do {
+            try nonce.withUnsafeBytes { nonce in
+                try associatedData.withUnsafeBytes { aad in
+                    try withContext(encrypt: false, key: key, nonce: nonce) { ctx in
+                        try update(ctx, encrypt: false, aad: aad)
+                        var written: Int32 = 0
+                        if textCount > 0 {
+                            guard EVP_DecryptUpdate(ctx, output.baseAddress!.assumingMemoryBound(to: UInt8.self), &written,
+                                                    box.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(textCount)) == 1,
+                                  Int(written) == textCount else { throw CryptoError.openSSL("EVP_DecryptUpdate") }
+                        }
+                        var tag = [UInt8](box[textCount...])
+                        guard CCrypto_GCM_SetTag(ctx, &tag, Int32(tagByteCount)) == 1 else { throw CryptoError.openSSL("AES-GCM set tag") }
+                        var tail: Int32 = 0
+                        guard EVP_DecryptFinal_ex(ctx, nil, &tail) == 1 else {
+                            ERR_clear_error()
+                            throw CryptoError(code: .authenticationFailure, operation: "AES-GCM open")
+                        }
+                    }
+                }
+            }
+        } catch {
+            output.initializeMemory(as: UInt8.self, repeating: 0)
+            throw error
+        }
+    }
+
     private static func withContext(encrypt: Bool, key: SecureBytes, nonce: UnsafeRawBufferPointer,
                                     _ body: (OpaquePointer) throws -> Void) throws {
         guard key.count == keyByteCount else { throw CryptoError(code: .invalidInput, operation: "AES-256-GCM key length \(key.count)") }

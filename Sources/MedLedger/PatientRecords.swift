@@ -40,9 +40,13 @@ public final class PatientRecords: @unchecked Sendable {
     let grants: Database
     let audits: Database
     let breakGlass: Database
+    /// `pl.blobs`; nil only in a read-only ledger written before blobs existed.
+    let blobs: Database?
+    /// Read handles of blob segment files.
+    let segmentReaders: SegmentReaders
     /// Serializes writes, rotations and exports.
     let writeLock = NSLock()
-    private var auditCommitter: AuditCommitter!
+    private(set) var auditCommitter: AuditCommitter!
 
     /// Opens the patient layer of `ledger` with `masterKey`, binding the key to the ledger on
     /// first use and finishing (or undoing) a key rotation an earlier process left half done.
@@ -57,6 +61,8 @@ public final class PatientRecords: @unchecked Sendable {
         let tables = try Ledger.storage { create ? try environment.write(open) : try environment.read(open) }
         guard let tables else { throw LedgerError(.ledgerNotFound, "\(ledger.path) holds no patient records") }
         (meta, patients, records, grants, audits, breakGlass) = (tables.meta, tables.patients, tables.records, tables.grants, tables.audit, tables.breakGlass)
+        blobs = tables.blobs
+        segmentReaders = SegmentReaders(ledgerPath: ledger.path)
         auditCommitter = AuditCommitter(records: self)
         try bindMasterKey()
     }
@@ -118,7 +124,7 @@ public final class PatientRecords: @unchecked Sendable {
     }
 
     /// The patient's data key of `epoch` (the current one when nil), unwrapped.
-    private func unwrap(_ state: PatientState, _ p: Hash, epoch: UInt32? = nil) throws -> SecureBytes {
+    func unwrap(_ state: PatientState, _ p: Hash, epoch: UInt32? = nil) throws -> SecureBytes {
         guard state.status == .active else { throw LedgerError(.erased, "the patient was erased") }
         guard let master = masterKey.key(generation: state.generation) else {
             throw LedgerError(.wrongMasterKey, "no master key of generation \(state.generation)")
@@ -141,14 +147,14 @@ public final class PatientRecords: @unchecked Sendable {
         return derived.withUnsafeBytes { SecureBytes(copying: $0) }
     }
 
-    private func patientState(_ view: TransactionView, _ p: Hash) throws -> PatientState? {
+    func patientState(_ view: TransactionView, _ p: Hash) throws -> PatientState? {
         let found = try p.withUnsafeBytes { key in try view.withValue(patients, key: key) { PatientState(decoding: $0) } }
         guard let found else { return nil }
         guard let state = found else { throw LedgerError(.storage, "unreadable patient state") }
         return state
     }
 
-    private func requirePatient(_ view: TransactionView, _ p: Hash) throws -> PatientState {
+    func requirePatient(_ view: TransactionView, _ p: Hash) throws -> PatientState {
         guard let state = try patientState(view, p) else { throw LedgerError(.patientNotFound, "no such patient") }
         return state
     }
@@ -516,12 +522,12 @@ public final class PatientRecords: @unchecked Sendable {
     }
 
     /// The accessor as audit entries name it: a patient by their own pseudonym, never their id.
-    private func auditAgent(_ accessor: Accessor) throws -> String {
+    func auditAgent(_ accessor: Accessor) throws -> String {
         accessor.role == .patient ? "patient:" + (try pseudonym(of: accessor.id)).hex : accessor.id
     }
 
     /// Why `accessor` may not read a record, or nil when it may.
-    private func refusal(_ accessor: Accessor, p: Hash, r: Hash, resourceType: String?, view: TransactionView,
+    func refusal(_ accessor: Accessor, p: Hash, r: Hash, resourceType: String?, view: TransactionView,
                          breakGlass: String?) throws -> String? {
         let breaking = breakGlass.map { !$0.isEmpty } ?? false
         switch accessor.role {
@@ -888,6 +894,10 @@ public final class PatientRecords: @unchecked Sendable {
         public let grantsRevoked: Int
         /// The master key generation now in use (the old one is destroyed).
         public let masterKeyGeneration: UInt64
+        /// Blob versions of the patient deleted.
+        public let blobVersionsDeleted: Int
+        /// Disk space their chunks gave back (0 where the file system cannot punch holes).
+        public let blobBytesFreed: UInt64
     }
 
     /// Erases a patient (GDPR Art. 17): their data key and ciphertexts are deleted, every other
@@ -932,10 +942,12 @@ public final class PatientRecords: @unchecked Sendable {
         try masterKey.beginRotation()
         let newGeneration = masterKey.generation
         var deleted = 0
+        var extents: [BlobExtent] = []
         let index: UInt64
         do {
             index = try ledger.append(entries) { view, first in
                 deleted = 0
+                extents = try self.deleteBlobRows(view, p)
                 try self.rewrapAll(view, from: oldGeneration, to: newGeneration, erasing: p, erasureIndex: first)
                 // Ciphertexts and grants of the erased patient.
                 for db in [self.records, self.grants] {
@@ -964,8 +976,9 @@ public final class PatientRecords: @unchecked Sendable {
         }
         // The erasure committed; a failure to rewrite the key file is finished on the next open.
         try? masterKey.finishRotation()
+        let freed = freeExtents(extents)
         return ErasureReport(index: index, recordVersionsDeleted: deleted, grantsRevoked: activeGrantees.count,
-                             masterKeyGeneration: newGeneration)
+                             masterKeyGeneration: newGeneration, blobVersionsDeleted: extents.count, blobBytesFreed: freed)
     }
 
     private func rewrapAll(_ view: TransactionView, from old: UInt64, to new: UInt64, erasing p: Hash, erasureIndex: UInt64) throws {
@@ -1005,6 +1018,8 @@ struct PatientTables {
     let grants: Database
     let audit: Database
     let breakGlass: Database
+    /// `pl.blobs`, absent from ledgers written before blobs existed until a writer opens them.
+    let blobs: Database?
 
     /// Opens them in `view`; nil when a ledger has none and `create` is false.
     init?(_ view: TransactionView, create: Bool) throws {
@@ -1014,9 +1029,10 @@ struct PatientTables {
             handles.append(db)
         }
         (meta, patients, records, grants, audit, breakGlass) = (handles[0], handles[1], handles[2], handles[3], handles[4], handles[5])
+        blobs = try view.openDatabase("pl.blobs", create: create)
     }
 
-    var all: [Database] { [meta, patients, records, grants, audit, breakGlass] }
+    var all: [Database] { [meta, patients, records, grants, audit, breakGlass] + (blobs.map { [$0] } ?? []) }
 
     /// The stored state of patient `p`, nil when unknown or unreadable.
     func state(_ view: TransactionView, _ p: Hash) throws -> PatientState? {

@@ -32,7 +32,10 @@ final class PatientFixture: @unchecked Sendable {
     /// Every byte of every file of the ledger and its key file.
     func allFileBytes() throws -> [UInt8] {
         var out: [UInt8] = []
-        for name in try FileManager.default.contentsOfDirectory(atPath: directory) {
+        // Recursive: blob segments live in a subdirectory.
+        for name in FileManager.default.enumerator(atPath: directory)?.compactMap({ $0 as? String }) ?? [] {
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: directory + "/" + name, isDirectory: &isDirectory), !isDirectory.boolValue else { continue }
             out += [UInt8](try Data(contentsOf: URL(fileURLWithPath: directory + "/" + name)))
         }
         out += [UInt8](try Data(contentsOf: URL(fileURLWithPath: keyPath)))
