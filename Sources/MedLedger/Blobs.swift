@@ -412,6 +412,13 @@ public final class BlobWriter {
         }
     }
 
+    /// Abandons the upload being written, keeping finished ones for ``commit()``; the bytes it
+    /// wrote stay as garbage until collected.
+    public func abandonCurrent() {
+        active?.abandon()
+        active = nil
+    }
+
     /// Drops finished uploads that were not committed and releases the segment; their bytes
     /// stay as garbage until collected.
     public func cancel() {
@@ -491,7 +498,7 @@ public final class BlobUpload {
             let n = read(fd, plain.baseAddress! + filled, chunkSize - filled)
             if n < 0 {
                 if errno == EINTR { continue }
-                throw SegmentFile.fileError("cannot read the blob's source")
+                throw LedgerError(.invalidArgument, "cannot read the blob's source (errno \(errno))")
             }
             if n == 0 { return total }
             filled += n
