@@ -21,7 +21,7 @@ struct MedLedgerCommand: ParsableCommand {
         """,
         subcommands: [Init.self, Append.self, CheckpointCommand.self, Prove.self, VerifyProof.self, Get.self, RebuildIndex.self, VerifyLedger.self,
                       PatientCommand.self, RecordCommand.self, GrantCommand.self, RevokeCommand.self, ReadCommand.self,
-                      AuditCommand.self, EraseCommand.self, ExportCommand.self]
+                      AuditCommand.self, EraseCommand.self, ExportCommand.self, BlobCommand.self, ImportDICOM.self]
     )
 
     static func main() {

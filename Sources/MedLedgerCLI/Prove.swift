@@ -86,8 +86,11 @@ struct VerifyProof: ParsableCommand {
     @Option(help: "A FHIR Bundle whose export proof bundle is the proof file (needs --key).")
     var bundle: String?
 
+    @Option(help: "For a blob range proof: write the proven bytes to this file (mode 0600).")
+    var out: String?
+
     func validate() throws {
-        if (checkpoint == nil) != (key == nil) && bundle == nil { throw ValidationError("--checkpoint and --key go together") }
+        if checkpoint != nil && key == nil { throw ValidationError("--checkpoint needs --key") }
         if bundle != nil && key == nil { throw ValidationError("--bundle needs --key (the ledger's verifier key)") }
     }
 
@@ -104,7 +107,13 @@ struct VerifyProof: ParsableCommand {
             }
             return
         }
-        let document = try ProofDocument(json: try readInput(file, limit: ProofDocument.maxSize))
+        let input = try readInput(file, limit: BlobRangeProof.maxSize)
+        if input.count > ProofDocument.maxSize || input.range(of: Data(#""type":"blob-range""#.utf8)) != nil {
+            try verifyBlobRange(input)
+            return
+        }
+        let document = try ProofDocument(json: input)
+        if key != nil && checkpoint == nil { throw CLIError(.usage, "--key needs --checkpoint for this proof type") }
         var anchor: Checkpoint? = nil
         if let checkpoint, let key {
             let verifier = try loadVerifier(key)
@@ -124,6 +133,28 @@ struct VerifyProof: ParsableCommand {
             throw ExitCode(ExitStatus.verificationFailed.rawValue)
         }
         try report(valid: true, document, error: nil, checkpointed: anchor != nil)
+    }
+
+    /// A blob range proof carries its own signed checkpoint: only the verifier key is needed.
+    private func verifyBlobRange(_ input: Data) throws {
+        guard let key else { throw CLIError(.usage, "a blob range proof needs --key (the ledger's verifier key)") }
+        do {
+            let verified = try BlobRangeProof.verify(input, verifier: try loadVerifier(key))
+            if let out {
+                let fd = try openOutput(out)
+                defer { if fd != 1 { close(fd) } }
+                try verified.bytes.withUnsafeBytes { try writeAll(fd, $0) }
+            }
+            try printJSON([
+                "valid": true, "type": "blob-range", "blob_hash": verified.blobHash.hex, "patient": verified.patient.hex,
+                "version": Int(verified.version), "offset": verified.offset, "length": verified.bytes.count,
+                "blob_size": verified.blobSize, "root": verified.blobRoot.hex, "media_type": verified.mediaType,
+                "tree_size": verified.checkpoint.size, "latest": verified.isLatest, "checkpoint_verified": true,
+            ])
+        } catch let error as MerkleLogError where error.code == .verificationFailed {
+            try printJSON(["valid": false, "type": "blob-range", "error": error.message])
+            throw ExitCode(ExitStatus.verificationFailed.rawValue)
+        }
     }
 
     private func report(valid: Bool, _ document: ProofDocument, error: String?, checkpointed: Bool = false) throws {
