@@ -29,6 +29,12 @@ final class SegmentFile {
     let fd: Int32
     /// The offset the next append writes at.
     private(set) var end: UInt64
+    /// Where writeback has not been started yet.
+    private var unflushed: UInt64
+
+    /// Appended bytes whose writeback starts at once, so that the disk works while the next
+    /// chunks are sealed and the commit's fdatasync finds little left to write.
+    static let writebackStep: UInt64 = 8 << 20
 
     /// Segments stop taking new blobs beyond this size (a blob may run past it).
     static let softLimit: UInt64 = 4 << 30
@@ -37,6 +43,7 @@ final class SegmentFile {
         self.id = id
         self.fd = fd
         self.end = end
+        unflushed = end
     }
 
     deinit {
@@ -103,6 +110,10 @@ final class SegmentFile {
             done += n
         }
         end += UInt64(bytes.count)
+        if end - unflushed >= Self.writebackStep {
+            _ = medledger_start_writeback(fd, Int64(unflushed), Int64(end - unflushed))  // a hint: failure is harmless
+            unflushed = end
+        }
     }
 
     /// Makes everything appended so far durable.

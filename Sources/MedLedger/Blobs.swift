@@ -329,10 +329,23 @@ public final class BlobWriter {
     var pending: [BlobUpload] = []
     /// The upload being written (one at a time: chunks of one blob are contiguous).
     weak var active: BlobUpload?
+    /// The batch buffers every upload of this writer fills: plaintext of a few chunks (at
+    /// least 2 MiB, so both cores seal at once) and their sealed boxes.
+    let plain: UnsafeMutableRawBufferPointer
+    let sealed: UnsafeMutableRawBufferPointer
 
     init(records: PatientRecords, chunkSize: Int) {
         self.records = records
         self.chunkSize = chunkSize
+        let chunks = max(2, (2 << 20) / chunkSize)
+        plain = .allocate(byteCount: chunks * chunkSize, alignment: 64)
+        sealed = .allocate(byteCount: chunks * (chunkSize + AESGCM.tagByteCount), alignment: 64)
+    }
+
+    deinit {
+        plain.initializeMemory(as: UInt8.self, repeating: 0)
+        plain.deallocate()
+        sealed.deallocate()
     }
 
     /// Finished uploads waiting for ``commit()``.
@@ -429,8 +442,10 @@ public final class BlobWriter {
 }
 
 /// One blob being written: feed it bytes with ``write(_:)-(UnsafeRawBufferPointer)`` or
-/// ``write(fromFileDescriptor:)``, then ``finish()``. Each full chunk is sealed, hashed and
-/// appended to the segment at once; only one chunk of plaintext is ever held (and wiped).
+/// ``write(fromFileDescriptor:)``, then ``finish()``. Plaintext gathers in the writer's batch
+/// buffer (a few chunks); each full batch is sealed and hashed on all cores, appended to the
+/// segment, and its writeback started. The batch buffers are the writer's, reused by every
+/// upload and wiped when the writer goes away.
 public final class BlobUpload {
     let blobId: String
     let p: Hash
@@ -462,14 +477,7 @@ public final class BlobUpload {
         salt = try SecureRandom.bytes(16)
         blobKey = try BlobCrypto.blobKey(dataKey: dataKey, p: p, b: b, version: version, salt: salt)
         start = segment.end
-        plain = .allocate(byteCount: chunkSize, alignment: 64)
-        sealed = .allocate(byteCount: chunkSize + AESGCM.tagByteCount, alignment: 64)
-    }
-
-    deinit {
-        plain.initializeMemory(as: UInt8.self, repeating: 0)
-        plain.deallocate()
-        sealed.deallocate()
+        (plain, sealed) = (writer.plain, writer.sealed)
     }
 
     /// Appends bytes to the blob.
@@ -477,25 +485,26 @@ public final class BlobUpload {
         guard state == .writing else { throw LedgerError(.invalidArgument, "the upload is finished or abandoned") }
         var at = 0
         while at < bytes.count {
-            let n = min(chunkSize - filled, bytes.count - at)
+            let n = min(plain.count - filled, bytes.count - at)
             (plain.baseAddress! + filled).copyMemory(from: bytes.baseAddress! + at, byteCount: n)
             filled += n
             at += n
-            if filled == chunkSize { try sealChunk() }
+            if filled == plain.count { try sealBatch() }
         }
     }
 
     /// Appends bytes to the blob.
     public func write(_ bytes: [UInt8]) throws { try bytes.withUnsafeBytes { try write($0) } }
 
-    /// Reads `fd` to its end into the blob, straight into the chunk buffer.
+    /// Reads `fd` to its end into the blob, straight into the batch buffer.
     /// - Returns: the bytes read.
+    /// - Throws: ``LedgerError`` `.invalidArgument` when reading `fd` fails, `.storage`.
     @discardableResult
     public func write(fromFileDescriptor fd: Int32) throws -> UInt64 {
         guard state == .writing else { throw LedgerError(.invalidArgument, "the upload is finished or abandoned") }
         var total: UInt64 = 0
         while true {
-            let n = read(fd, plain.baseAddress! + filled, chunkSize - filled)
+            let n = read(fd, plain.baseAddress! + filled, plain.count - filled)
             if n < 0 {
                 if errno == EINTR { continue }
                 throw LedgerError(.invalidArgument, "cannot read the blob's source (errno \(errno))")
@@ -503,27 +512,52 @@ public final class BlobUpload {
             if n == 0 { return total }
             filled += n
             total += UInt64(n)
-            if filled == chunkSize { try sealChunk() }
+            if filled == plain.count { try sealBatch() }
         }
     }
 
-    private func sealChunk() throws {
-        let index = leaves.count
-        let key = BlobCrypto.chunkKey(blobKey, index)
-        let box = UnsafeMutableRawBufferPointer(rebasing: sealed[0..<(filled + AESGCM.tagByteCount)])
-        try AESGCM.seal(UnsafeRawBufferPointer(rebasing: plain[0..<filled]), into: box, key: key, nonce: BlobCrypto.zeroNonce,
-                        associatedData: BlobCrypto.chunkAAD(p: p.hex, b: b.hex, version: version, index: index))
-        leaves.append(SHA256.leafHash(UnsafeRawBufferPointer(box)))
-        try segment.append(UnsafeRawBufferPointer(box))
-        size += UInt64(filled)
+    /// Seals the chunks in the batch buffer (the last may be short) in parallel, appends them
+    /// to the segment in one write and records their leaves in order.
+    private func sealBatch() throws {
+        guard filled > 0 else { return }
+        let count = (filled + chunkSize - 1) / chunkSize
+        let first = leaves.count
+        let stride = chunkSize + AESGCM.tagByteCount
+        let (c, total, pHex, bHex, version) = (chunkSize, filled, p.hex, b.hex, version)
+        let blobKey = blobKey
+        nonisolated(unsafe) let (plain, sealed) = (plain, sealed)
+        var hashes = [Hash](repeating: .zero, count: count)
+        var failures = [Bool](repeating: false, count: count)
+        hashes.withUnsafeMutableBufferPointer { hashes in
+            failures.withUnsafeMutableBufferPointer { failures in
+                nonisolated(unsafe) let (hashes, failures) = (hashes, failures)
+                let seal: @Sendable (Int) -> Void = { j in
+                    let length = min(c, total - j * c)
+                    let box = UnsafeMutableRawBufferPointer(rebasing: sealed[(j * stride)..<(j * stride + length + AESGCM.tagByteCount)])
+                    do {
+                        try AESGCM.seal(UnsafeRawBufferPointer(rebasing: plain[(j * c)..<(j * c + length)]), into: box,
+                                        key: BlobCrypto.chunkKey(blobKey, first + j), nonce: BlobCrypto.zeroNonce,
+                                        associatedData: BlobCrypto.chunkAAD(p: pHex, b: bHex, version: version, index: first + j))
+                        hashes[j] = SHA256.leafHash(UnsafeRawBufferPointer(box))
+                    } catch {
+                        failures[j] = true
+                    }
+                }
+                if count == 1 { seal(0) } else { DispatchQueue.concurrentPerform(iterations: count, execute: seal) }
+            }
+        }
+        guard !failures.contains(true) else { throw LedgerError(.storage, "sealing a blob chunk failed") }
+        // Chunks before the last are full, so the boxes lie back to back.
+        try segment.append(UnsafeRawBufferPointer(rebasing: sealed[0..<(total + count * AESGCM.tagByteCount)]))
+        leaves += hashes
+        size += UInt64(total)
         filled = 0
     }
 
-    /// Seals the last chunk; the blob commits with its writer's next ``BlobWriter/commit()``.
+    /// Seals the last chunks; the blob commits with its writer's next ``BlobWriter/commit()``.
     public func finish() throws {
         guard state == .writing, let writer else { throw LedgerError(.invalidArgument, "the upload is finished or abandoned") }
-        if filled > 0 { try sealChunk() }
-        plain.initializeMemory(as: UInt8.self, repeating: 0)
+        try sealBatch()
         state = .finished
         writer.pending.append(self)
         writer.active = nil
@@ -531,7 +565,7 @@ public final class BlobUpload {
 
     func abandon() {
         state = .abandoned
-        plain.initializeMemory(as: UInt8.self, repeating: 0)
+        filled = 0
     }
 }
 

@@ -36,8 +36,13 @@ public enum DICOMReader {
     /// Reads the header of a Part 10 file from its first bytes (up to ``headerWindow``).
     /// - Throws: ``LedgerError`` `.invalidRecord` naming what is wrong.
     public static func parseHeader(_ bytes: [UInt8]) throws -> DICOMHeader {
+        try bytes.withUnsafeBytes { try parseHeader($0) }
+    }
+
+    /// Reads the header of a Part 10 file from its first bytes (up to ``headerWindow``).
+    public static func parseHeader(_ bytes: UnsafeRawBufferPointer) throws -> DICOMHeader {
         do {
-            return try bytes.withUnsafeBytes { try parse($0) }
+            return try parse(bytes)
         } catch let failure as Failure {
             throw LedgerError(.invalidRecord, "not a readable DICOM file: \(failure.description)")
         }
@@ -232,6 +237,7 @@ extension PatientRecords {
         var instances: [(header: DICOMHeader, blobId: String)] = []
         let writer = try blobWriter(chunkSize: chunkSize)
         var window = [UInt8](repeating: 0, count: DICOMReader.headerWindow)
+        defer { secureZero(&window) }
         for (n, name) in files.enumerated() {
             defer { progress?(n + 1, files.count, report.bytes) }
             let fd = open(folder + "/" + name, O_RDONLY | O_CLOEXEC)
@@ -244,18 +250,16 @@ extension PatientRecords {
             let header: DICOMHeader
             do {
                 guard got >= 0 else { throw LedgerError(.invalidRecord, "cannot read (errno \(errno))") }
-                header = try DICOMReader.parseHeader(Array(window[0..<got]))
+                header = try window.withUnsafeBytes { try DICOMReader.parseHeader(UnsafeRawBufferPointer(rebasing: $0[0..<got])) }
             } catch let error as LedgerError {
                 report.failures.append(.init(file: name, reason: error.message))
-                continue
-            }
-            guard lseek(fd, 0, SEEK_SET) == 0 else {
-                report.failures.append(.init(file: name, reason: "cannot seek"))
                 continue
             }
             let blobId = "dicom/" + header.sopInstanceUID
             let upload = try writer.begin(patient: patient, blobId: blobId, mediaType: "application/dicom")
             do {
+                // The header window already holds the file's start: store it, then the rest.
+                try window.withUnsafeBytes { try upload.write(UnsafeRawBufferPointer(rebasing: $0[0..<got])) }
                 try upload.write(fromFileDescriptor: fd)
                 try upload.finish()
             } catch let error as LedgerError where error.code == .invalidArgument {

@@ -22,6 +22,9 @@ public struct VerificationReport: Sendable {
         case grants
         /// Audit and break-glass indexes (`pl.audit`, `pl.breakglass`) against `audit` entries.
         case audit
+        /// Blob indexes (`pl.blobs`) against `blob` manifest entries, and the sealed chunks in
+        /// segment files against their hashes.
+        case blobs
         /// A read failed: the file is damaged where the location says.
         case storage
     }
@@ -50,6 +53,9 @@ public struct VerificationReport: Sendable {
     public internal(set) var records: UInt64 = 0
     public internal(set) var grants: UInt64 = 0
     public internal(set) var auditEvents: UInt64 = 0
+    /// Blob versions checked, and the sealed chunk bytes rehashed.
+    public internal(set) var blobVersions: UInt64 = 0
+    public internal(set) var blobBytesRehashed: UInt64 = 0
     /// Checkpoints given in ``VerificationOptions/checkpoints`` that were checked.
     public internal(set) var checkpointsChecked = 0
     /// The log root and key-map root recomputed from the entries, at ``treeSize``.
@@ -84,6 +90,10 @@ public struct VerificationOptions: Sendable {
     /// The patient layer's master key file: when given, the key check and every patient's
     /// wrapped data keys must open under it (without it they are checked for shape only).
     public var masterKey: MasterKeyFile?
+    /// Rehash every sealed blob chunk in the segment files against the chunk hashes of its
+    /// blob (default). Reads every blob byte once; without it blob indexes are still checked
+    /// against their manifests.
+    public var checkBlobChunks = true
     /// Called now and then from the verifying thread with the entries read so far.
     public var progress: (@Sendable (_ done: UInt64, _ total: UInt64) -> Void)?
     public init() {}
@@ -247,6 +257,7 @@ final class LedgerVerifier {
 /// What the pass counted for the patient layer, to compare with the tables' row counts.
 struct PatientCounts {
     var liveRecordVersions = 0
+    var liveBlobVersions = 0
     var auditEvents = 0
     var breakGlassEvents = 0
 }
@@ -645,6 +656,14 @@ extension LedgerVerifier {
                 guard state.status == .active else { return }  // erasure deleted the ciphertexts
                 patientCounts.liveRecordVersions += 1
                 try recordEntry(entry, p: p, index: index, tables: tables)
+            case "blob":
+                guard parts.count == 3, let state = try patientState(p) else {
+                    report.add(.blobs, where_, "blob manifest of a patient with no pl.patients state")
+                    return
+                }
+                guard state.status == .active else { return }  // erasure deleted the blob indexes
+                patientCounts.liveBlobVersions += 1
+                try blobEntry(entry, index: index, tables: tables)
             case "grant":
                 guard parts.count == 3, let state = try patientState(p) else {
                     report.add(.grants, where_, "grant entry of a patient with no pl.patients state")
@@ -665,6 +684,53 @@ extension LedgerVerifier {
                 }
             default:
                 return
+            }
+        }
+
+        private mutating func blobEntry(_ entry: LedgerEntry, index: UInt64, tables: PatientTables) throws {
+            let where_ = "entry \(index)"
+            guard let manifest = BlobManifest(entry: entry) else {
+                report.add(.blobs, where_, "malformed blob manifest payload")
+                return
+            }
+            guard let blobs = tables.blobs,
+                  let stored = try view.withValue(blobs, key: PatientRecords.blobStorageKey(manifest.p, manifest.b, manifest.version), { BlobRow(decoding: $0) }) else {
+                report.add(.blobs, where_, "pl.blobs has no index of version \(manifest.version) of this blob")
+                return
+            }
+            guard let row = stored else {
+                report.add(.blobs, where_, "unreadable pl.blobs row")
+                return
+            }
+            report.blobVersions += 1
+            if row.index != index { report.add(.blobs, where_, "pl.blobs row names entry \(row.index)") }
+            if row.size != manifest.size || row.chunkSize != manifest.chunkSize || row.epoch != manifest.epoch {
+                report.add(.blobs, where_, "pl.blobs row's size, chunk size or key epoch differs from the manifest")
+            }
+            guard ChunkTree(leaves: row.leaves).root == manifest.root else {
+                report.add(.blobs, where_, "the stored chunk hashes do not give the manifest's root")
+                return
+            }
+            guard verifier.options.checkBlobChunks else { return }
+            let segments = SegmentReaders(ledgerPath: verifier.ledger.path)
+            let c = UInt64(row.chunkSize)
+            let box = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(c) + AESGCM.tagByteCount, alignment: 64)
+            defer { box.deallocate() }
+            var bad: [Int] = []
+            for i in 0..<row.chunkCount {
+                let length = Int(min(c, row.size - UInt64(i) * c)) + AESGCM.tagByteCount
+                let sealed = UnsafeMutableRawBufferPointer(rebasing: box[0..<length])
+                do {
+                    try segments.read(segment: row.segment, offset: row.offset + UInt64(i) * (c + UInt64(AESGCM.tagByteCount)), into: sealed)
+                } catch {
+                    report.add(.blobs, where_, "chunk \(i): \(error)")
+                    return
+                }
+                report.blobBytesRehashed += UInt64(length)
+                if SHA256.leafHash(UnsafeRawBufferPointer(sealed)) != row.leaves[i] { bad.append(i) }
+            }
+            if !bad.isEmpty {
+                report.add(.blobs, where_, "\(bad.count) sealed chunks differ from their hashes (first: chunk \(bad[0]) in segment \(SegmentFile.fileName(row.segment)))")
             }
         }
 
@@ -833,6 +899,9 @@ extension LedgerVerifier {
 
         // Each live record version, audit and break-glass event found its row in the pass;
         // a count above that means surplus rows, which a scan then names.
+        if let blobs = tables.blobs, try view.count(blobs) != counts.liveBlobVersions {
+            report.add(.blobs, "pl.blobs", "holds \(try view.count(blobs)) rows, the log has \(counts.liveBlobVersions) blob versions of unerased patients")
+        }
         let recordRows = try view.count(tables.records)
         if recordRows != counts.liveRecordVersions {
             report.add(.records, "pl.records", "holds \(recordRows) rows, the log has \(counts.liveRecordVersions) versions of unerased patients")

@@ -166,12 +166,16 @@ struct VerifyLedger: ParsableCommand {
     @Option(help: "The master key file: also check that the key check and every wrapped data key open under it.")
     var masterKey: String?
 
+    @Flag(help: "Check blob indexes against their manifests without rehashing every sealed chunk.")
+    var skipBlobChunks = false
+
     func run() throws {
         var ledgerOptions = Ledger.Options()
         ledgerOptions.readOnly = true
         let ledger = try Ledger(path: location.directory, options: ledgerOptions)
         var options = VerificationOptions()
         options.scratchDirectory = scratch
+        options.checkBlobChunks = !skipBlobChunks
         if let masterKey { options.masterKey = try MasterKeyFile(path: masterKey) }
         for path in checkpoints {
             options.checkpoints.append(String(decoding: try readInput(path, limit: 1 << 20), as: UTF8.self))
@@ -189,6 +193,7 @@ struct VerifyLedger: ParsableCommand {
                 "map_root": report.mapRoot.hex, "entries": report.entries, "stored_hashes": report.storedHashes,
                 "map_versions": report.mapVersions, "map_pages": report.mapPages, "patients": report.patients,
                 "records": report.records, "grants": report.grants, "audit_events": report.auditEvents,
+                "blob_versions": report.blobVersions, "blob_bytes_rehashed": report.blobBytesRehashed,
                 "checkpoints_checked": report.checkpointsChecked, "problem_count": report.problemCount, "problems": problems,
             ]
             if let note = report.checkpoint { out["checkpoint"] = note }
@@ -198,7 +203,8 @@ struct VerifyLedger: ParsableCommand {
             tree size \(report.treeSize): \(report.entries) entries and \(report.storedHashes) stored hashes rehashed, \
             \(report.mapVersions) map versions and \(report.mapPages) pages rebuilt
             patient layer: \(report.patients) patients, \(report.records) stored record versions, \
-            \(report.grants) grants, \(report.auditEvents) audit events
+            \(report.grants) grants, \(report.auditEvents) audit events, \(report.blobVersions) blob versions \
+            (\(report.blobBytesRehashed) sealed bytes rehashed)
             checkpoints given: \(report.checkpointsChecked)
 
             """

@@ -163,3 +163,15 @@ public func parseCount(_ text: String) -> Int? {
     if lower.hasSuffix("k"), let v = Double(lower.dropLast()) { return Int(v * 1_000) }
     return Int(lower)
 }
+
+/// Parses sizes like `2GB`, `500MB`, `256k`, `1M` (binary multiples: 1k = 1024), `4096`.
+public func parseBytes(_ text: String) -> UInt64? {
+    var lower = text.lowercased()
+    if lower.hasSuffix("b") && lower.count > 1 && !lower.dropLast().allSatisfy(\.isNumber) { lower.removeLast() }
+    let units: [(String, UInt64)] = [("t", 1 << 40), ("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)]
+    for (suffix, factor) in units where lower.hasSuffix(suffix) {
+        guard let v = Double(lower.dropLast()) else { return nil }
+        return UInt64(v * Double(factor))
+    }
+    return UInt64(lower)
+}

@@ -20,6 +20,8 @@ var queries = 200_000
 var sparseKeys: Int? = nil
 var patientRecords = 0
 var patientCount = 0
+var imagingBytes: UInt64 = 0
+var chunkSizes = [PatientRecords.defaultBlobChunkSize]
 let batch = 10_000
 
 var args = CommandLine.arguments.dropFirst()
@@ -31,10 +33,12 @@ while let arg = args.popFirst() {
     case "--keys": sparseKeys = parseCount(args.popFirst() ?? "")
     case "--records": patientRecords = parseCount(args.popFirst() ?? "") ?? 0
     case "--patients": patientCount = parseCount(args.popFirst() ?? "") ?? 0
+    case "--imaging": imagingBytes = parseBytes(args.popFirst() ?? "") ?? 0
+    case "--chunk-sizes": chunkSizes = (args.popFirst() ?? "").split(separator: ",").compactMap { parseBytes(String($0)).map(Int.init) }
     case "--dir": baseDir = args.popFirst()
     case "--json": jsonPath = args.popFirst()
     default:
-        FileHandle.standardError.write(Data("usage: ledger-bench [--entries N] [--entries-4k N] [--queries N] [--keys N] [--records N --patients N] [--dir PATH] [--json FILE]\n".utf8))
+        FileHandle.standardError.write(Data("usage: ledger-bench [--entries N] [--entries-4k N] [--queries N] [--keys N] [--records N --patients N] [--imaging SIZE [--chunk-sizes 256k,1M]] [--dir PATH] [--json FILE]\n".utf8))
         exit(2)
     }
 }
@@ -405,6 +409,12 @@ if patientRecords > 0 {
                     value: Double(try ledger.storedBytes()) / Double(patientRecords), unit: "B/record", limitName: nil, limit: nil, extra: [:]))
 }
 
+// ---- Imaging (blobs) ----
+var imagingRows: [ImagingBench.Row] = []
+if imagingBytes > 0 {
+    imagingRows = try ImagingBench.run(base: baseDir, total: imagingBytes, chunkSizes: chunkSizes, log: log)
+}
+
 // ---- Report ----
 func format(_ v: Double) -> String {
     if v >= 100 { return String(format: "%.0f", v) }
@@ -422,12 +432,35 @@ print(String(format: "| 128 B append vs write+fdatasync of the same bytes | %.2f
              append128.median / limits128.fsync, format(limits128.fsync)))
 print("| bytes on disk after \(entries) x 128 B | \(bytesOnDisk) | bytes | \(bytesOnDisk / max(entries, 1)) B/entry | |")
 
+if !imagingRows.isEmpty {
+    print("")
+    print("Imaging: \(imagingBytes >> 20) MiB per scenario")
+    print("| figure | median | unit | limit (same run) | ratio | p50 ms | p99 ms | peak RSS MB |")
+    print("| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |")
+    for row in imagingRows {
+        let limit = row.limit.map { "\(row.limitName!): \(format($0))" } ?? ""
+        let ratio = row.limit.map { String(format: "%.2fx", row.value / $0) } ?? ""
+        print("| \(row.name) | \(format(row.value)) | \(row.unit) | \(limit) | \(ratio) | \(row.p50.map(format) ?? "") | "
+              + "\(row.p99.map(format) ?? "") | \(row.peakRSS.map { String($0 >> 20) } ?? "") |")
+    }
+}
+
 if let jsonPath {
     var object: [String: Any] = ["entries": entries, "entries_4k": entries4k, "bytes_on_disk": bytesOnDisk,
                                  "date": ISO8601DateFormatter().string(from: Date())]
     object["figures"] = rows.map { row -> [String: Any] in
         var o: [String: Any] = ["name": row.name, "median": row.value, "unit": row.unit]
         if let l = row.limit { o["limit"] = l; o["limit_name"] = row.limitName!; o["ratio"] = row.value / l }
+        for (k, v) in row.extra { o[k] = v }
+        return o
+    }
+    object["imaging_bytes"] = imagingBytes
+    object["imaging"] = imagingRows.map { row -> [String: Any] in
+        var o: [String: Any] = ["name": row.name, "median": row.value, "unit": row.unit]
+        if let l = row.limit { o["limit"] = l; o["limit_name"] = row.limitName!; o["ratio"] = row.value / l }
+        if let v = row.p50 { o["p50_ms"] = v }
+        if let v = row.p99 { o["p99_ms"] = v }
+        if let v = row.peakRSS { o["peak_rss_bytes"] = v }
         for (k, v) in row.extra { o[k] = v }
         return o
     }
