@@ -207,6 +207,39 @@ public struct DICOMImportReport: Sendable {
     public var failures: [Failure] = []
 }
 
+/// What the import workers share, under a lock.
+private final class ImportState: @unchecked Sendable {
+    // Sendable: `lock` guards every field.
+    private let lock = NSLock()
+    private var _report = DICOMImportReport()
+    private var _found: [(n: Int, header: DICOMHeader, blobId: String)] = []
+    private var _error: (any Error)?
+    private var done = 0
+
+    var report: DICOMImportReport { lock.withLock { _report } }
+    var found: [(n: Int, header: DICOMHeader, blobId: String)] { lock.withLock { _found } }
+    var error: (any Error)? { lock.withLock { _error } }
+
+    func fail(_ error: any Error) { lock.withLock { if _error == nil { _error = error } } }
+    func failed(_ failures: [DICOMImportReport.Failure]) { lock.withLock { _report.failures += failures } }
+    func stored(_ items: [(Int, DICOMHeader, String, UInt64)]) {
+        lock.withLock {
+            for (n, header, blobId, size) in items {
+                _found.append((n, header, blobId))
+                _report.instances += 1
+                _report.bytes += size
+            }
+        }
+    }
+    /// Counts a finished file and reports progress (serialized: callers may be on any worker).
+    func progressed(_ report: (Int, UInt64) -> Void) {
+        lock.withLock {
+            done += 1
+            report(done, _report.bytes)
+        }
+    }
+}
+
 extension PatientRecords {
     /// Plaintext bytes of imported files committed together (one fdatasync and one log
     /// commit per batch).
@@ -233,50 +266,26 @@ extension PatientRecords {
             }
         }
         files.sort()
-        var report = DICOMImportReport()
-        var instances: [(header: DICOMHeader, blobId: String)] = []
-        let writer = try blobWriter(chunkSize: chunkSize)
-        var window = [UInt8](repeating: 0, count: DICOMReader.headerWindow)
-        defer { secureZero(&window) }
-        for (n, name) in files.enumerated() {
-            defer { progress?(n + 1, files.count, report.bytes) }
-            let fd = open(folder + "/" + name, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else {
-                report.failures.append(.init(file: name, reason: "cannot open (errno \(errno))"))
-                continue
-            }
-            defer { close(fd) }
-            let got = window.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            let header: DICOMHeader
+        // Two workers (one per core), each with its own writer, segment and header window,
+        // take alternate files: sealing, hashing and the copies into the page cache of one
+        // file overlap those of the next. Each commits its batches on its own.
+        let state = ImportState()
+        let paths = files
+        let workers = max(1, min(2, ProcessInfo.processInfo.activeProcessorCount, paths.count))
+        nonisolated(unsafe) let progress = progress
+        DispatchQueue.concurrentPerform(iterations: workers) { w in
             do {
-                guard got >= 0 else { throw LedgerError(.invalidRecord, "cannot read (errno \(errno))") }
-                header = try window.withUnsafeBytes { try DICOMReader.parseHeader(UnsafeRawBufferPointer(rebasing: $0[0..<got])) }
-            } catch let error as LedgerError {
-                report.failures.append(.init(file: name, reason: error.message))
-                continue
-            }
-            let blobId = "dicom/" + header.sopInstanceUID
-            let upload = try writer.begin(patient: patient, blobId: blobId, mediaType: "application/dicom")
-            do {
-                // The header window already holds the file's start: store it, then the rest.
-                try window.withUnsafeBytes { try upload.write(UnsafeRawBufferPointer(rebasing: $0[0..<got])) }
-                try upload.write(fromFileDescriptor: fd)
-                try upload.finish()
-            } catch let error as LedgerError where error.code == .invalidArgument {
-                // The source failed mid-file: its chunks stay unreferenced (garbage); go on.
-                writer.abandonCurrent()
-                report.failures.append(.init(file: name, reason: error.message))
-                continue
+                try importFiles(paths, worker: w, of: workers, patient: patient, folder: folder, chunkSize: chunkSize, state: state) {
+                    progress?($0, paths.count, $1)
+                }
             } catch {
-                writer.abandonCurrent()
-                throw error
+                state.fail(error)
             }
-            instances.append((header, blobId))
-            report.instances += 1
-            report.bytes += upload.size
-            if writer.pendingBytes >= Self.importBatchBytes { try writer.commit() }
         }
-        try writer.commit()
+        if let error = state.error { throw error }
+        var report = state.report
+        report.failures.sort { $0.file < $1.file }
+        let instances = state.found.sorted { $0.n < $1.n }.map { (header: $0.header, blobId: $0.blobId) }
         // One ImagingStudy per study, series and instances in file order.
         var studies: [String: [(DICOMHeader, String)]] = [:]
         var order: [String] = []
@@ -296,6 +305,65 @@ extension PatientRecords {
                                         series: Set(items.map(\.0.seriesInstanceUID)).count, instances: items.count))
         }
         return report
+    }
+
+    /// One import worker: files `worker`, `worker + workers`, … of `files`.
+    private func importFiles(_ files: [String], worker: Int, of workers: Int, patient: String, folder: String, chunkSize: Int,
+                             state: ImportState, progress: (Int, UInt64) -> Void) throws {
+        let writer = try blobWriter(chunkSize: chunkSize)
+        var window = [UInt8](repeating: 0, count: DICOMReader.headerWindow)
+        defer { secureZero(&window) }
+        var pending: [(n: Int, header: DICOMHeader, blobId: String, size: UInt64, name: String)] = []
+        func commit() throws {
+            do {
+                try writer.commit()
+                state.stored(pending.map { ($0.n, $0.header, $0.blobId, $0.size) })
+            } catch let error as LedgerError where error.code == .conflict {
+                // Another writer stored one of these blob versions first (the same instance
+                // twice in the folder): this batch is not stored; the files are reported.
+                state.failed(pending.map { DICOMImportReport.Failure(file: $0.name, reason: "not stored: \(error.message)") })
+            }
+            pending.removeAll()
+        }
+        for n in stride(from: worker, to: files.count, by: workers) {
+            if state.error != nil { return }
+            let name = files[n]
+            defer { state.progressed(progress) }
+            let fd = open(folder + "/" + name, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else {
+                state.failed([.init(file: name, reason: "cannot open (errno \(errno))")])
+                continue
+            }
+            defer { close(fd) }
+            let got = window.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            let header: DICOMHeader
+            do {
+                guard got >= 0 else { throw LedgerError(.invalidRecord, "cannot read (errno \(errno))") }
+                header = try window.withUnsafeBytes { try DICOMReader.parseHeader(UnsafeRawBufferPointer(rebasing: $0[0..<got])) }
+            } catch let error as LedgerError {
+                state.failed([.init(file: name, reason: error.message)])
+                continue
+            }
+            let blobId = "dicom/" + header.sopInstanceUID
+            let upload = try writer.begin(patient: patient, blobId: blobId, mediaType: "application/dicom")
+            do {
+                // The header window already holds the file's start: store it, then the rest.
+                try window.withUnsafeBytes { try upload.write(UnsafeRawBufferPointer(rebasing: $0[0..<got])) }
+                try upload.write(fromFileDescriptor: fd)
+                try upload.finish()
+            } catch let error as LedgerError where error.code == .invalidArgument {
+                // The source failed mid-file: its chunks stay unreferenced (garbage); go on.
+                writer.abandonCurrent()
+                state.failed([.init(file: name, reason: error.message)])
+                continue
+            } catch {
+                writer.abandonCurrent()
+                throw error
+            }
+            pending.append((n, header, blobId, upload.size, name))
+            if writer.pendingBytes >= Self.importBatchBytes / UInt64(workers) { try commit() }
+        }
+        try commit()
     }
 
     /// A FHIR R4 ImagingStudy for the instances of one study.

@@ -51,7 +51,7 @@ do {
         step += 1
         let size = try ledger.size
         func ack() throws { say("ack \(try ledger.size) \(Base64.encode(Array(try ledger.signedCheckpoint().utf8)))") }
-        switch rng.next() % 10 {
+        switch rng.next() % 11 {
         case 0, 1, 2:
             let n = Int(rng.next() % 200) + 1
             let entries = try (0..<n).map { i -> LedgerEntry in
@@ -101,6 +101,24 @@ do {
             }
             say("begin \(size) \(requests.count)")
             _ = try records.readRecords(requests, as: .grantee("dr-\(rng.next() % 3)"), breakGlass: rng.next() % 4 == 0 ? "emergency" : nil)
+            try ack()
+        case 9:
+            // Blobs: chunks stream into a segment before the commit that makes them visible.
+            guard let patient = patients.randomElement(using: &rng) else { continue }
+            let writer = try records.blobWriter(chunkSize: 16 << 10)
+            let n = Int(rng.next() % 3) + 1
+            for b in 0..<n {
+                let upload = try writer.begin(patient: patient, blobId: "scan-\(rng.next() % 4)", mediaType: "application/dicom")
+                var left = Int(rng.next() % 400_000)
+                while left > 0 {
+                    let piece = min(left, Int(rng.next() % 70_000) + 1)
+                    try upload.write(Array(repeating: UInt8(truncatingIfNeeded: step &+ b), count: piece))
+                    left -= piece
+                }
+                try upload.finish()
+            }
+            say("begin \(size) \(n)")
+            try writer.commit()
             try ack()
         default:
             guard rng.next() % 3 == 0, patients.count > 1 else { continue }

@@ -52,4 +52,17 @@ import MerkleLog
     // --- README patient example ends ---
     #expect(record.content == fhirJSON)
     #expect(throws: LedgerError(.accessDenied, "")) { try records.read(patient: "Patient/123", recordId: "obs-1", as: .grantee("dr-lee")) }
+
+    let scanFile = keyFile + ".scan"
+    try Data((0..<600_000).map { UInt8(truncatingIfNeeded: $0 * 7) }).write(to: URL(fileURLWithPath: scanFile))
+    defer { try? FileManager.default.removeItem(atPath: scanFile) }
+    // --- README blob example begins ---
+    try records.putBlob(patient: "Patient/123", blobId: "ct-2026-11-25", mediaType: "application/dicom",
+                        contentsOfFile: scanFile)                     // streamed in 256 KiB chunks
+    let scan = try records.openBlob(patient: "Patient/123", blobId: "ct-2026-11-25", as: .patient("Patient/123"))
+    let slice = try scan.read(offset: 300_000, count: 4096)          // only the chunks it needs, each checked
+    let rangeProof = try scan.rangeProof(offset: 300_000, length: 4096)
+    let proven = try BlobRangeProof.verify(rangeProof.json, verifier: verifier)   // offline
+    // --- README blob example ends ---
+    #expect(proven.bytes == slice && slice == (300_000..<304_096).map { UInt8(truncatingIfNeeded: $0 * 7) })
 }

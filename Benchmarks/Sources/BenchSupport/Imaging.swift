@@ -78,6 +78,10 @@ public enum ImagingBench {
 
     /// Writes `total` bytes to `path` in 1 MiB writes and syncs once at the end, as
     /// `dd bs=1M conv=fdatasync` does. Returns bytes per second.
+    ///
+    /// Every 4 KiB block written is distinct and incompressible, like sealed chunks: this
+    /// machine's virtual disk writes a repeated buffer several times faster than fresh data
+    /// (1.7 GB/s against 0.4 GB/s measured), so `dd if=/dev/zero` style limits mislead.
     static func sequentialWrite(path: String, total: UInt64) throws -> Double {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         guard fd >= 0 else { throw POSIXError(.EIO) }
@@ -88,8 +92,13 @@ public enum ImagingBench {
         fill(buffer, seed: &seed)
         let t0 = now()
         var done: UInt64 = 0
+        var stamp: UInt64 = 0
         while done < total {
             let n = Int(min(UInt64(buffer.count), total - done))
+            for block in stride(from: 0, to: n, by: 4096) {
+                stamp &+= 0x9E3779B97F4A7C15
+                buffer.storeBytes(of: stamp, toByteOffset: block, as: UInt64.self)
+            }
             guard write(fd, buffer.baseAddress, n) == n else { throw POSIXError(.EIO) }
             done += UInt64(n)
         }
@@ -202,18 +211,35 @@ public enum ImagingBench {
             try records.addPatient(externalId: "Patient/1")
             let label = "chunk \(chunkSize >> 10) KiB"
 
-            log("imaging [\(label)]: ingest one \(total >> 20) MiB file")
-            sync()
-            resetPeakRSS()
-            let t0 = now()
-            let info = try records.putBlob(patient: "Patient/1", blobId: "big", mediaType: "application/octet-stream",
+            // Ingest and the write limit alternate, three times each, so both meet the same
+            // state of this shared disk; the ratio is the median of the three pairs.
+            log("imaging [\(label)]: ingest one \(total >> 20) MiB file, 3 times, each after a dd of the same size")
+            var ingestRates: [Double] = [], pairedDD: [Double] = [], ratios: [Double] = []
+            var info: BlobInfo! = nil
+            var ingestRSS: UInt64 = 0
+            for _ in 0..<3 {
+                sync()
+                let dd = try sequentialWrite(path: dir + "/dd", total: total)
+                sync()
+                resetPeakRSS()
+                let t0 = now()
+                info = try records.putBlob(patient: "Patient/1", blobId: "big", mediaType: "application/octet-stream",
                                            contentsOfFile: big, chunkSize: chunkSize)
-            let ingest = Double(info.size) / (now() - t0)
-            rows.append(Row(name: "ingest one \(total >> 20) MiB file, \(label)", value: ingest / 1e6, unit: "MB/s",
-                            limitName: "dd", limit: ddRate / 1e6, peakRSS: peakRSS()))
+                let rate = Double(info.size) / (now() - t0)
+                ingestRSS = max(ingestRSS, peakRSS())
+                ingestRates.append(rate)
+                pairedDD.append(dd)
+                ratios.append(rate / dd)
+            }
+            rows.append(Row(name: "ingest one \(total >> 20) MiB file (median of 3), \(label)", value: Stats(ingestRates).median / 1e6,
+                            unit: "MB/s", limitName: "dd just before", limit: Stats(pairedDD).median / 1e6, peakRSS: ingestRSS,
+                            extra: ["min_MBps": ingestRates.min()! / 1e6, "max_MBps": ingestRates.max()! / 1e6,
+                                    "median_paired_ratio": Stats(ratios).median]))
 
             if n == 0 {
-                log("imaging [\(label)]: import-dicom of \(files) files")
+                log("imaging [\(label)]: import-dicom of \(files) files, after a dd of the same size")
+                sync()
+                let importDD = try sequentialWrite(path: dir + "/dd", total: total)
                 sync()
                 resetPeakRSS()
                 var fileTimes: [Double] = []
@@ -227,8 +253,8 @@ public enum ImagingBench {
                 precondition(report.failures.isEmpty && report.instances == files, "import failed: \(report.failures.prefix(3))")
                 let rate = Double(report.bytes) / (now() - t1)
                 let s = Stats(fileTimes)
-                rows.append(Row(name: "import-dicom \(files) files of \(fileSize >> 10) KiB (\(label), commit per 64 MiB)", value: rate / 1e6,
-                                unit: "MB/s", limitName: "dd", limit: ddRate / 1e6, p50: s.median * 1e3, p99: s.percentile(99) * 1e3,
+                rows.append(Row(name: "import-dicom \(files) files of \(fileSize >> 10) KiB (\(label), 2 writers, commit per 32 MiB each)", value: rate / 1e6,
+                                unit: "MB/s", limitName: "dd just before", limit: importDD / 1e6, p50: s.median * 1e3, p99: s.percentile(99) * 1e3,
                                 peakRSS: peakRSS(), extra: ["files_per_s": Double(files) / (now() - t1)]))
             }
 
@@ -286,7 +312,7 @@ public enum ImagingBench {
                 var st = stat()
                 if stat(ledgerDir + "/" + name, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG { diskBytes += UInt64(st.st_blocks) * 512 }
             }
-            let stored = n == 0 ? 2 * Double(total) : Double(total)
+            let stored = Double(total) * (n == 0 ? 4 : 3)  // three ingests, and the study folder once
             rows.append(Row(name: "bytes on disk per plaintext byte (segments + LMDB), \(label)", value: Double(diskBytes) / stored, unit: "B/B"))
             try? FileManager.default.removeItem(atPath: ledgerDir)
         }
