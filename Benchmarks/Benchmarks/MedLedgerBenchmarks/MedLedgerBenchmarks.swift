@@ -171,4 +171,63 @@ let benchmarks: @Sendable () -> Void = {
             blackHole(try Ledger(path: path))
         }
     }
+
+    // ---- Blobs: 64 MiB per ingest, reads from a 256 MiB blob (256 KiB chunks) ----
+    Benchmark("blob ingest 64 MiB durable", configuration: .init(metrics: [.throughput, .wallClock, .mallocCountTotal, .peakMemoryResident],
+                                                                  maxDuration: .seconds(10), maxIterations: 20)) { benchmark in
+        let (records, _) = try sharedBlobLedger()
+        let piece = [UInt8](repeating: 0x42, count: 1 << 20)
+        benchmark.startMeasurement()
+        for i in benchmark.scaledIterations {
+            let writer = try records.blobWriter()
+            let upload = try writer.begin(patient: "Patient/1", blobId: "ingest-\(i)")
+            for _ in 0..<64 { try upload.write(piece) }
+            try upload.finish()
+            blackHole(try writer.commit())
+        }
+    }
+
+    Benchmark("blob full read 256 MiB (every chunk checked)", configuration: .init(maxDuration: .seconds(10), maxIterations: 20)) { benchmark in
+        let (_, reader) = try sharedBlobLedger()
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            var sink: UInt8 = 0
+            try reader.stream { sink ^= $0[0] }
+            blackHole(sink)
+        }
+    }
+
+    Benchmark("blob range read 1 MB, random offset", configuration: .init(maxDuration: .seconds(5), maxIterations: 10_000)) { benchmark in
+        let (_, reader) = try sharedBlobLedger()
+        var rng = Workloads.SplitMix64(seed: 3)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
+        defer { buffer.deallocate() }
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            try reader.read(offset: rng.next() % (reader.info.size - (1 << 20)), into: buffer)
+        }
+    }
+}
+
+nonisolated(unsafe) var blobLedger: (PatientRecords, BlobReader)?
+
+/// A durable ledger with one patient and a 256 MiB blob, built once for the blob benchmarks.
+func sharedBlobLedger() throws -> (PatientRecords, BlobReader) {
+    if let blobLedger { return blobLedger }
+    let path = Workloads.scratch("blobs")
+    let (ledger, _) = try Ledger.create(at: path, origin: "bench.example/blobs")
+    let records = try PatientRecords(ledger: ledger, masterKey: try MasterKeyFile.create(at: path + ".key"))
+    try records.addPatient(externalId: "Patient/1")
+    let writer = try records.blobWriter()
+    let upload = try writer.begin(patient: "Patient/1", blobId: "study")
+    var rng = Workloads.SplitMix64(seed: 9)
+    var piece = [UInt8](repeating: 0, count: 1 << 20)
+    for _ in 0..<256 {
+        piece.withUnsafeMutableBytes { raw in for i in 0..<(raw.count / 8) { raw.storeBytes(of: rng.next(), toByteOffset: i * 8, as: UInt64.self) } }
+        try upload.write(piece)
+    }
+    try upload.finish()
+    try writer.commit()
+    blobLedger = (records, try records.openBlob(patient: "Patient/1", blobId: "study", as: .custodian("bench")))
+    return blobLedger!
 }
