@@ -186,16 +186,7 @@ extension PatientRecords {
     /// The newest version of blob `b` in `view` (0 when none).
     func lastBlobVersion(_ view: TransactionView, _ p: Hash, _ b: Hash) throws -> UInt32 {
         guard let blobs else { return 0 }
-        let prefix = p.bytes + b.bytes
-        return try view.withCursor(blobs) { cursor in
-            let found = try cursor.seek(atOrAfter: prefix + [0xff, 0xff, 0xff, 0xff])
-            if found, cursor.withCurrent({ key, _ in Array(key) == prefix + [0xff, 0xff, 0xff, 0xff] }) { return .max }
-            guard found ? try cursor.previous() : try cursor.last() else { return 0 }
-            return cursor.withCurrent { key, _ in
-                guard key.count == 68, Array(key[0..<64]) == prefix else { return 0 }
-                return UInt32(bigEndian: key.loadUnaligned(fromByteOffset: 64, as: UInt32.self))
-            }
-        }
+        return try Self.lastVersion(view, in: blobs, p, b)
     }
 
     static func blobStorageKey(_ p: Hash, _ b: Hash, _ version: UInt32) -> [UInt8] {

@@ -165,8 +165,14 @@ public final class PatientRecords: @unchecked Sendable {
 
     /// The newest stored version of a record (0 when none).
     private func lastVersion(_ view: TransactionView, _ p: Hash, _ r: Hash) throws -> UInt32 {
+        try Self.lastVersion(view, in: records, p, r)
+    }
+
+    /// The newest version stored under `p || r || u32 version` keys of `db` (0 when none):
+    /// `pl.records` and `pl.blobs` share that layout.
+    static func lastVersion(_ view: TransactionView, in db: Database, _ p: Hash, _ r: Hash) throws -> UInt32 {
         let prefix = p.bytes + r.bytes
-        return try view.withCursor(records) { cursor in
+        return try view.withCursor(db) { cursor in
             let found = try cursor.seek(atOrAfter: prefix + [0xff, 0xff, 0xff, 0xff])
             if found, cursor.withCurrent({ key, _ in Array(key) == prefix + [0xff, 0xff, 0xff, 0xff] }) { return .max }
             guard found ? try cursor.previous() : try cursor.last() else { return 0 }
