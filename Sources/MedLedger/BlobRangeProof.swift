@@ -5,8 +5,9 @@ public import MerkleLog
 /// A byte range of a blob with everything needed to check it offline (`docs/FORMATS.md`,
 /// blob range proofs): the signed checkpoint; the manifest entry with its inclusion proof and
 /// the key proof of `blob/<p>/<b>` at the checkpoint's size; and for each chunk the range
-/// touches, the sealed chunk, its RFC 6962 audit path in the blob's chunk tree and that chunk's
-/// own key (no other chunk opens with it).
+/// touches, the stored chunk (key commitment, ciphertext, tag), its RFC 6962 audit path in the
+/// blob's chunk tree and that chunk's own key (no other chunk opens with it, and the chunk
+/// opens with no other key).
 ///
 /// ```json
 /// {"type":"blob-range","v":1,"checkpoint":"<note>","tree_size":N,"entry_index":I,"entry":"<base64>",
@@ -98,7 +99,7 @@ public struct BlobRangeProof: Sendable {
                   let pathText = item["path"] as? [String] else { throw bad("missing or malformed field") }
             defer { secureZero(&keyBytes) }
             let plainLength = min(c, manifest.size - UInt64(i) * c)
-            guard box.count == Int(plainLength) + AESGCM.tagByteCount else { throw bad("sealed chunk has the wrong size") }
+            guard box.count == Int(plainLength) + BlobCrypto.overhead else { throw bad("sealed chunk has the wrong size") }
             let path = try pathText.map { text -> Hash in
                 guard let h = Hash(hex: text) else { throw bad("malformed path hash") }
                 return h
@@ -110,12 +111,14 @@ public struct BlobRangeProof: Sendable {
                 throw bad("not in the blob's chunk tree (\(error))")
             }
             let chunkKey = keyBytes.withUnsafeBytes { SecureBytes(copying: $0) }
+            // The leaf covers the key commitment: only the committed key may open the chunk.
+            guard BlobCrypto.keyCommitment(chunkKey) == Hash(box[0..<32]) else { throw bad("the chunk key is not the one the chunk commits to") }
             var plain = [UInt8](repeating: 0, count: Int(plainLength))
             defer { secureZero(&plain) }
             do {
-                try box.withUnsafeBytes { sealed in
+                try box.withUnsafeBytes { stored in
                     try plain.withUnsafeMutableBytes { out in
-                        try AESGCM.open(sealed, into: out, key: chunkKey, nonce: BlobCrypto.zeroNonce,
+                        try AESGCM.open(UnsafeRawBufferPointer(rebasing: stored[32...]), into: out, key: chunkKey, nonce: BlobCrypto.zeroNonce,
                                         associatedData: BlobCrypto.chunkAAD(p: manifest.p.hex, b: manifest.b.hex, version: manifest.version, index: i))
                     }
                 }
@@ -156,7 +159,7 @@ extension BlobReader {
         PatientPayload.writeString(note, into: &out)
         text(#","chunks":["#)
         let c = UInt64(info.chunkSize)
-        let box = UnsafeMutableRawBufferPointer.allocate(byteCount: info.chunkSize + AESGCM.tagByteCount, alignment: 64)
+        let box = UnsafeMutableRawBufferPointer.allocate(byteCount: info.chunkSize + BlobCrypto.overhead, alignment: 64)
         defer { box.deallocate() }
         for i in Int(offset / c)...Int((offset + length - 1) / c) {
             let sealed = UnsafeMutableRawBufferPointer(rebasing: box[0..<sealedLength(i)])

@@ -22,8 +22,9 @@ struct BlobExtent: Hashable {
 /// (`docs/DESIGN.md`, blobs).
 ///
 /// One writer at a time appends to a segment: it holds an exclusive `flock` on it from its
-/// first byte until its manifests committed, so writers in other processes pick another
-/// segment and garbage collection skips it.
+/// first byte until the writer is released (after its commits), so other writers pick another
+/// segment and garbage collection skips it. `flock` locks are per open file description on a
+/// local file system; on network file systems they may not be, so keep ledgers on local disks.
 final class SegmentFile {
     let id: UInt64
     let fd: Int32
@@ -66,7 +67,9 @@ final class SegmentFile {
     /// Locks a segment with room for appends, or creates one (durably: the directory is synced).
     static func acquire(ledgerPath: String) throws -> SegmentFile {
         let dir = directory(ledgerPath)
-        if mkdir(dir, 0o700) != 0 && errno != EEXIST {
+        if mkdir(dir, 0o700) == 0 {
+            try syncDirectory(ledgerPath)  // the new directory's entry must survive a crash
+        } else if errno != EEXIST {
             throw fileError("cannot create the blob directory \(dir)")
         }
         let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
@@ -74,8 +77,11 @@ final class SegmentFile {
             guard let id = id(ofFileName: name) else { continue }
             let fd = open(dir + "/" + name, O_RDWR | O_CLOEXEC)
             guard fd >= 0 else { continue }
-            var info = stat()
-            guard flock(fd, LOCK_EX | LOCK_NB) == 0, fstat(fd, &info) == 0, UInt64(info.st_size) < softLimit else {
+            var info = stat(), named = stat()
+            // Garbage collection may have unlinked the file between our open and our lock:
+            // only a file still reachable under its name may take new chunks.
+            guard flock(fd, LOCK_EX | LOCK_NB) == 0, fstat(fd, &info) == 0, UInt64(info.st_size) < softLimit,
+                  info.st_nlink > 0, stat(dir + "/" + name, &named) == 0, named.st_ino == info.st_ino, named.st_dev == info.st_dev else {
                 close(fd)  // releases the lock too, when taken
                 continue
             }
@@ -88,7 +94,10 @@ final class SegmentFile {
             let fd = open(dir + "/" + fileName(id), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
             if fd < 0 && errno == EEXIST { continue }
             guard fd >= 0 else { throw fileError("cannot create a blob segment in \(dir)") }
-            guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            var info = stat(), named = stat()
+            // Garbage collection may open, lock and unlink a new empty file before we lock it.
+            guard flock(fd, LOCK_EX | LOCK_NB) == 0, fstat(fd, &info) == 0, info.st_nlink > 0,
+                  stat(dir + "/" + fileName(id), &named) == 0, named.st_ino == info.st_ino, named.st_dev == info.st_dev else {
                 close(fd)
                 continue
             }

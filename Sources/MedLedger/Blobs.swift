@@ -41,11 +41,13 @@ struct BlobRow {
 
     var chunkCount: Int { leaves.count }
     /// Bytes the sealed chunks take in the segment.
-    var storedLength: UInt64 { size + UInt64(leaves.count * AESGCM.tagByteCount) }
+    var storedLength: UInt64 { size + UInt64(leaves.count * BlobCrypto.overhead) }
     var extent: BlobExtent { BlobExtent(segment: segment, offset: offset, length: storedLength) }
 
     static func chunkCount(size: UInt64, chunkSize: UInt32) -> Int {
-        Int((size + UInt64(chunkSize) - 1) / UInt64(chunkSize))
+        // Without overflow for any size a damaged row or entry may state.
+        let c = UInt64(chunkSize)
+        return Int(clamping: size / c + (size % c == 0 ? 0 : 1))
     }
 
     func encoded() -> [UInt8] {
@@ -77,6 +79,19 @@ struct BlobRow {
 /// Keys and associated data of blob chunks (`docs/FORMATS.md`, blob encryption).
 enum BlobCrypto {
     static let zeroNonce = [UInt8](repeating: 0, count: AESGCM.nonceByteCount)
+    /// Bytes a stored chunk adds to its plaintext: the key commitment and the GCM tag.
+    static let overhead = 32 + AESGCM.tagByteCount
+
+    /// SHA-256("medledger-blob-key-commit/1" || K_i): stored before each sealed chunk and
+    /// covered by its leaf hash, so a chunk opens under exactly one key. AES-GCM alone does not
+    /// bind a ciphertext to a key: whoever holds the data key could craft a box that opens
+    /// to different bytes under two chunk keys and hand different verifiers different keys.
+    static func keyCommitment(_ key: SecureBytes) -> Hash {
+        var input = Array("medledger-blob-key-commit/1".utf8)
+        key.withUnsafeBytes { input += $0 }
+        defer { secureZero(&input) }
+        return SHA256.hash(input)
+    }
 
     /// K_blob = HMAC-SHA-256(D_e, "medledger-blob-key/1|p|b|v|salt"): the random salt makes
     /// every upload's keys new, so a retried upload of the same version never reuses a key.
@@ -177,7 +192,9 @@ extension PatientRecords {
         let writer = try blobWriter(chunkSize: chunkSize)
         let upload = try writer.begin(patient: patient, blobId: blobId, mediaType: mediaType)
         for try await piece in pieces {
-            try upload.write(Array(piece))
+            var copy = Array(piece)
+            defer { secureZero(&copy) }
+            try upload.write(copy)
         }
         try upload.finish()
         return try writer.commit()[0]
@@ -267,9 +284,12 @@ extension PatientRecords {
                     try txn.withCursor(blobs) { cursor in
                         var more = try cursor.first()
                         while more {
-                            if let row = cursor.withCurrent({ _, value in BlobRow(decoding: value) }), row.segment == segment {
-                                found.append(row.extent)
+                            // A row that does not decode might reference this segment: stop
+                            // rather than free bytes a committed blob may use.
+                            guard let row = cursor.withCurrent({ _, value in BlobRow(decoding: value) }) else {
+                                throw LedgerError(.storage, "unreadable pl.blobs row: run medledger verify; nothing was freed")
                             }
+                            if row.segment == segment { found.append(row.extent) }
                             more = try cursor.next()
                         }
                     }
@@ -330,7 +350,7 @@ public final class BlobWriter {
         self.chunkSize = chunkSize
         let chunks = max(2, (2 << 20) / chunkSize)
         plain = .allocate(byteCount: chunks * chunkSize, alignment: 64)
-        sealed = .allocate(byteCount: chunks * (chunkSize + AESGCM.tagByteCount), alignment: 64)
+        sealed = .allocate(byteCount: chunks * (chunkSize + BlobCrypto.overhead), alignment: 64)
     }
 
     deinit {
@@ -375,7 +395,8 @@ public final class BlobWriter {
     /// Makes the finished uploads durable and visible: syncs the segment, then appends one
     /// manifest entry per blob in one log commit.
     /// - Throws: ``LedgerError`` `.conflict` when another writer stored the same blob version
-    ///   or the patient changed meanwhile (nothing is committed; retry), `.storage`.
+    ///   or the patient changed meanwhile, `.storage`. On any failure nothing is committed and
+    ///   the finished uploads are dropped (their versions and keys are spent): upload them again.
     @discardableResult
     public func commit() throws -> [BlobInfo] {
         guard active == nil else { throw LedgerError(.invalidArgument, "finish the current upload before committing") }
@@ -473,7 +494,7 @@ public final class BlobUpload {
 
     /// Appends bytes to the blob.
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
-        guard state == .writing else { throw LedgerError(.invalidArgument, "the upload is finished or abandoned") }
+        try checkWritable()
         var at = 0
         while at < bytes.count {
             let n = min(plain.count - filled, bytes.count - at)
@@ -484,6 +505,12 @@ public final class BlobUpload {
         }
     }
 
+    /// The batch buffers belong to the writer: an upload whose writer is gone must not touch them.
+    private func checkWritable() throws {
+        guard state == .writing else { throw LedgerError(.invalidArgument, "the upload is finished or abandoned") }
+        guard writer != nil else { throw LedgerError(.invalidArgument, "the upload's BlobWriter no longer exists; keep it until commit") }
+    }
+
     /// Appends bytes to the blob.
     public func write(_ bytes: [UInt8]) throws { try bytes.withUnsafeBytes { try write($0) } }
 
@@ -492,7 +519,7 @@ public final class BlobUpload {
     /// - Throws: ``LedgerError`` `.invalidArgument` when reading `fd` fails, `.storage`.
     @discardableResult
     public func write(fromFileDescriptor fd: Int32) throws -> UInt64 {
-        guard state == .writing else { throw LedgerError(.invalidArgument, "the upload is finished or abandoned") }
+        try checkWritable()
         var total: UInt64 = 0
         while true {
             let n = read(fd, plain.baseAddress! + filled, plain.count - filled)
@@ -511,9 +538,18 @@ public final class BlobUpload {
     /// to the segment in one write and records their leaves in order.
     private func sealBatch() throws {
         guard filled > 0 else { return }
+        // Any failure here ends the upload: a retry would seal a chunk index again, under the
+        // same key and nonce, with other bytes.
+        do { try sealFilled() } catch {
+            abandon()
+            throw error
+        }
+    }
+
+    private func sealFilled() throws {
         let count = (filled + chunkSize - 1) / chunkSize
         let first = leaves.count
-        let stride = chunkSize + AESGCM.tagByteCount
+        let stride = chunkSize + BlobCrypto.overhead
         let (c, total, pHex, bHex, version) = (chunkSize, filled, p.hex, b.hex, version)
         let blobKey = blobKey
         nonisolated(unsafe) let (plain, sealed) = (plain, sealed)
@@ -524,12 +560,16 @@ public final class BlobUpload {
                 nonisolated(unsafe) let (hashes, failures) = (hashes, failures)
                 let seal: @Sendable (Int) -> Void = { j in
                     let length = min(c, total - j * c)
-                    let box = UnsafeMutableRawBufferPointer(rebasing: sealed[(j * stride)..<(j * stride + length + AESGCM.tagByteCount)])
+                    // key commitment (32) || ciphertext || tag (16)
+                    let stored = UnsafeMutableRawBufferPointer(rebasing: sealed[(j * stride)..<(j * stride + length + BlobCrypto.overhead)])
+                    let key = BlobCrypto.chunkKey(blobKey, first + j)
+                    BlobCrypto.keyCommitment(key).withUnsafeBytes { stored.copyMemory(from: $0) }
                     do {
-                        try AESGCM.seal(UnsafeRawBufferPointer(rebasing: plain[(j * c)..<(j * c + length)]), into: box,
-                                        key: BlobCrypto.chunkKey(blobKey, first + j), nonce: BlobCrypto.zeroNonce,
+                        try AESGCM.seal(UnsafeRawBufferPointer(rebasing: plain[(j * c)..<(j * c + length)]),
+                                        into: UnsafeMutableRawBufferPointer(rebasing: stored[32...]),
+                                        key: key, nonce: BlobCrypto.zeroNonce,
                                         associatedData: BlobCrypto.chunkAAD(p: pHex, b: bHex, version: version, index: first + j))
-                        hashes[j] = SHA256.leafHash(UnsafeRawBufferPointer(box))
+                        hashes[j] = SHA256.leafHash(UnsafeRawBufferPointer(stored))
                     } catch {
                         failures[j] = true
                     }
@@ -538,8 +578,8 @@ public final class BlobUpload {
             }
         }
         guard !failures.contains(true) else { throw LedgerError(.storage, "sealing a blob chunk failed") }
-        // Chunks before the last are full, so the boxes lie back to back.
-        try segment.append(UnsafeRawBufferPointer(rebasing: sealed[0..<(total + count * AESGCM.tagByteCount)]))
+        // Chunks before the last are full, so the stored chunks lie back to back.
+        try segment.append(UnsafeRawBufferPointer(rebasing: sealed[0..<(total + count * BlobCrypto.overhead)]))
         leaves += hashes
         size += UInt64(total)
         filled = 0
@@ -547,8 +587,9 @@ public final class BlobUpload {
 
     /// Seals the last chunks; the blob commits with its writer's next ``BlobWriter/commit()``.
     public func finish() throws {
-        guard state == .writing, let writer else { throw LedgerError(.invalidArgument, "the upload is finished or abandoned") }
+        try checkWritable()
         try sealBatch()
+        guard let writer else { throw LedgerError(.invalidArgument, "the upload's BlobWriter no longer exists") }
         state = .finished
         writer.pending.append(self)
         writer.active = nil
@@ -631,13 +672,13 @@ public final class BlobReader: @unchecked Sendable {
     /// Stored (sealed) length of chunk `i`.
     func sealedLength(_ i: Int) -> Int {
         let plain = min(UInt64(info.chunkSize), info.size - UInt64(i) * UInt64(info.chunkSize))
-        return Int(plain) + AESGCM.tagByteCount
+        return Int(plain) + BlobCrypto.overhead
     }
 
     /// Reads chunk `i`'s sealed box into `box` (``sealedLength(_:)`` bytes) and checks it
     /// against the chunk's leaf in the blob's tree.
     func readSealed(_ i: Int, into box: UnsafeMutableRawBufferPointer) throws {
-        let at = row.offset + UInt64(i) * UInt64(info.chunkSize + AESGCM.tagByteCount)
+        let at = row.offset + UInt64(i) * UInt64(info.chunkSize + BlobCrypto.overhead)
         try segments.read(segment: row.segment, offset: at, into: box)
         guard SHA256.leafHash(UnsafeRawBufferPointer(box)) == row.leaves[i] else {
             throw LedgerError(.storage, "chunk \(i) of blob \(info.blobHash.hex) version \(info.version) does not match the blob's root (damaged store)")
@@ -650,9 +691,14 @@ public final class BlobReader: @unchecked Sendable {
     private func readChunk(_ i: Int, box: UnsafeMutableRawBufferPointer, into plain: UnsafeMutableRawBufferPointer) throws {
         let box = UnsafeMutableRawBufferPointer(rebasing: box[0..<sealedLength(i)])
         try readSealed(i, into: box)
+        let key = chunkKey(i)
+        guard BlobCrypto.keyCommitment(key) == Hash(UnsafeRawBufferPointer(rebasing: box[0..<32])) else {
+            throw LedgerError(.storage, "chunk \(i) of blob \(info.blobHash.hex) is not committed to its key (damaged store)")
+        }
         do {
-            try AESGCM.open(UnsafeRawBufferPointer(box), into: UnsafeMutableRawBufferPointer(rebasing: plain[0..<(box.count - AESGCM.tagByteCount)]),
-                            key: chunkKey(i), nonce: BlobCrypto.zeroNonce,
+            try AESGCM.open(UnsafeRawBufferPointer(rebasing: box[32...]),
+                            into: UnsafeMutableRawBufferPointer(rebasing: plain[0..<(box.count - BlobCrypto.overhead)]),
+                            key: key, nonce: BlobCrypto.zeroNonce,
                             associatedData: BlobCrypto.chunkAAD(p: p.hex, b: info.blobHash.hex, version: info.version, index: i))
         } catch {
             throw LedgerError(.storage, "chunk \(i) of blob \(info.blobHash.hex) does not open under its key (damaged store)")
@@ -669,7 +715,7 @@ public final class BlobReader: @unchecked Sendable {
         }
         guard buffer.count > 0 else { return }
         let c = UInt64(info.chunkSize)
-        let box = UnsafeMutableRawBufferPointer.allocate(byteCount: info.chunkSize + AESGCM.tagByteCount, alignment: 64)
+        let box = UnsafeMutableRawBufferPointer.allocate(byteCount: info.chunkSize + BlobCrypto.overhead, alignment: 64)
         let plain = UnsafeMutableRawBufferPointer.allocate(byteCount: info.chunkSize, alignment: 64)
         defer {
             box.deallocate()
@@ -681,7 +727,7 @@ public final class BlobReader: @unchecked Sendable {
         while at < end {
             let i = Int(at / c)
             let chunkStart = UInt64(i) * c
-            let chunkLength = UInt64(sealedLength(i) - AESGCM.tagByteCount)
+            let chunkLength = UInt64(sealedLength(i) - BlobCrypto.overhead)
             let from = Int(at - chunkStart)
             let to = Int(min(end, chunkStart + chunkLength) - chunkStart)
             let out = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(at - offset)..<(Int(at - offset) + to - from)])
@@ -697,6 +743,7 @@ public final class BlobReader: @unchecked Sendable {
 
     /// Reads `count` bytes starting at `offset`.
     public func read(offset: UInt64, count: Int) throws -> [UInt8] {
+        guard count >= 0 else { throw LedgerError(.invalidArgument, "a negative byte count") }
         var out = [UInt8](repeating: 0, count: count)
         try out.withUnsafeMutableBytes { try read(offset: offset, into: $0) }
         return out
@@ -706,8 +753,10 @@ public final class BlobReader: @unchecked Sendable {
     /// one chunk-sized piece at a time; the piece is wiped after `body` returns.
     public func stream(offset: UInt64 = 0, count: UInt64? = nil, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
         guard offset <= info.size else { throw LedgerError(.invalidArgument, "offset \(offset) is beyond the blob's \(info.size) bytes") }
+        guard count.map({ $0 <= info.size - offset }) ?? true else {
+            throw LedgerError(.invalidArgument, "range is beyond the blob's \(info.size) bytes")
+        }
         let end = count.map { offset + $0 } ?? info.size
-        guard end <= info.size, end >= offset else { throw LedgerError(.invalidArgument, "range is beyond the blob's \(info.size) bytes") }
         let piece = UnsafeMutableRawBufferPointer.allocate(byteCount: info.chunkSize, alignment: 64)
         defer {
             piece.initializeMemory(as: UInt8.self, repeating: 0)

@@ -158,7 +158,12 @@ public enum DICOMReader {
             if tag >= 0x7FE0_0010 || tag > 0x0020_000E { break }  // past what we need; never read pixel data
             if length == undefinedLength {
                 guard vr == nil || vr == "SQ" || vr == "UN" else { throw Failure(description: "undefined length for VR \(vr!)") }
+                // A UN value of undefined length is encoded as implicit VR little endian
+                // (PS3.5 6.2.2), whatever the file's transfer syntax.
+                let (explicit, big) = (c.explicitVR, c.bigEndian)
+                if vr == "UN" { (c.explicitVR, c.bigEndian) = (false, false) }
                 try skipUndefinedSequence(&c, depth: 0)
+                (c.explicitVR, c.bigEndian) = (explicit, big)
                 continue
             }
             if wanted.contains(tag) { found[tag] = try text(c, length) }
@@ -215,10 +220,20 @@ private final class ImportState: @unchecked Sendable {
     private var _found: [(n: Int, header: DICOMHeader, blobId: String)] = []
     private var _error: (any Error)?
     private var done = 0
+    private var claimed: [String: String] = [:]
 
     var report: DICOMImportReport { lock.withLock { _report } }
     var found: [(n: Int, header: DICOMHeader, blobId: String)] { lock.withLock { _found } }
     var error: (any Error)? { lock.withLock { _error } }
+
+    /// Claims a blob id for `file`; returns the file that claimed it first, if another did.
+    func claim(_ blobId: String, file: String) -> String? {
+        lock.withLock {
+            if let first = claimed[blobId] { return first }
+            claimed[blobId] = file
+            return nil
+        }
+    }
 
     func fail(_ error: any Error) { lock.withLock { if _error == nil { _error = error } } }
     func failed(_ failures: [DICOMImportReport.Failure]) { lock.withLock { _report.failures += failures } }
@@ -345,6 +360,11 @@ extension PatientRecords {
                 continue
             }
             let blobId = "dicom/" + header.sopInstanceUID
+            // Each instance once per import, whichever worker meets it first; a copy is reported.
+            if let first = state.claim(blobId, file: name) {
+                state.failed([.init(file: name, reason: "same SOPInstanceUID as \(first); not stored twice")])
+                continue
+            }
             let upload = try writer.begin(patient: patient, blobId: blobId, mediaType: "application/dicom")
             do {
                 // The header window already holds the file's start: store it, then the rest.

@@ -706,6 +706,7 @@ extension LedgerVerifier {
             if row.index != index { report.add(.blobs, where_, "pl.blobs row names entry \(row.index)") }
             if row.size != manifest.size || row.chunkSize != manifest.chunkSize || row.epoch != manifest.epoch {
                 report.add(.blobs, where_, "pl.blobs row's size, chunk size or key epoch differs from the manifest")
+                return  // the row's own layout cannot be trusted to read chunks by
             }
             guard ChunkTree(leaves: row.leaves).root == manifest.root else {
                 report.add(.blobs, where_, "the stored chunk hashes do not give the manifest's root")
@@ -714,14 +715,14 @@ extension LedgerVerifier {
             guard verifier.options.checkBlobChunks else { return }
             let segments = SegmentReaders(ledgerPath: verifier.ledger.path)
             let c = UInt64(row.chunkSize)
-            let box = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(c) + AESGCM.tagByteCount, alignment: 64)
+            let box = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(c) + BlobCrypto.overhead, alignment: 64)
             defer { box.deallocate() }
             var bad: [Int] = []
             for i in 0..<row.chunkCount {
-                let length = Int(min(c, row.size - UInt64(i) * c)) + AESGCM.tagByteCount
+                let length = Int(min(c, row.size - UInt64(i) * c)) + BlobCrypto.overhead
                 let sealed = UnsafeMutableRawBufferPointer(rebasing: box[0..<length])
                 do {
-                    try segments.read(segment: row.segment, offset: row.offset + UInt64(i) * (c + UInt64(AESGCM.tagByteCount)), into: sealed)
+                    try segments.read(segment: row.segment, offset: row.offset + UInt64(i) * (c + UInt64(BlobCrypto.overhead)), into: sealed)
                 } catch {
                     report.add(.blobs, where_, "chunk \(i): \(error)")
                     return

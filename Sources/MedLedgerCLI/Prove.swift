@@ -138,8 +138,23 @@ struct VerifyProof: ParsableCommand {
     /// A blob range proof carries its own signed checkpoint: only the verifier key is needed.
     private func verifyBlobRange(_ input: Data) throws {
         guard let key else { throw CLIError(.usage, "a blob range proof needs --key (the ledger's verifier key)") }
+        guard out != "-" else { throw CLIError(.usage, "--out needs a file: stdout carries the JSON result") }
+        let verifier = try loadVerifier(key)
+        // With --checkpoint, the proof's own checkpoint must be that one (same size, roots, signer).
+        var anchor: Checkpoint? = nil
+        if let checkpoint {
+            let text = String(decoding: try readInput(checkpoint, limit: SignedNote.maxSize), as: UTF8.self)
+            do { anchor = try SignedCheckpoint(verifying: text, verifiers: [verifier], origin: verifier.name).checkpoint } catch let error as MerkleLogError
+                where error.code == .verificationFailed {
+                try printJSON(["valid": false, "type": "blob-range", "error": "checkpoint: \(error.message)"])
+                throw ExitCode(ExitStatus.verificationFailed.rawValue)
+            }
+        }
         do {
-            let verified = try BlobRangeProof.verify(input, verifier: try loadVerifier(key))
+            let verified = try BlobRangeProof.verify(input, verifier: verifier)
+            if let anchor, anchor != verified.checkpoint {
+                throw MerkleLogError(.verificationFailed, "blob range: the proof is anchored in another checkpoint (size \(verified.checkpoint.size)) than --checkpoint (size \(anchor.size))")
+            }
             if let out {
                 let fd = try openOutput(out)
                 defer { if fd != 1 { close(fd) } }

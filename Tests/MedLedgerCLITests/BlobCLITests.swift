@@ -41,6 +41,16 @@ import TestSupport
         #expect(try verified.json()["valid"] as? Bool == true && verified.json()["length"] as? Int == 80001)
         #expect(try Data(contentsOf: URL(fileURLWithPath: out)) == Data(content[60000...140000]))
         #expect(try CLI.run(["verify-proof", proofPath]).status == 2)  // no verifier key
+        #expect(try CLI.run(["verify-proof", proofPath, "--key", verifierKey, "--out", "-"]).status == 2)
+        // --checkpoint must be the proof's own checkpoint: the note it embeds passes, a later one fails.
+        let embedded = (try JSONSerialization.jsonObject(with: proof.stdout) as! [String: Any])["checkpoint"] as! String
+        let notePath = dir + ".note"
+        defer { try? FileManager.default.removeItem(atPath: notePath) }
+        try Data(embedded.utf8).write(to: URL(fileURLWithPath: notePath))
+        #expect(try CLI.run(["verify-proof", proofPath, "--key", verifierKey, "--checkpoint", notePath]).status == 0)
+        _ = try CLI.run(["blob", "get", dir, "--id", "ct-1", "--info"] + p + mk + asPatient)  // one more audit entry
+        try CLI.run(["checkpoint", dir]).stdout.write(to: URL(fileURLWithPath: notePath))
+        #expect(try CLI.run(["verify-proof", proofPath, "--key", verifierKey, "--checkpoint", notePath]).status == 1)
         // A flipped bit in a sealed chunk fails verification (exit 1).
         var object = try JSONSerialization.jsonObject(with: proof.stdout) as! [String: Any]
         var chunks = object["chunks"] as! [[String: Any]]

@@ -67,12 +67,12 @@ func putBlob(_ f: PatientFixture, _ patient: String, _ id: String, _ content: [U
             let segment = try segmentFiles(f)
             #expect(segment.count == 1)
             let stored = segment[0].bytes
-            #expect(stored.count == size + 16 * info.chunkCount)
+            #expect(stored.count == size + 48 * info.chunkCount)  // key commitment and tag per chunk
             let log = try MerkleLog(store: MemoryLogStore())
             var at = 0
             var boxes: [[UInt8]] = []
             for i in 0..<info.chunkCount {
-                let n = min(c, size - i * c) + 16
+                let n = min(c, size - i * c) + 48
                 boxes.append(Array(stored[at..<(at + n)]))
                 at += n
             }
@@ -133,7 +133,8 @@ func putBlob(_ f: PatientFixture, _ patient: String, _ id: String, _ content: [U
         let content = randomBytes(4 * Self.chunk, &rng)
         _ = try putBlob(f, "P", "img", content, chunkSize: Self.chunk)
         let path = try segmentFiles(f)[0].path
-        try flipByte(path, at: 2 * (Self.chunk + 16) + 100)  // inside chunk 2
+        let stride = Self.chunk + 48
+        try flipByte(path, at: 2 * stride + 100)  // inside chunk 2's ciphertext
         let reader = try f.records.openBlob(patient: "P", blobId: "img", as: .patient("P"))
         #expect(try reader.read(offset: 0, count: 2 * Self.chunk) == Array(content[0..<(2 * Self.chunk)]))
         #expect(try reader.read(offset: UInt64(3 * Self.chunk), count: Self.chunk) == Array(content[(3 * Self.chunk)...]))
@@ -147,14 +148,17 @@ func putBlob(_ f: PatientFixture, _ patient: String, _ id: String, _ content: [U
         var quick = VerificationOptions()
         quick.checkBlobChunks = false
         #expect(try f.ledger.verify(quick).isValid)
-        // A tag byte (the chunk's last 16) is checked as well.
-        try flipByte(path, at: 2 * (Self.chunk + 16) + 100)
-        try flipByte(path, at: (Self.chunk + 16) - 1)
-        #expect(throws: LedgerError(.storage, "")) { try reader.read(offset: 0, count: 1) }
+        // A tag byte (the chunk's last 16) and a key commitment byte (its first 32) are checked as well.
+        try flipByte(path, at: 2 * stride + 100)
+        for at in [stride - 1, 5] {
+            try flipByte(path, at: at)
+            #expect(throws: LedgerError(.storage, "")) { try reader.read(offset: 0, count: 1) }
+            try flipByte(path, at: at)
+        }
+        #expect(try reader.read(offset: 0, count: 1) == [content[0]])
         // A truncated segment is damage, not a short read.
-        try flipByte(path, at: (Self.chunk + 16) - 1)
         let handle = try FileHandle(forUpdating: URL(fileURLWithPath: path))
-        try handle.truncate(atOffset: UInt64(3 * (Self.chunk + 16) + 10))
+        try handle.truncate(atOffset: UInt64(3 * stride + 10))
         try handle.close()
         #expect(throws: LedgerError(.storage, "")) { try reader.read(offset: UInt64(3 * Self.chunk), count: 1) }
     }
@@ -223,6 +227,57 @@ func putBlob(_ f: PatientFixture, _ patient: String, _ id: String, _ content: [U
         let again = try reader.rangeProof(offset: 0, length: 10)
         let old = try BlobRangeProof.verify(again.json, verifier: verifier)
         #expect(!old.isLatest && old.bytes == Array(content[0..<10]))
+    }
+
+    /// AES-GCM is not key-committing: with the key commitment in the leaf, a proof whose chunk
+    /// key is replaced by another key fails even when the chunk's bytes are left alone, and a
+    /// recomputed commitment breaks the chunk's leaf.
+    @Test func rangeProofChunksAreCommittedToTheirKeys() throws {
+        let f = try PatientFixture("blob-commit")
+        try f.records.addPatient(externalId: "P")
+        var rng = SplitMix64(seed: 23)
+        _ = try putBlob(f, "P", "img", randomBytes(3 * Self.chunk, &rng), chunkSize: Self.chunk)
+        let reader = try f.records.openBlob(patient: "P", blobId: "img", as: .patient("P"))
+        let verifier = try NoteVerifier(parsing: f.verifierKey)
+        let proof = try reader.rangeProof(offset: 10, length: 10)
+        var object = try JSONSerialization.jsonObject(with: proof.json) as! [String: Any]
+        var chunks = object["chunks"] as! [[String: Any]]
+        let otherKey = try SecureRandom.bytes(32)
+        chunks[0]["chunk_key"] = Base64.encode(otherKey)
+        object["chunks"] = chunks
+        #expect(throws: MerkleLogError.self) { try BlobRangeProof.verify(JSONSerialization.data(withJSONObject: object), verifier: verifier) }
+        // Rewriting the commitment for the other key changes the leaf: the path no longer holds.
+        var box = Base64.decode(chunks[0]["box"] as! String)!
+        var input = Array("medledger-blob-key-commit/1".utf8) + otherKey
+        box.replaceSubrange(0..<32, with: SHA256.hash(input).bytes)
+        secureZero(&input)
+        chunks[0]["box"] = Base64.encode(box)
+        object["chunks"] = chunks
+        #expect(throws: MerkleLogError.self) { try BlobRangeProof.verify(JSONSerialization.data(withJSONObject: object), verifier: verifier) }
+    }
+
+    @Test func misuseIsAnErrorNotACrash() throws {
+        let f = try PatientFixture("blob-misuse")
+        try f.records.addPatient(externalId: "P")
+        // An upload whose writer is gone refuses to write (the batch buffers were the writer's).
+        let orphan = try f.records.blobWriter(chunkSize: Self.chunk).begin(patient: "P", blobId: "x")
+        #expect(throws: LedgerError(.invalidArgument, "")) { try orphan.write([1, 2, 3]) }
+        #expect(throws: LedgerError(.invalidArgument, "")) { try orphan.finish() }
+        _ = try putBlob(f, "P", "img", [1, 2, 3, 4, 5], chunkSize: Self.chunk)
+        let reader = try f.records.openBlob(patient: "P", blobId: "img", as: .patient("P"))
+        #expect(throws: LedgerError(.invalidArgument, "")) { try reader.stream(offset: 2, count: .max) { _ in } }
+        #expect(throws: LedgerError(.invalidArgument, "")) { try reader.read(offset: 0, count: -1) }
+        #expect(throws: LedgerError(.invalidArgument, "")) { try reader.read(offset: .max, count: 1) }
+        #expect(throws: LedgerError(.invalidArgument, "")) { try reader.rangeProof(offset: 4, length: 2) }
+        #expect(throws: LedgerError(.invalidArgument, "")) { try f.records.blobWriter(chunkSize: 100) }
+        #expect(throws: LedgerError(.invalidArgument, "")) { try f.records.blobWriter().begin(patient: "P", blobId: "") }
+        // A writer takes one upload at a time.
+        let writer = try f.records.blobWriter(chunkSize: Self.chunk)
+        let first = try writer.begin(patient: "P", blobId: "a")
+        #expect(throws: LedgerError(.invalidArgument, "")) { try writer.begin(patient: "P", blobId: "b") }
+        #expect(throws: LedgerError(.invalidArgument, "")) { try writer.commit() }
+        try first.finish()
+        #expect(try writer.commit().map(\.blobId) == ["a"])
     }
 
     @Test func interruptedUploadStaysInvisibleAndIsCollected() throws {
@@ -295,9 +350,9 @@ func putBlob(_ f: PatientFixture, _ patient: String, _ id: String, _ content: [U
         // The erased patient's sealed chunks are gone from the files (holes read as zeros).
         let files = try segmentFiles(f)
         let sealed = files.flatMap(\.bytes)
-        #expect(sealed.filter { $0 != 0 }.count < 9 * (Self.chunk + 16))
+        #expect(sealed.filter { $0 != 0 }.count < 9 * (Self.chunk + 48))
         let verification = try f.ledger.verify(VerificationOptions())
         #expect(verification.isValid, "\(verification.problems)")
-        #expect(verification.blobVersions == 1 && verification.blobBytesRehashed == UInt64(q.count + 8 * 16))
+        #expect(verification.blobVersions == 1 && verification.blobBytesRehashed == UInt64(q.count + 8 * 48))
     }
 }

@@ -22,6 +22,23 @@ import MedLedger
         }
     }
 
+    /// A private UN element of undefined length is encoded as implicit VR little endian inside
+    /// an explicit-VR file (PS3.5 6.2.2); the reader skips it and finds what follows.
+    @Test func skipsUndefinedLengthUNInImplicitEncoding() throws {
+        var builder = DICOMFileBuilder()
+        builder.withSequence = false
+        var bytes = builder.bytes()
+        let patientId: [UInt8] = [0x10, 0x00, 0x20, 0x00, UInt8(ascii: "L"), UInt8(ascii: "O")]
+        let at = (0..<(bytes.count - 6)).first { Array(bytes[$0..<($0 + 6)]) == patientId }!
+        var un: [UInt8] = [0x09, 0x00, 0x10, 0x10] + Array("UN".utf8) + [0, 0, 0xff, 0xff, 0xff, 0xff]
+        un += [0xfe, 0xff, 0x00, 0xe0, 0xff, 0xff, 0xff, 0xff]                   // item, undefined length
+        un += [0x09, 0x00, 0x11, 0x10, 4, 0, 0, 0] + Array("ABCD".utf8)          // implicit: tag, u32 length
+        un += [0xfe, 0xff, 0x0d, 0xe0, 0, 0, 0, 0, 0xfe, 0xff, 0xdd, 0xe0, 0, 0, 0, 0]
+        bytes.insert(contentsOf: un, at: at)
+        let header = try DICOMReader.parseHeader(bytes)
+        #expect(header.studyInstanceUID == builder.study && header.seriesInstanceUID == builder.series)
+    }
+
     @Test func refusesMalformedFilesWithClearErrors() throws {
         let good = DICOMFileBuilder().bytes()
         var noMarker = good
@@ -80,11 +97,14 @@ import MedLedger
             try Data(written[builder.instance]!).write(to: URL(fileURLWithPath: folder + "/" + name))
         }
         try Data("not dicom".utf8).write(to: URL(fileURLWithPath: folder + "/README.txt"))
+        // A copy of one instance under another name is reported, not stored twice.
+        try Data(written["1.2.3.4.1.0"]!).write(to: URL(fileURLWithPath: folder + "/series2/copy.dcm"))
         try Data(DICOMFileBuilder().bytes()[0..<140]).write(to: URL(fileURLWithPath: folder + "/truncated.dcm"))
         let report = try f.records.importDICOM(patient: "Patient/7", folder: folder, chunkSize: 4096)
         #expect(report.instances == 6)
-        #expect(report.failures.map(\.file).sorted() == ["README.txt", "truncated.dcm"])
-        #expect(report.failures.allSatisfy { $0.reason.contains("DICOM") })
+        #expect(report.failures.count == 3)
+        #expect(report.failures.filter { $0.reason.contains("DICOM") }.map(\.file).sorted() == ["README.txt", "truncated.dcm"])
+        #expect(report.failures.filter { $0.reason.contains("SOPInstanceUID") }.count == 1)
         #expect(report.studies.count == 1 && report.studies[0].series == 2 && report.studies[0].instances == 6)
         for (uid, bytes) in written {
             var back: [UInt8] = []
