@@ -36,34 +36,18 @@ public enum AESGCM {
     /// answer tests and for schemes that derive nonces deterministically.
     public static func seal(_ plaintext: [UInt8], key: SecureBytes, nonce: [UInt8], associatedData: [UInt8]) throws -> [UInt8] {
         guard nonce.count == nonceByteCount else { throw CryptoError(code: .invalidInput, operation: "AES-GCM nonce length") }
-        return try plaintext.withUnsafeBytes { input in
-            guard input.count <= maxPlaintextByteCount else {
-                throw CryptoError(code: .invalidInput, operation: "AES-GCM plaintext of \(input.count) bytes")
-            }
-            var out = [UInt8](repeating: 0, count: input.count + overhead)
-            try out.withUnsafeMutableBytes { out in
-                out.copyMemory(from: UnsafeRawBufferPointer(start: nonce, count: nonceByteCount))
-                try associatedData.withUnsafeBytes { aad in
-                    try withContext(encrypt: true, key: key, nonce: UnsafeRawBufferPointer(rebasing: out[0..<nonceByteCount])) { ctx in
-                        try update(ctx, encrypt: true, aad: aad)
-                        var written: Int32 = 0
-                        if input.count > 0 {
-                            guard EVP_EncryptUpdate(ctx, out.baseAddress! + nonceByteCount, &written,
-                                                    input.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(input.count)) == 1,
-                                  Int(written) == input.count else { throw CryptoError.openSSL("EVP_EncryptUpdate") }
-                        }
-                        var tail: Int32 = 0
-                        guard EVP_EncryptFinal_ex(ctx, out.baseAddress! + nonceByteCount + input.count, &tail) == 1, tail == 0 else {
-                            throw CryptoError.openSSL("EVP_EncryptFinal_ex")
-                        }
-                        guard CCrypto_GCM_GetTag(ctx, out.baseAddress! + nonceByteCount + input.count, Int32(tagByteCount)) == 1 else {
-                            throw CryptoError.openSSL("AES-GCM get tag")
-                        }
-                    }
-                }
-            }
-            return out
+        guard plaintext.count <= maxPlaintextByteCount else {
+            throw CryptoError(code: .invalidInput, operation: "AES-GCM plaintext of \(plaintext.count) bytes")
         }
+        var out = [UInt8](repeating: 0, count: plaintext.count + overhead)
+        try out.withUnsafeMutableBytes { out in
+            out.copyMemory(from: UnsafeRawBufferPointer(start: nonce, count: nonceByteCount))
+            try plaintext.withUnsafeBytes { input in
+                try seal(input, into: UnsafeMutableRawBufferPointer(rebasing: out[nonceByteCount...]), key: key, nonce: nonce,
+                         associatedData: associatedData)
+            }
+        }
+        return out
     }
 
     /// Decrypts and authenticates a sealed box.
@@ -72,41 +56,16 @@ public enum AESGCM {
     ///   associated data differ from those sealed (no plaintext is returned), `.invalidInput`
     ///   for a box shorter than nonce and tag.
     public static func open(_ sealed: [UInt8], key: SecureBytes, associatedData: [UInt8]) throws -> [UInt8] {
+        guard sealed.count >= overhead else { throw CryptoError(code: .invalidInput, operation: "AES-GCM box of \(sealed.count) bytes") }
+        var out = [UInt8](repeating: 0, count: sealed.count - overhead)
         try sealed.withUnsafeBytes { box in
-            guard box.count >= overhead else { throw CryptoError(code: .invalidInput, operation: "AES-GCM box of \(box.count) bytes") }
-            let textCount = box.count - overhead
-            var out = [UInt8](repeating: 0, count: textCount)
-            do {
-                try out.withUnsafeMutableBytes { out in
-                    try associatedData.withUnsafeBytes { aad in
-                        try withContext(encrypt: false, key: key, nonce: UnsafeRawBufferPointer(rebasing: box[0..<nonceByteCount])) { ctx in
-                            try update(ctx, encrypt: false, aad: aad)
-                            var written: Int32 = 0
-                            if textCount > 0 {
-                                guard EVP_DecryptUpdate(ctx, out.baseAddress!.assumingMemoryBound(to: UInt8.self), &written,
-                                                        box.baseAddress!.assumingMemoryBound(to: UInt8.self) + nonceByteCount,
-                                                        Int32(textCount)) == 1, Int(written) == textCount else {
-                                    throw CryptoError.openSSL("EVP_DecryptUpdate")
-                                }
-                            }
-                            // The tag is copied because OpenSSL's ctrl takes a mutable pointer.
-                            var tag = [UInt8](box[(nonceByteCount + textCount)...])
-                            guard CCrypto_GCM_SetTag(ctx, &tag, Int32(tagByteCount)) == 1 else { throw CryptoError.openSSL("AES-GCM set tag") }
-                            var tail: Int32 = 0
-                            // OpenSSL compares the tag in constant time (CRYPTO_memcmp).
-                            guard EVP_DecryptFinal_ex(ctx, nil, &tail) == 1 else {
-                                ERR_clear_error()
-                                throw CryptoError(code: .authenticationFailure, operation: "AES-GCM open")
-                            }
-                        }
-                    }
-                }
-            } catch {
-                secureZero(&out)
-                throw error
+            try out.withUnsafeMutableBytes { out in
+                // The detached open zeroes `out` when authentication fails.
+                try open(UnsafeRawBufferPointer(rebasing: box[nonceByteCount...]), into: out, key: key,
+                         nonce: Array(box[0..<nonceByteCount]), associatedData: associatedData)
             }
-            return out
         }
+        return out
     }
 
     /// Encrypts `input` into `output` (exactly `input.count + 16` bytes: ciphertext || tag)

@@ -77,15 +77,11 @@ final class SegmentFile {
             guard let id = id(ofFileName: name) else { continue }
             let fd = open(dir + "/" + name, O_RDWR | O_CLOEXEC)
             guard fd >= 0 else { continue }
-            var info = stat(), named = stat()
-            // Garbage collection may have unlinked the file between our open and our lock:
-            // only a file still reachable under its name may take new chunks.
-            guard flock(fd, LOCK_EX | LOCK_NB) == 0, fstat(fd, &info) == 0, UInt64(info.st_size) < softLimit,
-                  info.st_nlink > 0, stat(dir + "/" + name, &named) == 0, named.st_ino == info.st_ino, named.st_dev == info.st_dev else {
+            guard let size = lockIfStillNamed(fd, path: dir + "/" + name), size < softLimit else {
                 close(fd)  // releases the lock too, when taken
                 continue
             }
-            return SegmentFile(id: id, fd: fd, end: UInt64(info.st_size))
+            return SegmentFile(id: id, fd: fd, end: size)
         }
         for _ in 0..<16 {
             var raw = try SecureRandom.bytes(8)
@@ -94,10 +90,7 @@ final class SegmentFile {
             let fd = open(dir + "/" + fileName(id), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
             if fd < 0 && errno == EEXIST { continue }
             guard fd >= 0 else { throw fileError("cannot create a blob segment in \(dir)") }
-            var info = stat(), named = stat()
-            // Garbage collection may open, lock and unlink a new empty file before we lock it.
-            guard flock(fd, LOCK_EX | LOCK_NB) == 0, fstat(fd, &info) == 0, info.st_nlink > 0,
-                  stat(dir + "/" + fileName(id), &named) == 0, named.st_ino == info.st_ino, named.st_dev == info.st_dev else {
+            guard lockIfStillNamed(fd, path: dir + "/" + fileName(id)) != nil else {
                 close(fd)
                 continue
             }
@@ -105,6 +98,17 @@ final class SegmentFile {
             return SegmentFile(id: id, fd: fd, end: 0)
         }
         throw LedgerError(.storage, "cannot create a blob segment in \(dir)")
+    }
+
+    /// Takes the exclusive lock on `fd` without waiting and returns the file's size, or nil
+    /// when another holds the lock or the file is no longer the one under `path`: garbage
+    /// collection may open, lock and unlink a file between our open and our lock, and chunks
+    /// written to an unlinked file would be lost.
+    private static func lockIfStillNamed(_ fd: Int32, path: String) -> UInt64? {
+        var info = stat(), named = stat()
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0, fstat(fd, &info) == 0, info.st_nlink > 0,
+              stat(path, &named) == 0, named.st_ino == info.st_ino, named.st_dev == info.st_dev else { return nil }
+        return UInt64(info.st_size)
     }
 
     /// Appends `bytes` at ``end``.

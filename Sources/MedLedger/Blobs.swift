@@ -42,6 +42,12 @@ struct BlobRow {
     var chunkCount: Int { leaves.count }
     /// Bytes the sealed chunks take in the segment.
     var storedLength: UInt64 { size + UInt64(leaves.count * BlobCrypto.overhead) }
+    /// Stored bytes of chunk `i` (its plaintext length plus the key commitment and tag).
+    func sealedLength(_ i: Int) -> Int {
+        Int(min(UInt64(chunkSize), size - UInt64(i) * UInt64(chunkSize))) + BlobCrypto.overhead
+    }
+    /// Where chunk `i` starts in its segment.
+    func sealedOffset(_ i: Int) -> UInt64 { offset + UInt64(i) * UInt64(Int(chunkSize) + BlobCrypto.overhead) }
     var extent: BlobExtent { BlobExtent(segment: segment, offset: offset, length: storedLength) }
 
     static func chunkCount(size: UInt64, chunkSize: UInt32) -> Int {
@@ -670,16 +676,12 @@ public final class BlobReader: @unchecked Sendable {
     }
 
     /// Stored (sealed) length of chunk `i`.
-    func sealedLength(_ i: Int) -> Int {
-        let plain = min(UInt64(info.chunkSize), info.size - UInt64(i) * UInt64(info.chunkSize))
-        return Int(plain) + BlobCrypto.overhead
-    }
+    func sealedLength(_ i: Int) -> Int { row.sealedLength(i) }
 
     /// Reads chunk `i`'s sealed box into `box` (``sealedLength(_:)`` bytes) and checks it
     /// against the chunk's leaf in the blob's tree.
     func readSealed(_ i: Int, into box: UnsafeMutableRawBufferPointer) throws {
-        let at = row.offset + UInt64(i) * UInt64(info.chunkSize + BlobCrypto.overhead)
-        try segments.read(segment: row.segment, offset: at, into: box)
+        try segments.read(segment: row.segment, offset: row.sealedOffset(i), into: box)
         guard SHA256.leafHash(UnsafeRawBufferPointer(box)) == row.leaves[i] else {
             throw LedgerError(.storage, "chunk \(i) of blob \(info.blobHash.hex) version \(info.version) does not match the blob's root (damaged store)")
         }

@@ -289,6 +289,8 @@ extension LedgerVerifier {
         var patientCounts = PatientCounts()
         /// Patient states met during the pass (status and epochs), by pseudonym.
         var patientCache: [Hash: PatientState?] = [:]
+        /// Segment files, each opened once for the whole pass.
+        let segments: SegmentReaders
 
         init(verifier: LedgerVerifier, view: TransactionView, log: LogTables, patients: PatientTables?, wanted: Set<UInt64>) throws {
             self.verifier = verifier
@@ -296,6 +298,7 @@ extension LedgerVerifier {
             self.log = log
             self.patients = patients
             self.wanted = wanted
+            segments = SegmentReaders(ledgerPath: verifier.ledger.path)
             let stored = try view.value(log.meta, key: "size")
             if let stored, stored.count != 8 {
                 verifier.report.add(.log, "log.meta size", "holds \(stored.count) bytes, not 8")
@@ -713,16 +716,14 @@ extension LedgerVerifier {
                 return
             }
             guard verifier.options.checkBlobChunks else { return }
-            let segments = SegmentReaders(ledgerPath: verifier.ledger.path)
-            let c = UInt64(row.chunkSize)
-            let box = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(c) + BlobCrypto.overhead, alignment: 64)
+            let box = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(row.chunkSize) + BlobCrypto.overhead, alignment: 64)
             defer { box.deallocate() }
             var bad: [Int] = []
             for i in 0..<row.chunkCount {
-                let length = Int(min(c, row.size - UInt64(i) * c)) + BlobCrypto.overhead
+                let length = row.sealedLength(i)
                 let sealed = UnsafeMutableRawBufferPointer(rebasing: box[0..<length])
                 do {
-                    try segments.read(segment: row.segment, offset: row.offset + UInt64(i) * (c + UInt64(BlobCrypto.overhead)), into: sealed)
+                    try segments.read(segment: row.segment, offset: row.sealedOffset(i), into: sealed)
                 } catch {
                     report.add(.blobs, where_, "chunk \(i): \(error)")
                     return

@@ -52,6 +52,12 @@ func openOutput(_ path: String?) throws -> Int32 {
 struct BlobTarget: ParsableArguments {
     @Option(help: "The patient's external id.") var patient: String
     @Option(help: "The blob id.") var id: String
+
+    /// Opens the blob as the accessor (an audited read).
+    func open(_ records: PatientRecords, version: UInt32?, accessor: AccessorOptions) throws -> BlobReader {
+        try records.openBlob(patient: patient, blobId: id, version: version, as: try accessor.make(),
+                             purpose: accessor.purpose, breakGlass: accessor.breakGlass)
+    }
 }
 
 struct BlobCommand: ParsableCommand {
@@ -121,9 +127,7 @@ struct BlobCommand: ParsableCommand {
         @Flag(help: "Print the blob's manifest JSON instead of its bytes.") var info = false
 
         func run() throws {
-            let records = try ledger.open()
-            let reader = try records.openBlob(patient: target.patient, blobId: target.id, version: version, as: try accessor.make(),
-                                              purpose: accessor.purpose, breakGlass: accessor.breakGlass)
+            let reader = try target.open(ledger.open(), version: version, accessor: accessor)
             if info {
                 try printJSON(blobJSON(reader.info))
                 return
@@ -146,9 +150,7 @@ struct BlobCommand: ParsableCommand {
         @OptionGroup var accessor: AccessorOptions
 
         func run() throws {
-            let records = try ledger.open()
-            let reader = try records.openBlob(patient: target.patient, blobId: target.id, version: version, as: try accessor.make(),
-                                              purpose: accessor.purpose, breakGlass: accessor.breakGlass)
+            let reader = try target.open(ledger.open(), version: version, accessor: accessor)
             let (offset, count) = try parseRange(range, size: reader.info.size)
             writeStdout(try reader.rangeProof(offset: offset, length: count).json + Data("\n".utf8))
         }
