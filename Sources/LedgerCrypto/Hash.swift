@@ -13,10 +13,30 @@ public struct Hash: Sendable, Hashable, Comparable, CustomStringConvertible {
     var words: (UInt64, UInt64, UInt64, UInt64)
 
     /// The all-zero hash, used as `EMPTY` by the sparse tree.
-    public static let zero = Hash(words: (0, 0, 0, 0))
+    @inlinable
+    public static var zero: Hash { Hash(words: (0, 0, 0, 0)) }
 
     @inlinable
     init(words: (UInt64, UInt64, UInt64, UInt64)) { self.words = words }
+
+    /// Loads the 32 bytes at `offset` of `raw`, which the caller has bounds-checked; for
+    /// parsers of fixed layouts on hot paths.
+    @inlinable
+    public init(unchecked raw: UnsafeRawBufferPointer, at offset: Int) {
+        self.words = (raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self),
+                      raw.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self),
+                      raw.loadUnaligned(fromByteOffset: offset + 16, as: UInt64.self),
+                      raw.loadUnaligned(fromByteOffset: offset + 24, as: UInt64.self))
+    }
+
+    /// Stores the 32 bytes at `offset` of `out`, which the caller has bounds-checked.
+    @inlinable
+    public func store(to out: UnsafeMutableRawBufferPointer, at offset: Int) {
+        out.storeBytes(of: words.0, toByteOffset: offset, as: UInt64.self)
+        out.storeBytes(of: words.1, toByteOffset: offset + 8, as: UInt64.self)
+        out.storeBytes(of: words.2, toByteOffset: offset + 16, as: UInt64.self)
+        out.storeBytes(of: words.3, toByteOffset: offset + 24, as: UInt64.self)
+    }
 
     /// Copies exactly 32 bytes; `nil` for any other count.
     @inlinable

@@ -87,7 +87,7 @@ public final class Ledger: @unchecked Sendable {
             try environment.write { txn in
                 guard let meta = try txn.openDatabase("ledger.meta", create: true) else { return }
                 try txn.put(meta, key: "origin", value: origin)
-                try txn.put(meta, key: "format", value: UInt64(1))
+                try txn.put(meta, key: "format", value: Self.format)
             }
         }
         let ledger = try Ledger(path: path, environment: environment, options: options)
@@ -105,14 +105,24 @@ public final class Ledger: @unchecked Sendable {
         try self.init(path: path, environment: environment, options: options)
     }
 
-    private init(path: String, environment: Environment, options: Options) throws {
+    /// The ledger format this version writes (`ledger.meta` `format`, FORMATS.md section 3).
+    /// Format 1 stored the key map's pages in an earlier layout; ``openUpgrading(path:options:)``
+    /// (`medledger rebuild-index`) rebuilds them from the log.
+    static let format: UInt64 = 2
+
+    private init(path: String, environment: Environment, options: Options, acceptingFormat1: Bool = false) throws {
         self.path = path
         self.environment = environment
         let meta: (Database, String)? = try Self.storage {
             try environment.read { txn in
                 guard let db = try txn.openDatabase("ledger.meta", create: false),
                       let origin = try txn.value(db, key: "origin") else { return nil }
-                guard let format = try txn.value(db, key: "format"), format == [0, 0, 0, 0, 0, 0, 0, 1] else {
+                let format = try txn.value(db, key: "format").flatMap { $0.withUnsafeBytes { UInt64(bigEndianBytes: $0) } }
+                if format == 1 && !acceptingFormat1 {
+                    throw LedgerError(.storage, "\(path) holds ledger format 1, whose key-map pages this version does not read: "
+                        + "run `medledger rebuild-index \(path)` to rebuild them from the log (the log itself is unchanged)")
+                }
+                guard format == Self.format || format == 1 else {
                     throw LedgerError(.storage, "\(path) holds a ledger format this version does not read")
                 }
                 return (db, String(decoding: origin, as: UTF8.self))
@@ -150,6 +160,26 @@ public final class Ledger: @unchecked Sendable {
             }
             signer = parsed
         }
+    }
+
+    /// Opens an existing ledger, first upgrading one of format 1 (whose key-map pages use an
+    /// earlier layout) by rebuilding its key map from the log, as ``rebuildIndex()`` does, and
+    /// then marking it format 2. Interrupted, the upgrade can simply be run again: the ledger
+    /// stays format 1 until the rebuild has finished.
+    /// - Returns: the open ledger, and the rebuild's report when an upgrade ran.
+    public static func openUpgrading(path: String, options: Options = Options()) throws -> (Ledger, RebuildReport?) {
+        guard FileManager.default.fileExists(atPath: path + "/data.mdb") else {
+            throw LedgerError(.ledgerNotFound, "no ledger at \(path)")
+        }
+        let environment = try storage { try Environment(path: path, options: environmentOptions(options)) }
+        let ledger = try Ledger(path: path, environment: environment, options: options, acceptingFormat1: true)
+        let format = try storage {
+            try environment.read { txn in try txn.value(ledger.ledgerMeta, key: "format").flatMap { $0.withUnsafeBytes { UInt64(bigEndianBytes: $0) } } }
+        }
+        guard format == 1 else { return (ledger, nil) }
+        let report = try ledger.rebuildIndex()
+        try storage { try environment.write { txn in try txn.put(ledger.ledgerMeta, key: "format", value: Self.format) } }
+        return (ledger, report)
     }
 
     static func environmentOptions(_ options: Options) -> Environment.Options {
@@ -235,7 +265,7 @@ public final class Ledger: @unchecked Sendable {
         appendLock.lock()
         defer { appendLock.unlock() }
         var keyed: [KeyedEntry] = []
-        return try Self.storage {
+        return try publishingMapPages {
             try log.append(count: count, entry: { i, body in
                 if i == 0 { keyed.removeAll(keepingCapacity: true) }  // the write may be retried
                 try withoutActuallyEscaping(body) { body in
@@ -294,10 +324,22 @@ public final class Ledger: @unchecked Sendable {
         }
         appendLock.lock()
         defer { appendLock.unlock() }
-        return try Self.storage {
+        return try publishingMapPages {
             try log.append(packed: packed, ends: ends) { writer, first, leaves in
                 try self.applyMap(writer: writer, first: first, count: ends.count, leaves: leaves, keyed: keyed)
             }
+        }
+    }
+
+    /// Runs an append: the key map's new pages enter its cache only once it has committed.
+    private func publishingMapPages(_ append: () throws -> UInt64) throws -> UInt64 {
+        do {
+            let first = try Self.storage(append)
+            sparse.publish()
+            return first
+        } catch {
+            sparse.discardStaged()
+            throw error
         }
     }
 
@@ -437,7 +479,7 @@ public final class Ledger: @unchecked Sendable {
     }
 
     /// What ``rebuildIndex()`` found.
-    public struct RebuildReport: Sendable {
+    public struct RebuildReport: Sendable, Equatable {
         /// Map versions rebuilt (one per committed append).
         public let versions: Int
         /// Versions whose rebuilt root differs from the root stored before (should be empty).
@@ -494,8 +536,14 @@ public final class Ledger: @unchecked Sendable {
                     }
                     return changes
                 }
-                root = try environment.write { txn in
-                    try SparseMerkleTree.apply(changes, version: version, writer: LMDBSparseStore.View(txn.unsafeView, store: sparse)).hash
+                do {
+                    root = try environment.write { txn in
+                        try SparseMerkleTree.apply(changes, version: version, writer: LMDBSparseStore.View(txn.unsafeView, store: sparse)).hash
+                    }
+                    sparse.publish()
+                } catch {
+                    sparse.discardStaged()
+                    throw error
                 }
                 if let before = old[version], before != root { mismatches.append(version) }
                 start = version

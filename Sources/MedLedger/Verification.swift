@@ -365,13 +365,17 @@ extension LedgerVerifier {
                 }
             }
             // Pages and stale records are keyed by version first: one seek per distinct version.
-            for (db, name) in [(verifier.ledger.sparse.pagesDatabase, "smt.pages"), (verifier.ledger.sparse.staleDatabase, "smt.stale")] {
+            // (A page key is at least 9 bytes; a stale record's key is its 8-byte version.)
+            for (db, name, minimum) in [(verifier.ledger.sparse.pagesDatabase, "smt.pages", 9), (verifier.ledger.sparse.staleDatabase, "smt.stale", 8)] {
                 try view.withCursor(db) { cursor in
                     var more = try cursor.first()
                     var previous: UInt64?
                     while more {
-                        guard let version = cursor.withCurrent({ key, _ in key.count >= 9 ? UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: key[0..<8])) : nil }) else {
-                            report.add(.map, name, "a key is shorter than 9 bytes")
+                        guard let version = cursor.withCurrent({ key, _ in
+                            key.count >= minimum && (minimum == 9 || key.count == 8)
+                                ? UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: key[0..<8])) : nil
+                        }) else {
+                            report.add(.map, name, minimum == 9 ? "a key is shorter than 9 bytes" : "a key is not 8 bytes")
                             more = try cursor.next()
                             continue
                         }
@@ -556,24 +560,25 @@ extension LedgerVerifier {
                         found.append((.map, Self.pageName(key), "not a page of the key map rebuilt from the entries"))
                     }
                 }
-                // Stale records: pruning deletes those up to the prune point, so below the
-                // oldest root none may remain, at it they may or may not.
-                try forEach(prefix, in: verifier.scratch.staleDatabase, of: rebuilt) { key, _ in
-                    let present = try stored.withValue(sparse.staleDatabase, key: key) { _ in true } ?? false
-                    if !present, pagesComplete, version != oldestRoot {
-                        found.append((.map, "smt.stale version \(version)", "a stale record of the rebuilt map is missing"))
+                // The stale record (the page records this version stopped using): pruning
+                // deletes those up to the prune point, so below the oldest root none may
+                // remain, at it it may or may not.
+                let rebuiltStale = try rebuilt.value(verifier.scratch.staleDatabase, key: version)
+                let storedStale = try stored.value(sparse.staleDatabase, key: version)
+                if let storedStale {
+                    if storedStale.withUnsafeBytes({ LMDBSparseStore.staleKeys($0) }) == nil {
+                        found.append((.map, "smt.stale version \(version)", "the record does not decode"))
+                    } else if storedStale != rebuiltStale || !pagesComplete {
+                        found.append((.map, "smt.stale version \(version)", rebuiltStale == nil
+                            ? "a stale record the rebuilt map does not have" : "differs from the stale record rebuilt from the entries"))
                     }
-                }
-                try forEach(prefix, in: sparse.staleDatabase, of: stored) { key, value in
-                    if !value.isEmpty { found.append((.map, "smt.stale version \(version)", "a stale record has a value")) }
-                    let present = try rebuilt.withValue(verifier.scratch.staleDatabase, key: key) { _ in true } ?? false
-                    if !present || !pagesComplete {
-                        found.append((.map, "smt.stale version \(version)", "a stale record the rebuilt map does not have"))
-                    }
+                } else if rebuiltStale != nil, pagesComplete, version != oldestRoot {
+                    found.append((.map, "smt.stale version \(version)", "a stale record of the rebuilt map is missing"))
                 }
                 _ = try scratchView.prune(before: version)
                 return (root, found, pages)
             }
+            verifier.scratch.publish()
             for (area, location, detail) in found { report.add(area, location, detail) }
             report.mapVersions += 1
             report.mapPages += UInt64(pages)
@@ -596,9 +601,8 @@ extension LedgerVerifier {
         }
 
         static func pageName(_ key: [UInt8]) -> String {
-            guard key.count >= 9 else { return "smt.pages key \(Hex.encode(key))" }
-            let version = key.withUnsafeBytes { UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: $0[0..<8])) } ?? 0
-            return "smt.pages version \(version) depth \(Int(key[8]) * 4) prefix \(Hex.encode(Array(key[9...])))"
+            guard let id = PageID(storageKey: key) else { return "smt.pages key \(Hex.encode(key))" }
+            return "smt.pages version \(id.version) depth \(id.depth) prefix \(Hex.encode(Array(key[9...])))"
         }
 
         // MARK: Patient layer entries

@@ -128,14 +128,17 @@ struct RebuildIndex: ParsableCommand {
         abstract: "Rebuild the key map from the log and check it reproduces every stored map root.",
         discussion: """
         Prints {"map_root","mismatches":[sizes],"versions"}. Exits 1 when a rebuilt root \
-        differs from the one stored before. Run it with no other writer on the ledger.
+        differs from the one stored before. Run it with no other writer on the ledger. A \
+        ledger written by an earlier MedLedger (format 1) is upgraded: its key map is rebuilt \
+        in the current layout.
         """)
 
     @OptionGroup var location: LedgerLocation
 
     func run() throws {
-        let ledger = try Ledger(path: location.directory)
-        let report = try ledger.rebuildIndex()
+        // A ledger of format 1 is upgraded by the rebuild itself.
+        let (ledger, upgrade) = try Ledger.openUpgrading(path: location.directory)
+        let report = try upgrade ?? ledger.rebuildIndex()
         try printJSON(["versions": report.versions, "mismatches": report.mismatches, "map_root": report.mapRoot.hex])
         if !report.mismatches.isEmpty { throw ExitCode(ExitStatus.verificationFailed.rawValue) }
     }

@@ -86,8 +86,23 @@ public struct PageID: Hashable, Sendable, Comparable {
     }
 
     /// The storage key: version (8 bytes BE) || depth/4 (1 byte) || the prefix's first
-    /// ceil(depth/8) bytes. Keys of one version sort together, so a batch appends in order.
+    /// ceil(depth/8) bytes. Keys of one version sort together, so a batch appends in order;
+    /// within a version the pages of one depth sort together, so records that are replaced
+    /// at similar rates share LMDB pages and pruning frees whole pages.
     public var storageKey: [UInt8] { withStorageKey { Array($0) } }
+
+    /// The page a storage key names; nil for bytes that are not one.
+    public init?(storageKey key: some Collection<UInt8>) {
+        let bytes = Array(key)
+        guard bytes.count >= 9, Int(bytes[8]) <= 64, bytes.count == 9 + (Int(bytes[8]) * 4 + 7) / 8,
+              let version = bytes.withUnsafeBytes({ UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: $0[0..<8])) }) else { return nil }
+        let depth = Int(bytes[8]) * 4
+        var prefix = [UInt8](repeating: 0, count: 32)
+        for (i, b) in bytes[9...].enumerated() { prefix[i] = b }
+        // Bits past the depth must be zero.
+        if depth % 8 == 4, prefix[depth / 8] & 0x0f != 0 { return nil }
+        self.init(version: version, depth: depth, prefix: Hash(prefix)!)
+    }
 
     /// Lends the storage key from stack memory.
     @inline(__always)
@@ -104,6 +119,7 @@ public struct PageID: Hashable, Sendable, Comparable {
         }
     }
 
+    /// Storage key order: by version, then depth, then prefix.
     public static func < (a: PageID, b: PageID) -> Bool {
         if a.version != b.version { return a.version < b.version }
         if a.depth != b.depth { return a.depth < b.depth }
@@ -111,159 +127,30 @@ public struct PageID: Hashable, Sendable, Comparable {
     }
 }
 
-/// A page: the 16 positions at depth + 4 below one position at a page depth.
+/// A page decoded into owned values, for tools and tests; the engine reads pages in place.
 ///
 /// Invariant: a stored page holds at least two keys (a single key is a leaf in its parent).
 public struct SparsePage: Sendable, Equatable {
-    public var slots: [SparseNode] { didSet { hashTree = nil } }
-    /// The page's 31 node hashes in heap order (1 the page root, 16...31 the slots), once
-    /// computed by ``withHashTree()``; hot pages are cached with it so proofs hash nothing.
-    private(set) var hashTree: [Hash]?
+    /// The 16 positions at depth + 4 below the page's position.
+    public var slots: [SparseNode]
 
     public init(slots: [SparseNode] = Array(repeating: .empty, count: 16)) { self.slots = slots }
 
-    public static func == (a: SparsePage, b: SparsePage) -> Bool { a.slots == b.slots }
-
-    /// The page with its node hashes computed, bottom-up: a node with no key is `EMPTY`, a
-    /// node whose subtree holds exactly one key takes that leaf's hash, any other is interior.
-    public func withHashTree() -> SparsePage {
-        var tree = [Hash](repeating: .zero, count: 32)
-        // Keys below each node, capped at 2 (a page below counts as 2: it holds at least two).
-        var keys = [UInt8](repeating: 0, count: 32)
-        for (i, slot) in slots.enumerated() {
-            switch slot {
-            case .empty: break
-            case .leaf(_, _, let h): tree[16 + i] = h; keys[16 + i] = 1
-            case .page(let h, _): tree[16 + i] = h; keys[16 + i] = 2
-            }
-        }
-        var node = 15
-        while node >= 1 {
-            let l = 2 * node, r = 2 * node + 1
-            let total = keys[l] + keys[r]
-            keys[node] = min(total, 2)
-            if total == 1 {
-                tree[node] = keys[l] == 1 ? tree[l] : tree[r]
-            } else if total >= 2 {
-                tree[node] = SparseHash.interior(tree[l], tree[r])
-            }
-            node -= 1
-        }
-        var copy = self
-        copy.hashTree = tree
-        return copy
-    }
-
-    /// The hash of slots `lo ..< hi` (a power-of-two aligned range): EMPTY without keys, the
-    /// leaf itself when it holds one leaf and nothing else, otherwise an interior node.
-    public func rangeHash(_ lo: Int, _ hi: Int) -> Hash {
-        if let hashTree { return hashTree[16 / (hi - lo) + lo / (hi - lo)] }
-        return rangeHash(lo, hi, descend: { rangeHash(lo, (lo + hi) / 2) }, { rangeHash((lo + hi) / 2, hi) })
-    }
-
-    @inline(__always)
-    private func rangeHash(_ lo: Int, _ hi: Int, descend left: () -> Hash, _ right: () -> Hash) -> Hash {
-        var nonEmpty = 0
-        var only = lo
-        for i in lo..<hi where !slots[i].isEmpty {
-            nonEmpty += 1
-            only = i
-        }
-        if hi - lo > 1 && (nonEmpty != 1 || !slots[only].isLeaf) {
-            if nonEmpty == 0 { return SparseHash.empty }
-            return SparseHash.interior(left(), right())
-        }
-        if nonEmpty == 0 { return SparseHash.empty }
-        return slots[only].hash
+    /// Decodes a stored page record (FORMATS.md section 6.3): a full record alone, or a delta
+    /// record with the full record it names as `base`; `nil` for malformed bytes.
+    public init?(decoding record: UnsafeRawBufferPointer, base: UnsafeRawBufferPointer? = nil) {
+        guard let page = PageSlots(LentPage(bytes: record, base: base, tree: nil)) else { return nil }
+        slots = (0..<16).map { page.slot($0).node }
     }
 
     /// The page's subtree hash.
-    public var hash: Hash { rangeHash(0, 16) }
-
-    /// Binary encoding: u16 occupied bitmap, u16 leaf bitmap, then per occupied slot a leaf
-    /// (key hash, leaf hash, u16 value length, value) or a page (hash, u64 version).
-    public func encoded() -> [UInt8] {
-        [UInt8](unsafeUninitializedCapacity: encodedSize) { out, count in
-            encode(into: UnsafeMutableRawBufferPointer(out))
-            count = encodedSize
-        }
-    }
-
-    /// The size of ``encoded()``.
-    public var encodedSize: Int {
-        var size = 4
-        for slot in slots {
-            switch slot {
-            case .empty: break
-            case .leaf(_, let value, _): size += 66 + value.count
-            case .page: size += 40
-            }
-        }
-        return size
-    }
-
-    /// Writes ``encoded()`` into `out` (exactly ``encodedSize`` bytes), e.g. LMDB's reserved value.
-    public func encode(into out: UnsafeMutableRawBufferPointer) {
+    public var hash: Hash {
         var occupied: UInt16 = 0, leaves: UInt16 = 0
-        var at = 4
-        func put(_ h: Hash) {
-            h.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[at..<(at + 32)]).copyMemory(from: $0) }
-            at += 32
-        }
         for (i, slot) in slots.enumerated() {
-            switch slot {
-            case .empty: continue
-            case .leaf(let k, let value, let h):
-                occupied |= 1 << i
-                leaves |= 1 << i
-                put(k)
-                put(h)
-                out[at] = UInt8(value.count >> 8)
-                out[at + 1] = UInt8(value.count & 0xff)
-                at += 2
-                value.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[at..<(at + value.count)]).copyMemory(from: $0) }
-                at += value.count
-            case .page(let h, let v):
-                occupied |= 1 << i
-                put(h)
-                out.storeBytes(of: v.bigEndian, toByteOffset: at, as: UInt64.self)
-                at += 8
-            }
+            if !slot.isEmpty { occupied |= 1 << i }
+            if slot.isLeaf { leaves |= 1 << i }
         }
-        out[0] = UInt8(occupied >> 8)
-        out[1] = UInt8(occupied & 0xff)
-        out[2] = UInt8(leaves >> 8)
-        out[3] = UInt8(leaves & 0xff)
-    }
-
-    /// Decodes ``encoded()``; `nil` for malformed bytes.
-    public init?(decoding raw: UnsafeRawBufferPointer) {
-        guard raw.count >= 4 else { return nil }
-        let occupied = UInt16(raw[0]) << 8 | UInt16(raw[1])
-        let leaves = UInt16(raw[2]) << 8 | UInt16(raw[3])
-        guard leaves & ~occupied == 0 else { return nil }
-        var slots = [SparseNode](repeating: .empty, count: 16)
-        var at = 4
-        for i in 0..<16 where occupied & (1 << i) != 0 {
-            guard at + 32 <= raw.count, let h = Hash(UnsafeRawBufferPointer(rebasing: raw[at..<(at + 32)])) else { return nil }
-            at += 32
-            if leaves & (1 << i) != 0 {
-                guard at + 34 <= raw.count, let leafHash = Hash(UnsafeRawBufferPointer(rebasing: raw[at..<(at + 32)])) else { return nil }
-                at += 32
-                let length = Int(raw[at]) << 8 | Int(raw[at + 1])
-                at += 2
-                guard at + length <= raw.count else { return nil }
-                slots[i] = .leaf(keyHash: h, value: Array(raw[at..<(at + length)]), hash: leafHash)
-                at += length
-            } else {
-                guard at + 8 <= raw.count,
-                      let v = UInt64(exactly: raw[at..<(at + 8)].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }) else { return nil }
-                slots[i] = .page(hash: h, version: v)
-                at += 8
-            }
-        }
-        guard at == raw.count else { return nil }
-        self.slots = slots
+        return PageHashing.rangeHash(0, 16, occupied: occupied, leaves: leaves) { slots[$0].hash }
     }
 
     /// Encodes a root (or any node) for the roots table: 0 empty; 1, key hash, value; 2, hash, version.

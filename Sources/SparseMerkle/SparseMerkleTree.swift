@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 public import LedgerCrypto
 
 /// One change to the map: set `keyHash` to `value`, or remove it when `value` is nil.
@@ -37,23 +38,130 @@ public enum SparseMerkleTree {
         public var storeNs: UInt64 = 0
         public var staleNs: UInt64 = 0
         public var pages: Int = 0
+        /// Of ``pages``, those written as deltas.
+        public var deltaPages: Int = 0
+        /// Bytes of page records written.
+        public var pageBytes: Int = 0
+        /// Interior node hashes computed inside pages.
+        public var hashes: Int = 0
+        /// Per page depth / 4: records written, of them deltas, and their bytes.
+        public var byLevel: [(records: Int, deltas: Int, bytes: Int)] = Array(repeating: (0, 0, 0), count: 65)
         public init() {}
-    }
-
-    struct Context {
-        let version: UInt64
-        var newPages: [(PageID, SparsePage)] = []
-        var stale: [PageID] = []
     }
 
     /// Applies `changes` as version `version` (greater than every earlier version) and
     /// returns the new root node. Later changes to the same key win.
     @discardableResult
-    ///
-    /// With a `snapshot` source (a store that can open read views of its committed state on
-    /// other threads), large batches update the root page's subtrees on two threads.
-    public static func apply<W: SparseWriter>(
-        _ changes: [SparseChange], version: UInt64, writer: W, snapshot: (any SparseSnapshotSource)? = nil
+    public static func apply<W: SparseWriter>(_ changes: [SparseChange], version: UInt64, writer: W) throws -> SparseNode {
+        try applyChanges(changes, version: version, writer: writer, snapshot: Optional<LMDBSparseStore>.none)
+    }
+
+    /// Applies `changes` as version `version`; a batch of at least 2,048 distinct keys under a
+    /// root page updates the root page's subtrees on two threads, each reading its own
+    /// snapshot of the committed tree from `snapshot`.
+    @discardableResult
+    public static func apply<W: SparseWriter, S: SparseSnapshotSource>(
+        _ changes: [SparseChange], version: UInt64, writer: W, snapshot: S?
+    ) throws -> SparseNode {
+        try applyChanges(changes, version: version, writer: writer, snapshot: snapshot)
+    }
+
+    // Concrete entry points for the two stores: callers in other modules reach the generic
+    // functions unspecialized (every page access through a witness table and runtime
+    // generic metadata); these let the compiler specialize the whole walk here.
+
+    /// ``apply(_:version:writer:snapshot:)`` over LMDB.
+    @discardableResult
+    public static func apply(_ changes: [SparseChange], version: UInt64, writer: LMDBSparseStore.View,
+                             snapshot: LMDBSparseStore? = nil) throws -> SparseNode {
+        try applyChanges(changes, version: version, writer: writer, snapshot: snapshot)
+    }
+
+    /// ``apply(_:version:writer:)`` in memory.
+    @discardableResult
+    public static func apply(_ changes: [SparseChange], version: UInt64, writer: MemorySparseStore) throws -> SparseNode {
+        try applyChanges(changes, version: version, writer: writer, snapshot: Optional<LMDBSparseStore>.none)
+    }
+
+    /// ``proof(keyHash:version:reader:)`` over LMDB.
+    public static func proof(keyHash k: Hash, version: UInt64, reader: LMDBSparseStore.View) throws -> SparseProof {
+        try proofOf(k, version: version, reader: reader)
+    }
+
+    /// ``value(keyHash:version:reader:)`` over LMDB.
+    public static func value(keyHash k: Hash, version: UInt64, reader: LMDBSparseStore.View) throws -> [UInt8]? {
+        try valueOf(k, version: version, reader: reader)
+    }
+
+    /// The changes of one batch, sorted by key hash with one change per key, values copied
+    /// into the batch's arena and leaf hashes computed.
+    struct Prepared {
+        var keyHash: Hash
+        var leafHash: Hash
+        var value: UnsafeRawBufferPointer
+        var isSet: Bool
+
+        var leaf: NodeRef { .leaf(keyHash: keyHash, leafHash: leafHash, value: value) }
+    }
+
+    /// What one thread of an apply produces. Outputs are pooled (``OutputPool``) so that the
+    /// scratch frames and the arrays' capacity carry over from batch to batch.
+    final class Output {
+        private(set) var version: UInt64
+        private(set) var arena = Arena()
+        let frames = Frames()
+        /// Per depth / 4, the pages finished, in prefix order.
+        var newPages: [[NewPage]] = []
+        var stale: [PageID] = []
+        /// Interior hashes computed, for the benchmarks' phase figures.
+        var hashes = 0
+        init(version: UInt64) { self.version = version }
+
+        func append(_ page: NewPage) {
+            let level = page.id.depth / 4
+            while newPages.count <= level { newPages.append([]) }
+            newPages[level].append(page)
+        }
+
+        var pageCount: Int { newPages.reduce(0) { $0 + $1.count } }
+
+        /// Empties the output for another apply, releasing its arena.
+        func reset(version: UInt64) {
+            self.version = version
+            arena = Arena()
+            for level in newPages.indices { newPages[level].removeAll(keepingCapacity: true) }
+            stale.removeAll(keepingCapacity: true)
+            hashes = 0
+        }
+    }
+
+    /// Outputs kept between applies.
+    final class OutputPool: @unchecked Sendable {
+        // Sendable: `lock` guards `idle`.
+        static let shared = OutputPool()
+        private let lock = NSLock()
+        private var idle: [Output] = []
+
+        func take(version: UInt64) -> Output {
+            lock.lock()
+            let output = idle.popLast()
+            lock.unlock()
+            guard let output else { return Output(version: version) }
+            output.reset(version: version)
+            return output
+        }
+
+        /// Returns outputs whose pages are stored (or abandoned); at most four are kept.
+        func give(_ outputs: [Output]) {
+            for output in outputs { output.reset(version: 0) }
+            lock.lock()
+            idle += outputs.prefix(max(0, 4 - idle.count))
+            lock.unlock()
+        }
+    }
+
+    static func applyChanges<W: SparseWriter, S: SparseSnapshotSource>(
+        _ changes: [SparseChange], version: UInt64, writer: W, snapshot: S?
     ) throws -> SparseNode {
         let clock = timings
         var mark = clock == nil ? 0 : DispatchTime.now().uptimeNanoseconds
@@ -67,63 +175,203 @@ public enum SparseMerkleTree {
         if let previous, version <= previous {
             throw SparseMerkleError(.versionOrder, "version \(version) is not after \(previous)")
         }
-        let root = try previous.flatMap { try writer.root(version: $0) } ?? .empty
-        // Sort by key hash; a stable sort keeps the input order among equal keys, and the
-        // last of each run wins.
-        let sorted = changes.enumerated().sorted { a, b in
-            a.element.keyHash == b.element.keyHash ? a.offset < b.offset : a.element.keyHash < b.element.keyHash
+        for change in changes where (change.value?.count ?? 0) > Int(UInt16.max) {
+            throw SparseMerkleError(.malformed, "a value of \(change.value!.count) bytes is longer than 65,535")
         }
-        var unique: [SparseChange] = []
-        unique.reserveCapacity(sorted.count)
-        for (_, change) in sorted {
-            if let last = unique.last, last.keyHash == change.keyHash { unique[unique.count - 1] = change } else { unique.append(change) }
-        }
+        let rootNode = try previous.flatMap { try writer.root(version: $0) } ?? .empty
+        let output = OutputPool.shared.take(version: version)
+        var outputs = [output]
+        // Once stored, the pages (and the outputs they live in) belong to the batch object.
+        var handedOver = false
+        defer { if !handedOver { OutputPool.shared.give(outputs) } }
+        let prepared = prepare(changes, arena: output.arena)
         lap(\.sortNs)
-        var context = Context(version: version)
-        let newRoot: SparseNode
-        if unique.isEmpty {
-            newRoot = root
-        } else if let snapshot, unique.count >= 2048, case .page(let rootHash, let rootVersion) = root {
-            newRoot = try updateRootInParallel(rootHash: rootHash, rootVersion: rootVersion, changes: unique,
-                                               writer: writer, snapshot: snapshot, context: &context)
-        } else {
-            newRoot = try update(root, depth: 0, prefix: .zero, changes: unique[...], reader: writer, context: &context)
+        let root: NodeRef
+        switch rootNode {
+        case .empty: root = .empty
+        case .page(let h, let v): root = .page(hash: h, version: v)
+        case .leaf(let k, let value, let h):
+            root = .leaf(keyHash: k, leafHash: h, value: value.withUnsafeBytes { output.arena.copy($0) })
+        }
+        let newRoot = try prepared.withUnsafeBufferPointer { changes -> NodeRef in
+            if changes.isEmpty { return root }
+            if let snapshot, changes.count >= 2048, root.kind == .page {
+                let (node, workers) = try updateRootInParallel(root, changes: changes, writer: writer, snapshot: snapshot, output: output)
+                outputs += workers
+                return node
+            }
+            return try update(root, depth: 0, prefix: .zero, changes, 0..<changes.count, reader: writer, output: output)
         }
         lap(\.updateNs)
-        context.newPages.sort { $0.0 < $1.0 }
-        try writer.putPages(context.newPages)
+        output.stale.sort()
+        handedOver = true
+        // The workers' halves of the key space come before the root page the caller finished.
+        let batch = NewPages(owners: outputs.count == 1 ? outputs : Array(outputs.dropFirst()) + [output])
+        // The outputs (stale lists, the root's bytes) are read below: the batch keeps them.
+        defer { withExtendedLifetime(batch) {} }
+        assert({
+            var previous: PageID?
+            var ordered = true
+            batch.forEach { page in
+                if let previous, !(previous < page.id) { ordered = false }
+                previous = page.id
+            }
+            return ordered
+        }(), "pages are stored in key order")
+        try writer.putPages(batch)
         lap(\.storeNs)
-        try writer.markStale(context.stale, at: version)
+        try writer.markStale(mergeSorted(outputs.map(\.stale)), at: version)
         lap(\.staleNs)
-        clock?.pages += context.newPages.count
-        try writer.putRoot(newRoot, version: version)
-        return newRoot
+        if let clock {
+            batch.forEach { page in
+                let isDelta = page.bytes.first == PageRecord.delta
+                clock.pages += 1
+                clock.pageBytes += page.bytes.count
+                if isDelta { clock.deltaPages += 1 }
+                clock.byLevel[page.id.depth / 4].records += 1
+                clock.byLevel[page.id.depth / 4].deltas += isDelta ? 1 : 0
+                clock.byLevel[page.id.depth / 4].bytes += page.bytes.count
+            }
+            for part in outputs { clock.hashes += part.hashes }
+        }
+        let result = newRoot.node
+        try writer.putRoot(result, version: version)
+        return result
+    }
+
+    /// One list of the sorted lists `lists` (each output sorts its own, on its own thread).
+    static func mergeSorted(_ lists: [[PageID]]) -> [PageID] {
+        var lists = lists.filter { !$0.isEmpty }
+        guard lists.count > 1 else { return lists.first ?? [] }
+        var merged: [PageID] = []
+        merged.reserveCapacity(lists.reduce(0) { $0 + $1.count })
+        var next = [Int](repeating: 0, count: lists.count)
+        while true {
+            var best = -1
+            for (l, list) in lists.enumerated() where next[l] < list.count {
+                if best < 0 || list[next[l]] < lists[best][next[best]] { best = l }
+            }
+            guard best >= 0 else { break }
+            merged.append(lists[best][next[best]])
+            next[best] += 1
+        }
+        lists.removeAll()
+        return merged
+    }
+
+    /// Sorts `changes` by key hash (the last change to a key wins), copies their values into
+    /// `arena` and hashes their leaves, on two threads for large batches.
+    static func prepare(_ changes: [SparseChange], arena: Arena) -> [Prepared] {
+        let order = sortedOrder(changes)
+        var prepared: [Prepared] = []
+        prepared.reserveCapacity(order.count)
+        for i in order {
+            let change = changes[i]
+            let value = change.value.map { v in v.withUnsafeBytes { arena.copy($0) } } ?? UnsafeRawBufferPointer(start: nil, count: 0)
+            let entry = Prepared(keyHash: change.keyHash, leafHash: .zero, value: value, isSet: change.value != nil)
+            if let last = prepared.last, last.keyHash == change.keyHash { prepared[prepared.count - 1] = entry } else { prepared.append(entry) }
+        }
+        prepared.withUnsafeMutableBufferPointer { buffer in
+            let job = LeafHashing(buffer)
+            let workers = buffer.count >= 2048 ? 2 : 1
+            if workers == 1 { job.run(0, of: 1) } else { DispatchQueue.concurrentPerform(iterations: workers) { job.run($0, of: workers) } }
+        }
+        return prepared
+    }
+
+    /// The indexes of `changes` ordered by key hash, ties in their order; large batches sort
+    /// their two halves on two threads and merge them.
+    static func sortedOrder(_ changes: [SparseChange]) -> [Int] {
+        func before(_ a: Int, _ b: Int) -> Bool {
+            let ka = changes[a].keyHash, kb = changes[b].keyHash
+            return ka == kb ? a < b : ka < kb
+        }
+        guard changes.count >= 4096 else { return changes.indices.sorted(by: before) }
+        let half = changes.count / 2
+        let job = HalfSort(count: changes.count, half: half, before: before)
+        DispatchQueue.concurrentPerform(iterations: 2) { job.run($0) }
+        var order: [Int] = []
+        order.reserveCapacity(changes.count)
+        var a = 0, b = 0
+        let left = job.left, right = job.right
+        while a < left.count && b < right.count {
+            if before(right[b], left[a]) { order.append(right[b]); b += 1 } else { order.append(left[a]); a += 1 }
+        }
+        order += left[a...]
+        order += right[b...]
+        return order
+    }
+
+    /// The two halves of ``sortedOrder(_:)``, each written by its own worker.
+    final class HalfSort: @unchecked Sendable {
+        // Sendable: worker 0 writes only `left`, worker 1 only `right`; the caller reads them
+        // after concurrentPerform returns, and `before` only reads the caller's changes.
+        let count: Int
+        let half: Int
+        let before: (Int, Int) -> Bool
+        var left: [Int] = []
+        var right: [Int] = []
+
+        init(count: Int, half: Int, before: @escaping (Int, Int) -> Bool) {
+            self.count = count
+            self.half = half
+            self.before = before
+        }
+
+        func run(_ worker: Int) {
+            if worker == 0 { left = (0..<half).sorted(by: before) } else { right = (half..<count).sorted(by: before) }
+        }
+    }
+
+    /// Hashes the leaves of prepared changes, each worker its own share.
+    final class LeafHashing: @unchecked Sendable {
+        // Sendable: workers write disjoint index ranges of `buffer`, which outlives them.
+        let buffer: UnsafeMutableBufferPointer<Prepared>
+        init(_ buffer: UnsafeMutableBufferPointer<Prepared>) { self.buffer = buffer }
+
+        func run(_ worker: Int, of workers: Int) {
+            let lo = buffer.count * worker / workers, hi = buffer.count * (worker + 1) / workers
+            for i in lo..<hi where buffer[i].isSet {
+                buffer[i].leafHash = SparseHash.leaf(keyHash: buffer[i].keyHash, valueHash: SHA256.hash(buffer[i].value))
+            }
+        }
     }
 
     /// Updates the root page's 16 subtrees on two threads, each reading from its own snapshot
     /// of the committed tree (every page a batch replaces is committed), then finishes the root
     /// page on this thread.
-    static func updateRootInParallel<W: SparseWriter>(
-        rootHash: Hash, rootVersion: UInt64, changes: [SparseChange], writer: W,
-        snapshot: any SparseSnapshotSource, context: inout Context
-    ) throws -> SparseNode {
-        let rootID = PageID(version: rootVersion, depth: 0, prefix: .zero)
-        var page = try writer.page(rootID, hash: rootHash)
-        if rootVersion != context.version { context.stale.append(rootID) }
-        // Group the sorted changes by first nibble, then split the groups in two by size.
-        let groups = groupByNibble(changes[...], at: 0)
-        var split = 0
-        while split < groups.count && groups[split].range.upperBound <= changes.count / 2 { split += 1 }
-        let job = ParallelUpdate(changes: changes, halves: [Array(groups[..<split]), Array(groups[split...])],
-                                 slots: page.slots, version: context.version, snapshot: snapshot)
-        DispatchQueue.concurrentPerform(iterations: 2) { job.run(half: $0) }
-        for result in [job.first, job.second] {
-            let part = try result.get()
-            for (n, node) in part.slots { page.slots[n] = node }
-            context.newPages += part.context.newPages
-            context.stale += part.context.stale
+    static func updateRootInParallel<W: SparseWriter, S: SparseSnapshotSource>(
+        _ root: NodeRef, changes: UnsafeBufferPointer<Prepared>, writer: W, snapshot: S, output: Output
+    ) throws -> (NodeRef, [Output]) {
+        let rootID = PageID(version: root.version, depth: 0, prefix: .zero)
+        return try writer.withPage(rootID, hash: root.hash) { lent in
+            guard let page = PageSlots(lent) else { throw damagedPage(rootID) }
+            let slots = output.frames.emptySlots(depth: 0)
+            page.readSlots(into: slots)
+            // Group the sorted changes by first nibble, then split the groups in two by size.
+            let groups = groupByNibble(changes, 0..<changes.count, at: 0)
+            var split = 0
+            while split < groups.count && groups[split].range.upperBound <= changes.count / 2 { split += 1 }
+            let job = ParallelUpdate(changes: changes, halves: [Array(groups[..<split]), Array(groups[split...])],
+                                     slots: UnsafePointer(slots), version: output.version, snapshot: snapshot)
+            DispatchQueue.concurrentPerform(iterations: 2) { job.run(half: $0) }
+            var dirty: UInt16 = 0
+            var workers: [Output] = []
+            for result in job.results {
+                let part = try result.get()
+                for (n, node) in part.slots {
+                    slots[n] = node
+                    dirty |= 1 << n
+                }
+                workers.append(part.output)
+            }
+            let replacing = Replacing(id: rootID, page: page, lent: lent)
+            return (finish(slots, dirty: dirty, old: lent.tree, depth: 0, prefix: .zero, replacing: replacing, output: output), workers)
         }
-        return finish(page, depth: 0, prefix: .zero, context: &context)
+    }
+
+    static func damagedPage(_ id: PageID) -> SparseMerkleError {
+        SparseMerkleError(.missingData, "unreadable page at depth \(id.depth) of version \(id.version)")
     }
 
     /// The root node of `version`.
@@ -135,145 +383,266 @@ public enum SparseMerkleTree {
     }
 
     static func update<R: SparseReader>(
-        _ node: SparseNode, depth: Int, prefix: Hash, changes: ArraySlice<SparseChange>,
-        reader: R, context: inout Context
-    ) throws -> SparseNode {
-        switch node {
-        case .empty, .leaf:
-            // Rebuild this position from its (at most one) existing key and the changes.
-            var keys: [SparseNode] = []
-            keys.reserveCapacity(changes.count + 1)
-            var existing: SparseNode? = node.isLeaf ? node : nil
-            for change in changes {
-                if let e = existing, let ek = e.keyHash, ek <= change.keyHash {
-                    if ek < change.keyHash { keys.append(e) }
-                    existing = nil
+        _ node: NodeRef, depth: Int, prefix: Hash, _ changes: UnsafeBufferPointer<Prepared>, _ range: Range<Int>,
+        reader: R, output: Output
+    ) throws -> NodeRef {
+        switch node.kind {
+        case .empty:
+            return build(existing: nil, depth: depth, prefix: prefix, changes, range, output: output)
+        case .leaf:
+            return build(existing: node, depth: depth, prefix: prefix, changes, range, output: output)
+        case .page:
+            let id = PageID(version: node.version, depth: depth, prefix: prefix)
+            return try reader.withPage(id, hash: node.hash) { lent in
+                guard let page = PageSlots(lent) else { throw damagedPage(id) }
+                let slots = output.frames.emptySlots(depth: depth)
+                page.readSlots(into: slots)
+                var dirty: UInt16 = 0
+                var start = range.lowerBound
+                while start < range.upperBound {
+                    let n = nibble(changes[start].keyHash, at: depth)
+                    var end = start + 1
+                    while end < range.upperBound && nibble(changes[end].keyHash, at: depth) == n { end += 1 }
+                    slots[n] = try update(slots[n], depth: depth + 4, prefix: extend(prefix, depth: depth, nibble: n),
+                                          changes, start..<end, reader: reader, output: output)
+                    dirty |= 1 << n
+                    start = end
                 }
-                if let value = change.value { keys.append(.makeLeaf(keyHash: change.keyHash, value: value)) }
+                return finish(slots, dirty: dirty, old: lent.tree, depth: depth, prefix: prefix,
+                              replacing: Replacing(id: id, page: page, lent: lent), output: output)
             }
-            if let e = existing { keys.append(e) }
-            return build(keys[...], depth: depth, prefix: prefix, context: &context)
-        case .page(let pageHash, let pageVersion):
-            let id = PageID(version: pageVersion, depth: depth, prefix: prefix)
-            var page = try reader.page(id, hash: pageHash)
-            if pageVersion != context.version { context.stale.append(id) }
-            for group in groupByNibble(changes, at: depth) {
-                let n = group.nibble
-                page.slots[n] = try update(page.slots[n], depth: depth + 4, prefix: extend(prefix, depth: depth, nibble: n),
-                                           changes: changes[group.range], reader: reader, context: &context)
-            }
-            return finish(page, depth: depth, prefix: prefix, context: &context)
         }
     }
 
-    /// The runs of `changes` (sorted by key hash) that share the nibble at `depth`, in order.
-    static func groupByNibble(_ changes: ArraySlice<SparseChange>, at depth: Int) -> [(nibble: Int, range: Range<Int>)] {
+    /// The runs of `changes[range]` (sorted by key hash) that share the nibble at `depth`, in order.
+    static func groupByNibble(_ changes: UnsafeBufferPointer<Prepared>, _ range: Range<Int>, at depth: Int) -> [(nibble: Int, range: Range<Int>)] {
         var groups: [(nibble: Int, range: Range<Int>)] = []
-        var start = changes.startIndex
-        while start < changes.endIndex {
+        var start = range.lowerBound
+        while start < range.upperBound {
             let n = nibble(changes[start].keyHash, at: depth)
             var end = start + 1
-            while end < changes.endIndex && nibble(changes[end].keyHash, at: depth) == n { end += 1 }
+            while end < range.upperBound && nibble(changes[end].keyHash, at: depth) == n { end += 1 }
             groups.append((n, start..<end))
             start = end
         }
         return groups
     }
 
-    /// The node for a sorted list of distinct keys at a page position.
-    static func build(_ keys: ArraySlice<SparseNode>, depth: Int, prefix: Hash, context: inout Context) -> SparseNode {
-        if keys.isEmpty { return .empty }
-        if keys.count == 1 { return keys.first! }
-        var page = SparsePage()
-        var start = keys.startIndex
-        while start < keys.endIndex {
-            let n = nibble(keys[start].keyHash!, at: depth)
+    /// The node at a position that held no page: its one existing leaf (if any) with the
+    /// changes applied, all under this position's prefix.
+    static func build(
+        existing: NodeRef?, depth: Int, prefix: Hash, _ changes: UnsafeBufferPointer<Prepared>, _ range: Range<Int>,
+        output: Output
+    ) -> NodeRef {
+        var existing = existing
+        if let e = existing, contains(changes, range, e.keyHash) { existing = nil }
+        var count = existing == nil ? 0 : 1
+        var single = -1
+        for i in range where changes[i].isSet {
+            count += 1
+            single = i
+            if count > 1 { break }
+        }
+        if count == 0 { return .empty }
+        if count == 1 { return existing ?? changes[single].leaf }
+        let slots = output.frames.emptySlots(depth: depth)
+        let existingNibble = existing.map { nibble($0.keyHash, at: depth) } ?? -1
+        if let existing { slots[existingNibble] = existing }
+        var start = range.lowerBound
+        while start < range.upperBound {
+            let n = nibble(changes[start].keyHash, at: depth)
             var end = start + 1
-            while end < keys.endIndex && nibble(keys[end].keyHash!, at: depth) == n { end += 1 }
-            page.slots[n] = build(keys[start..<end], depth: depth + 4, prefix: extend(prefix, depth: depth, nibble: n), context: &context)
+            while end < range.upperBound && nibble(changes[end].keyHash, at: depth) == n { end += 1 }
+            slots[n] = build(existing: n == existingNibble ? existing : nil, depth: depth + 4,
+                             prefix: extend(prefix, depth: depth, nibble: n), changes, start..<end, output: output)
             start = end
         }
-        return finish(page, depth: depth, prefix: prefix, context: &context)
+        return finish(slots, dirty: 0xffff, old: nil, depth: depth, prefix: prefix, replacing: nil, output: output)
     }
 
-    /// Stores a changed page, or collapses it when it no longer holds two keys.
-    static func finish(_ page: SparsePage, depth: Int, prefix: Hash, context: inout Context) -> SparseNode {
+    /// Whether the sorted `changes[range]` hold a change to `keyHash`.
+    static func contains(_ changes: UnsafeBufferPointer<Prepared>, _ range: Range<Int>, _ keyHash: Hash) -> Bool {
+        var lo = range.lowerBound, hi = range.upperBound
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if changes[mid].keyHash < keyHash { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < range.upperBound && changes[lo].keyHash == keyHash
+    }
+
+    /// The stored record a changed page replaces: a full page, or a delta over a full base.
+    struct Replacing {
+        let id: PageID
+        /// The delta's base version, nil when the record is full.
+        let baseVersion: UInt64?
+        /// Slots the record's delta replaces (0 for a full record).
+        let changed: UInt16
+
+        init(id: PageID, page: PageSlots, lent: LentPage) {
+            self.id = id
+            baseVersion = page.baseVersion
+            changed = page.changed
+        }
+
+        /// The records this one leaves behind when the position gets a full page or none.
+        var records: [PageID] {
+            guard let baseVersion else { return [id] }
+            return [id, PageID(version: baseVersion, depth: id.depth, prefix: id.prefix)]
+        }
+    }
+
+    /// Stores a changed page, or collapses it when it no longer holds two keys. `old` is the
+    /// page's interior node hashes before the slots in `dirty` changed, when known; `replacing`
+    /// is the record the page had before this version, if any.
+    ///
+    /// A page that replaces a record is written as a delta over that record's full base when
+    /// the delta (every slot that differs from the base) is at most half the size of the full
+    /// page; otherwise in full. Either way the records no version from this one on uses are
+    /// marked stale: the replaced delta, and the base once a full page supersedes it.
+    static func finish(
+        _ slots: UnsafeMutablePointer<NodeRef>, dirty: UInt16, old: UnsafePointer<Hash>?, depth: Int, prefix: Hash,
+        replacing: Replacing?, output: Output
+    ) -> NodeRef {
         var nonEmpty = 0
         var only = 0
-        for (i, slot) in page.slots.enumerated() where !slot.isEmpty {
+        for i in 0..<16 where slots[i].kind != .empty {
             nonEmpty += 1
             only = i
         }
-        if nonEmpty == 0 { return .empty }
-        if nonEmpty == 1, page.slots[only].isLeaf { return page.slots[only] }
-        // Hashing the whole page once gives both its hash and the node hashes the cache keeps.
-        let hashed = page.withHashTree()
-        context.newPages.append((PageID(version: context.version, depth: depth, prefix: prefix), hashed))
-        return .page(hash: hashed.rangeHash(0, 16), version: context.version)
+        if nonEmpty == 0 || (nonEmpty == 1 && slots[only].kind == .leaf) {
+            if let replacing { output.stale += replacing.records }
+            if nonEmpty == 0 { return .empty }
+            // The leaf moves up out of this page: its value must outlive the page's bytes.
+            var leaf = slots[only]
+            leaf.value = output.arena.copy(leaf.value)
+            return leaf
+        }
+        let tree = output.frames.tree(depth: depth)
+        output.hashes += PageHashing.tree(slots, old: old, dirty: dirty, into: tree)
+        let fullSize = PageHashing.fullSize(slots)
+        let id = PageID(version: output.version, depth: depth, prefix: prefix)
+        let arena = output.arena
+        func full() -> UnsafeRawBufferPointer {
+            let bytes = arena.allocate(fullSize)
+            PageHashing.encodeFull(slots, into: bytes)
+            return UnsafeRawBufferPointer(bytes)
+        }
+        var record: UnsafeRawBufferPointer
+        var baseVersion: UInt64? = nil
+        var changed: UInt16 = 0
+        if let replacing {
+            let base = replacing.baseVersion ?? replacing.id.version
+            let delta = replacing.changed | dirty
+            let deltaSize = PageHashing.deltaSize(slots, changed: delta)
+            if deltaSize * PageRecord.deltaDenominator <= fullSize * PageRecord.deltaNumerator {
+                let bytes = arena.allocate(deltaSize)
+                PageHashing.encodeDelta(slots, base: base, changed: delta, into: bytes)
+                record = UnsafeRawBufferPointer(bytes)
+                baseVersion = base
+                changed = delta
+                if replacing.baseVersion != nil { output.stale.append(replacing.id) }
+            } else {
+                record = full()
+                output.stale += replacing.records
+            }
+        } else {
+            record = full()
+        }
+        if depth <= HotPageCache.depth {
+            // What the cache keeps once the batch commits: the page merged, and its hashes.
+            let merged = baseVersion == nil ? record : full()
+            output.append(NewPage(id: id, bytes: record, merged: merged, tree: arena.copy(tree: tree),
+                                  baseVersion: baseVersion, changed: changed))
+        } else {
+            output.append(NewPage(id: id, bytes: record, merged: nil, tree: nil, baseVersion: nil, changed: 0))
+        }
+        return .page(hash: tree[1], version: output.version)
     }
 
     /// The proof for `keyHash` against the root of `version`: inclusion when the key is
     /// present, non-inclusion otherwise.
     public static func proof<R: SparseReader>(keyHash k: Hash, version: UInt64, reader: R) throws -> SparseProof {
-        var node = try root(version: version, reader: reader)
-        var depth = 0
-        var prefix = Hash.zero
+        try proofOf(k, version: version, reader: reader)
+    }
+
+    static func proofOf<R: SparseReader>(_ k: Hash, version: UInt64, reader: R) throws -> SparseProof {
         var siblings: [Hash] = []
-        siblings.reserveCapacity(32)
-        while true {
-            switch node {
-            case .empty:
-                return SparseProof(keyHash: k, terminal: .empty, siblings: siblings.reversed())
-            case .leaf(let other, let value, _):
-                let terminal = SparseProof.Terminal.leaf(keyHash: other, valueHash: SHA256.hash(value))
-                return SparseProof(keyHash: k, terminal: terminal, siblings: siblings.reversed(), value: other == k ? value : nil)
-            case .page(let h, let v):
-                let page = try reader.page(PageID(version: v, depth: depth, prefix: prefix), hash: h)
-                var lo = 0, hi = 16
-                for step in 0..<4 {
-                    if step > 0 {
-                        // Stop early where the range holds no key or a single leaf.
-                        var nonEmpty = 0, only = lo
-                        for i in lo..<hi where !page.slots[i].isEmpty { nonEmpty += 1; only = i }
-                        if nonEmpty == 0 {
-                            return SparseProof(keyHash: k, terminal: .empty, siblings: siblings.reversed())
-                        }
-                        if nonEmpty == 1, case .leaf(let other, let value, _) = page.slots[only] {
-                            let terminal = SparseProof.Terminal.leaf(keyHash: other, valueHash: SHA256.hash(value))
-                            return SparseProof(keyHash: k, terminal: terminal, siblings: siblings.reversed(), value: other == k ? value : nil)
-                        }
-                    }
-                    let mid = (lo + hi) / 2
-                    if keyBit(k, depth + step) == 0 {
-                        siblings.append(page.rangeHash(mid, hi))
-                        hi = mid
-                    } else {
-                        siblings.append(page.rangeHash(lo, mid))
-                        lo = mid
+        siblings.reserveCapacity(40)
+        switch try root(version: version, reader: reader) {
+        case .empty:
+            return SparseProof(keyHash: k, terminal: .empty, siblings: [])
+        case .leaf(let other, let value, _):
+            return value.withUnsafeBytes { terminalProof(k, other: other, value: $0, siblings: &siblings) }
+        case .page(let h, let v):
+            return try proof(k, page: PageID(version: v, depth: 0, prefix: .zero), hash: h, reader: reader, siblings: &siblings)
+        }
+    }
+
+    static func terminalProof(_ k: Hash, other: Hash, value: UnsafeRawBufferPointer, siblings: inout [Hash]) -> SparseProof {
+        let terminal = SparseProof.Terminal.leaf(keyHash: other, valueHash: SHA256.hash(value))
+        return SparseProof(keyHash: k, terminal: terminal, siblings: siblings.reversed(), value: other == k ? Array(value) : nil)
+    }
+
+    static func proof<R: SparseReader>(
+        _ k: Hash, page id: PageID, hash: Hash, reader: R, siblings: inout [Hash]
+    ) throws -> SparseProof {
+        try reader.withPage(id, hash: hash) { lent in
+            guard let view = PageSlots(lent) else { throw damagedPage(id) }
+            var lo = 0, hi = 16
+            for step in 0..<4 {
+                if step > 0 {
+                    // Stop early where the range holds no key or a single leaf.
+                    let inRange = view.occupied & PageHashing.mask(lo, hi)
+                    if inRange == 0 { return SparseProof(keyHash: k, terminal: .empty, siblings: siblings.reversed()) }
+                    if inRange.nonzeroBitCount == 1, view.leaves & inRange != 0 {
+                        let leaf = view.slot(inRange.trailingZeroBitCount)
+                        return terminalProof(k, other: leaf.keyHash, value: leaf.value, siblings: &siblings)
                     }
                 }
-                node = page.slots[lo]
-                prefix = extend(prefix, depth: depth, nibble: lo)
-                depth += 4
+                let mid = (lo + hi) / 2
+                if keyBit(k, id.depth + step) == 0 {
+                    siblings.append(view.rangeHash(mid, hi, tree: lent.tree))
+                    hi = mid
+                } else {
+                    siblings.append(view.rangeHash(lo, mid, tree: lent.tree))
+                    lo = mid
+                }
+            }
+            let slot = view.slot(lo)
+            switch slot.kind {
+            case .empty: return SparseProof(keyHash: k, terminal: .empty, siblings: siblings.reversed())
+            case .leaf: return terminalProof(k, other: slot.keyHash, value: slot.value, siblings: &siblings)
+            case .page:
+                let child = PageID(version: slot.version, depth: id.depth + 4, prefix: extend(id.prefix, depth: id.depth, nibble: lo))
+                return try proof(k, page: child, hash: slot.hash, reader: reader, siblings: &siblings)
             }
         }
     }
 
     /// The value of `keyHash` at `version`, or nil when absent.
     public static func value<R: SparseReader>(keyHash k: Hash, version: UInt64, reader: R) throws -> [UInt8]? {
-        var node = try root(version: version, reader: reader)
-        var depth = 0
-        var prefix = Hash.zero
-        while true {
-            switch node {
+        try valueOf(k, version: version, reader: reader)
+    }
+
+    static func valueOf<R: SparseReader>(_ k: Hash, version: UInt64, reader: R) throws -> [UInt8]? {
+        switch try root(version: version, reader: reader) {
+        case .empty: return nil
+        case .leaf(let other, let value, _): return other == k ? value : nil
+        case .page(let h, let v): return try value(k, page: PageID(version: v, depth: 0, prefix: .zero), hash: h, reader: reader)
+        }
+    }
+
+    static func value<R: SparseReader>(_ k: Hash, page id: PageID, hash: Hash, reader: R) throws -> [UInt8]? {
+        try reader.withPage(id, hash: hash) { lent in
+            guard let view = PageSlots(lent) else { throw damagedPage(id) }
+            let n = nibble(k, at: id.depth)
+            let slot = view.slot(n)
+            switch slot.kind {
             case .empty: return nil
-            case .leaf(let other, let value, _): return other == k ? value : nil
-            case .page(let h, let v):
-                let page = try reader.page(PageID(version: v, depth: depth, prefix: prefix), hash: h)
-                let n = nibble(k, at: depth)
-                node = page.slots[n]
-                prefix = extend(prefix, depth: depth, nibble: n)
-                depth += 4
+            case .leaf: return slot.keyHash == k ? Array(slot.value) : nil
+            case .page:
+                return try value(k, page: PageID(version: slot.version, depth: id.depth + 4, prefix: extend(id.prefix, depth: id.depth, nibble: n)),
+                                 hash: slot.hash, reader: reader)
             }
         }
     }
@@ -281,48 +650,53 @@ public enum SparseMerkleTree {
 
 /// A store that can lend read views of its committed state on any thread.
 public protocol SparseSnapshotSource: Sendable {
+    associatedtype Snapshot: SparseReader
     /// Runs `body` with a reader over the last committed state.
-    func withSnapshot<R>(_ body: (any SparseReader) throws -> R) throws -> R
+    func withSnapshot<R>(_ body: (Snapshot) throws -> R) throws -> R
 }
 
 /// One parallel root update: two workers, each writing only its own result.
-final class ParallelUpdate: @unchecked Sendable {
-    // Sendable: the inputs are read-only; worker 0 writes only `first`, worker 1 only
-    // `second`, and the caller reads them after concurrentPerform returns.
+final class ParallelUpdate<S: SparseSnapshotSource>: @unchecked Sendable {
+    // Sendable: the inputs are read-only and outlive the workers; worker 0 writes only
+    // `first`, worker 1 only `second`, and the caller reads them after concurrentPerform returns.
     struct Part {
-        var slots: [(Int, SparseNode)] = []
-        var context: SparseMerkleTree.Context
+        var slots: [(Int, NodeRef)] = []
+        let output: SparseMerkleTree.Output
     }
 
-    let changes: [SparseChange]
+    let changes: UnsafeBufferPointer<SparseMerkleTree.Prepared>
     let halves: [[(nibble: Int, range: Range<Int>)]]
-    let slots: [SparseNode]
+    /// The root page's slots, owned by the caller's frames until the workers finish.
+    let slots: UnsafePointer<NodeRef>
     let version: UInt64
-    let snapshot: any SparseSnapshotSource
-    var first: Result<Part, any Error>
-    var second: Result<Part, any Error>
+    let snapshot: S
+    var first: Result<Part, any Error> = .failure(SparseMerkleError(.missingData, "worker did not run"))
+    var second: Result<Part, any Error> = .failure(SparseMerkleError(.missingData, "worker did not run"))
+    var results: [Result<Part, any Error>] { [first, second] }
 
-    init(changes: [SparseChange], halves: [[(nibble: Int, range: Range<Int>)]], slots: [SparseNode],
-         version: UInt64, snapshot: any SparseSnapshotSource) {
+    init(changes: UnsafeBufferPointer<SparseMerkleTree.Prepared>, halves: [[(nibble: Int, range: Range<Int>)]],
+         slots: UnsafePointer<NodeRef>, version: UInt64, snapshot: S) {
         self.changes = changes
         self.halves = halves
         self.slots = slots
         self.version = version
         self.snapshot = snapshot
-        self.first = .success(Part(context: .init(version: version)))
-        self.second = .success(Part(context: .init(version: version)))
     }
 
     func run(half: Int) {
+        let output = SparseMerkleTree.OutputPool.shared.take(version: version)
         let result = Result { () throws -> Part in
             try snapshot.withSnapshot { reader in
-                var part = Part(context: .init(version: version))
+                var part = Part(output: output)
                 for group in halves[half] {
-                    let node = try SparseMerkleTree.update(
+                    var node = try SparseMerkleTree.update(
                         slots[group.nibble], depth: 4, prefix: extend(.zero, depth: 0, nibble: group.nibble),
-                        changes: changes[group.range], reader: reader, context: &part.context)
+                        changes, group.range, reader: reader, output: output)
+                    // A leaf may point into this worker's read transaction, which ends here.
+                    if node.kind == .leaf { node.value = output.arena.copy(node.value) }
                     part.slots.append((group.nibble, node))
                 }
+                output.stale.sort()
                 return part
             }
         }

@@ -36,24 +36,88 @@ public struct SparseMerkleError: Error, Hashable, CustomStringConvertible, Senda
     public func hash(into hasher: inout Hasher) { hasher.combine(code) }
 }
 
+/// A stored page lent to a reader: its record, the full record a delta record rests on, and,
+/// when the store has them cached, the page's interior node hashes (heap positions 1...15, the
+/// page root at 1). Valid only inside the closure it is lent to.
+public struct LentPage {
+    /// The page's record (FORMATS.md section 6.3), or the cache's copy of the page merged
+    /// into one full record.
+    public let bytes: UnsafeRawBufferPointer
+    /// For a delta record, its base: the full record at the same position it names.
+    public let base: UnsafeRawBufferPointer?
+    let tree: UnsafePointer<Hash>?
+    /// For a merged copy, the stored record's base version (nil for a full record) and
+    /// changed slots.
+    let merged: (baseVersion: UInt64?, changed: UInt16)?
+
+    init(bytes: UnsafeRawBufferPointer, base: UnsafeRawBufferPointer?, tree: UnsafePointer<Hash>?,
+         merged: (baseVersion: UInt64?, changed: UInt16)? = nil) {
+        self.bytes = bytes
+        self.base = base
+        self.tree = tree
+        self.merged = merged
+    }
+}
+
 /// Read access to a sparse tree's stored pages and roots, at one consistent moment.
 public protocol SparseReader {
-    /// The page `id`, whose hash its parent records as `hash`.
-    func page(_ id: PageID, hash: Hash) throws -> SparsePage
+    /// Lends page `id`, whose hash its parent records as `hash`, to `body`.
+    func withPage<R>(_ id: PageID, hash: Hash, _ body: (LentPage) throws -> R) throws -> R
     /// The root node of `version`, or `nil` when not retained.
     func root(version: UInt64) throws -> SparseNode?
     /// The newest version, or `nil` for a tree never written.
     func latestVersion() throws -> UInt64?
 }
 
+/// A page record a batch wrote.
+public struct NewPage {
+    public let id: PageID
+    /// The record to store.
+    public let bytes: UnsafeRawBufferPointer
+    /// For pages shallow enough to cache: the page as one full record (`bytes` itself when
+    /// the record is full), its interior node hashes, and the record's base version and
+    /// changed slots.
+    let merged: UnsafeRawBufferPointer?
+    let tree: UnsafePointer<Hash>?
+    let baseVersion: UInt64?
+    let changed: UInt16
+}
+
+/// The pages one apply wrote, with the memory they live in: a store may keep the batch after
+/// ``SparseWriter/putPages(_:)`` returns (the LMDB store does, until the write commits and it
+/// caches the pages).
+public final class NewPages: @unchecked Sendable {
+    // Sendable: immutable after init.
+    /// The outputs in key-space order; each holds its pages per depth in prefix order.
+    private let owners: [SparseMerkleTree.Output]
+
+    init(owners: [SparseMerkleTree.Output]) { self.owners = owners }
+
+    deinit { SparseMerkleTree.OutputPool.shared.give(owners) }
+
+    /// Number of pages.
+    public var count: Int { owners.reduce(0) { $0 + $1.pageCount } }
+
+    /// Calls `body` with each page in key order (``PageID`` order: by depth, then prefix).
+    public func forEach(_ body: (NewPage) throws -> Void) rethrows {
+        let levels = owners.reduce(0) { max($0, $1.newPages.count) }
+        for level in 0..<levels {
+            for owner in owners where level < owner.newPages.count {
+                for page in owner.newPages[level] { try body(page) }
+            }
+        }
+    }
+}
+
 /// Write access, inside the same atomic write as the log append it belongs to.
 public protocol SparseWriter: SparseReader {
-    /// Stores new pages; `pages` is sorted by ``PageID`` and all share one version.
-    func putPages(_ pages: [(PageID, SparsePage)]) throws
+    /// Stores new page records, all of one version, in the order ``NewPages/forEach(_:)`` gives.
+    func putPages(_ batch: NewPages) throws
     func putRoot(_ root: SparseNode, version: UInt64) throws
-    /// Records that `replaced` pages stopped being current at `version`.
+    /// Records that the `replaced` page records (sorted by ``PageID``) are not used by
+    /// `version` or any later one.
     func markStale(_ replaced: [PageID], at version: UInt64) throws
-    /// Deletes what versions before `version` alone need; returns pages deleted.
+    /// Deletes what versions before `version` alone need; returns page records deleted.
     func prune(before version: UInt64) throws -> Int
 }
 
@@ -61,22 +125,34 @@ public protocol SparseWriter: SparseReader {
 ///
 /// Thread safety: not thread-safe.
 public final class MemorySparseStore: SparseWriter {
-    var pages: [PageID: SparsePage] = [:]
+    var pages: [PageID: [UInt8]] = [:]
     var roots: [UInt64: SparseNode] = [:]
     var stale: [(version: UInt64, id: PageID)] = []
 
     public init() {}
 
-    public func page(_ id: PageID, hash: Hash) throws -> SparsePage {
-        guard let page = pages[id] else { throw SparseMerkleError(.missingData, "no page at depth \(id.depth) of version \(id.version)") }
-        return page
+    public func withPage<R>(_ id: PageID, hash: Hash, _ body: (LentPage) throws -> R) throws -> R {
+        guard let record = pages[id] else { throw SparseMerkleError(.missingData, "no page at depth \(id.depth) of version \(id.version)") }
+        return try record.withUnsafeBytes { bytes in
+            switch PageRecord.baseVersion(of: bytes) {
+            case .none:
+                throw SparseMerkleError(.missingData, "unreadable page at depth \(id.depth) of version \(id.version)")
+            case .some(nil):
+                return try body(LentPage(bytes: bytes, base: nil, tree: nil))
+            case .some(let baseVersion?):
+                guard let base = pages[PageID(version: baseVersion, depth: id.depth, prefix: id.prefix)] else {
+                    throw SparseMerkleError(.missingData, "no base page for the page at depth \(id.depth) of version \(id.version)")
+                }
+                return try base.withUnsafeBytes { try body(LentPage(bytes: bytes, base: $0, tree: nil)) }
+            }
+        }
     }
 
     public func root(version: UInt64) throws -> SparseNode? { roots[version] }
     public func latestVersion() throws -> UInt64? { roots.keys.max() }
 
-    public func putPages(_ pages: [(PageID, SparsePage)]) throws {
-        for (id, page) in pages { self.pages[id] = page }
+    public func putPages(_ batch: NewPages) throws {
+        batch.forEach { page in pages[page.id] = Array(page.bytes) }
     }
 
     public func putRoot(_ root: SparseNode, version: UInt64) throws { roots[version] = root }
@@ -96,32 +172,31 @@ public final class MemorySparseStore: SparseWriter {
         return deleted
     }
 
-    /// Number of stored pages.
+    /// Number of stored page records.
     public var pageCount: Int { pages.count }
 }
 
-/// A sparse tree's storage in LMDB: `smt.pages` (``PageID/storageKey`` → page),
-/// `smt.roots` (version → root node), `smt.stale` (replacing version || page key → empty).
+/// A sparse tree's storage in LMDB: `smt.pages` (``PageID/storageKey`` → page record),
+/// `smt.roots` (version → root node), `smt.stale` (replacing version → the keys of the page
+/// records it stopped using, each after a length byte).
 /// Every database is written in increasing key order with `MDB_APPEND` (a batch's pages
 /// share its version prefix).
 ///
 /// Thread safety: immutable handles; use one ``LMDBSparseStore/View`` per transaction.
 public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
-    // Sendable: immutable after init.
+    // Sendable: immutable after init, but for `staged`, which `stagingLock` guards.
     public let environment: Environment
     let pages: Database
     let roots: Database
     let stale: Database
-    /// Decoded pages of the upper levels with their node hashes, keyed by page ID. Pages are
-    /// immutable once written, so entries never go stale; the cache is emptied when it grows
-    /// past its bound (old versions' pages accumulate otherwise).
+    /// The upper levels' pages, and the interior hashes of the level below them.
     let hotPages = HotPageCache()
 
     /// The `smt.pages` database, for diagnostics.
     public var pagesDatabase: Database { pages }
     /// The `smt.roots` database (version → root), for tools that list versions.
     public var rootsDatabase: Database { roots }
-    /// The `smt.stale` database (replacing version || page key), for integrity checks.
+    /// The `smt.stale` database (replacing version → replaced page keys), for integrity checks.
     public var staleDatabase: Database { stale }
 
     /// Opens (creating when writable) the tree's databases.
@@ -150,22 +225,56 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
             self.store = store
         }
 
-        public func page(_ id: PageID, hash: Hash) throws -> SparsePage {
-            let hot = id.depth <= HotPageCache.maxDepth
-            // The cache is warmed before commit. Checking the hash the parent committed to
-            // ignores entries from a write that aborted while another writer (another
-            // process, or another store object) committed the same version differently.
-            if hot, let cached = store.hotPages.page(id), cached.rangeHash(0, 16) == hash { return cached }
-            let found = try id.withStorageKey { key in try txn.withValue(store.pages, key: key) { SparsePage(decoding: $0) } }
-            guard let found, let page = found else {
-                throw SparseMerkleError(.missingData, "no readable page at depth \(id.depth) of version \(id.version)")
+        public func withPage<R>(_ id: PageID, hash: Hash, _ body: (LentPage) throws -> R) throws -> R {
+            guard id.depth <= HotPageCache.depth else {
+                return try withStored(id) { record, base in try body(LentPage(bytes: record, base: base, tree: nil)) }
             }
-            if hot {
-                let withHashes = page.withHashTree()
-                store.hotPages.insert(id, withHashes)
-                return withHashes
+            return try withUnsafeTemporaryAllocation(of: Hash.self, capacity: 16) { treeBuffer in
+                try withUnsafeTemporaryAllocation(byteCount: HotPageCache.maxRecord, alignment: 8) { pageBuffer in
+                    let tree = treeBuffer.baseAddress!
+                    // Checking the hash the parent committed to is a second guard on top of the
+                    // version: the cache only ever holds committed pages (see `publish`).
+                    if let hit = store.hotPages.lookup(id, hash: hash, tree: tree, page: pageBuffer) {
+                        let merged = UnsafeRawBufferPointer(rebasing: pageBuffer[0..<hit.length])
+                        return try body(LentPage(bytes: merged, base: nil, tree: tree, merged: (hit.baseVersion, hit.changed)))
+                    }
+                    return try withStored(id) { record, base in
+                        let lent = LentPage(bytes: record, base: base, tree: nil)
+                        guard store.hotPages.accepts(id), let page = PageSlots(lent),
+                              HotPageCache.merge(page, hash: hash, tree: tree, into: pageBuffer) else { return try body(lent) }
+                        let merged = UnsafeRawBufferPointer(rebasing: pageBuffer[0..<PageHashing.fullSize(of: page)])
+                        store.hotPages.insert(id, tree: tree, page: merged, baseVersion: page.baseVersion, changed: page.changed, keepingNewer: true)
+                        return try body(LentPage(bytes: record, base: base, tree: tree))
+                    }
+                }
             }
-            return page
+        }
+
+        /// Lends the stored record of `id` and, for a delta, its base record.
+        private func withStored<R>(_ id: PageID, _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer?) throws -> R) throws -> R {
+            let result = try id.withStorageKey { key in
+                try txn.withValue(store.pages, key: key) { record -> R in
+                    switch PageRecord.baseVersion(of: record) {
+                    case .none:
+                        throw SparseMerkleError(.missingData, "unreadable page at depth \(id.depth) of version \(id.version)")
+                    case .some(nil):
+                        return try body(record, nil)
+                    case .some(let baseVersion?):
+                        let baseID = PageID(version: baseVersion, depth: id.depth, prefix: id.prefix)
+                        let lent = try baseID.withStorageKey { baseKey in
+                            try txn.withValue(store.pages, key: baseKey) { base in try body(record, base) }
+                        }
+                        guard baseVersion < id.version, let lent else {
+                            throw SparseMerkleError(.missingData, "no base page for the page at depth \(id.depth) of version \(id.version)")
+                        }
+                        return lent
+                    }
+                }
+            }
+            guard let result else {
+                throw SparseMerkleError(.missingData, "no page at depth \(id.depth) of version \(id.version)")
+            }
+            return result
         }
 
         public func root(version: UInt64) throws -> SparseNode? {
@@ -182,17 +291,16 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
             }
         }
 
-        public func putPages(_ pages: [(PageID, SparsePage)]) throws {
-            for (id, page) in pages {
-                try id.withStorageKey { key in
-                    try txn.put(store.pages, key: key, reservingCapacity: page.encodedSize, flags: .append) { page.encode(into: $0) }
+        public func putPages(_ batch: NewPages) throws {
+            try batch.forEach { page in
+                try page.id.withStorageKey { key in
+                    try txn.put(store.pages, key: key, reservingCapacity: page.bytes.count, flags: .append) {
+                        $0.copyMemory(from: page.bytes)
+                    }
                 }
             }
-            // Warm the cache for the next batch and for proofs. A write that aborts leaves
-            // entries for pages never committed; `page(_:hash:)` checks hashes on every hit.
-            for (id, page) in pages where id.depth <= HotPageCache.maxDepth {
-                store.hotPages.insert(id, page.hashTree == nil ? page.withHashTree() : page)
-            }
+            // The pages warm the cache for the next batch and for proofs once they commit.
+            store.stage(batch)
         }
 
         public func putRoot(_ root: SparseNode, version: UInt64) throws {
@@ -200,31 +308,48 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
         }
 
         public func markStale(_ replaced: [PageID], at version: UInt64) throws {
-            // Sorted so the keys (version || page key) increase.
-            for id in replaced.sorted() {
-                var key = withUnsafeBytes(of: version.bigEndian) { Array($0) }
-                key += id.storageKey
-                try txn.put(store.stale, key: key, value: [UInt8](), flags: .append)
+            guard !replaced.isEmpty else { return }
+            // One record per version: the replaced records' keys, sorted, each after its length.
+            let sorted = zip(replaced, replaced.dropFirst()).allSatisfy({ $0.0 < $0.1 }) ? replaced : replaced.sorted()
+            var size = 0
+            for id in sorted { size += 1 + id.withStorageKey { $0.count } }
+            try txn.put(store.stale, key: version, reservingCapacity: size, flags: .append) { out in
+                var at = 0
+                for id in sorted {
+                    id.withStorageKey { key in
+                        out[at] = UInt8(key.count)
+                        UnsafeMutableRawBufferPointer(rebasing: out[(at + 1)..<(at + 1 + key.count)]).copyMemory(from: key)
+                        at += 1 + key.count
+                    }
+                }
             }
         }
 
         public func prune(before version: UInt64) throws -> Int {
             var deleted = 0
-            var staleKeys: [[UInt8]] = []
+            var staleVersions: [UInt64] = []
+            var pageKeys: [[UInt8]] = []
+            var malformed = false
             try txn.withCursor(store.stale) { cursor in
                 var more = try cursor.first()
                 while more {
-                    let key = cursor.withCurrent { key, _ in Array(key) }
-                    let replacedAt = key.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-                    if replacedAt > version { break }
-                    staleKeys.append(key)
+                    let stop = cursor.withCurrent { key, value -> Bool in
+                        guard let replacedAt = UInt64(bigEndianBytes: key), replacedAt <= version else {
+                            malformed = key.count != 8
+                            return true
+                        }
+                        staleVersions.append(replacedAt)
+                        guard let keys = LMDBSparseStore.staleKeys(value) else { malformed = true; return true }
+                        pageKeys += keys
+                        return false
+                    }
+                    if stop { break }
                     more = try cursor.next()
                 }
             }
-            for key in staleKeys {
-                if try txn.delete(store.pages, key: Array(key[8...])) { deleted += 1 }
-                try txn.delete(store.stale, key: key)
-            }
+            if malformed { throw SparseMerkleError(.missingData, "an smt.stale record does not decode; nothing was pruned") }
+            for key in pageKeys where try txn.delete(store.pages, key: key) { deleted += 1 }
+            for v in staleVersions { try txn.delete(store.stale, key: v) }
             var oldRoots: [UInt64] = []
             try txn.withCursor(store.roots) { cursor in
                 var more = try cursor.first()
@@ -240,7 +365,20 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
         }
     }
 
-    public func withSnapshot<R>(_ body: (any SparseReader) throws -> R) throws -> R {
+    /// The page keys listed in an `smt.stale` value, or nil when it does not decode.
+    public static func staleKeys(_ value: UnsafeRawBufferPointer) -> [[UInt8]]? {
+        var keys: [[UInt8]] = []
+        var at = 0
+        while at < value.count {
+            let length = Int(value[at])
+            guard length >= 9, at + 1 + length <= value.count else { return nil }
+            keys.append(Array(value[(at + 1)..<(at + 1 + length)]))
+            at += 1 + length
+        }
+        return keys.isEmpty ? nil : keys
+    }
+
+    public func withSnapshot<R>(_ body: (View) throws -> R) throws -> R {
         try read { try body($0) }
     }
 
@@ -249,9 +387,59 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
         try environment.read { txn in try body(View(txn.unsafeView, store: self)) }
     }
 
-    /// Runs `body` in its own write transaction (for tools; the ledger writes inside its append).
+    /// Runs `body` in its own write transaction (for tools; the ledger writes inside its append),
+    /// then publishes what it wrote to the page cache.
     public func write<R>(_ body: (View) throws -> R) throws -> R {
-        try environment.write { txn in try body(View(txn.unsafeView, store: self)) }
+        do {
+            let result = try environment.write { txn in try body(View(txn.unsafeView, store: self)) }
+            publish()
+            return result
+        } catch {
+            discardStaged()
+            throw error
+        }
+    }
+
+    /// Pages written by the current write transaction, cached once it commits.
+    private var staged: NewPages?
+    private let stagingLock = NSLock()
+
+    /// Replaces the staged pages with `batch` (a write transaction that stages again is a
+    /// retry of one that did not commit).
+    func stage(_ batch: NewPages) {
+        stagingLock.lock()
+        let dropped = staged
+        staged = batch
+        stagingLock.unlock()
+        withExtendedLifetime(dropped) {}
+    }
+
+    /// Forgets the pages of a write transaction that did not commit.
+    public func discardStaged() {
+        stagingLock.lock()
+        let dropped = staged
+        staged = nil
+        stagingLock.unlock()
+        withExtendedLifetime(dropped) {}
+    }
+
+    /// Tells the store that the write transaction that last wrote pages committed: its pages
+    /// enter the cache. Writers that commit through their own transaction (as the ledger does)
+    /// call this after the commit; a transaction that aborts must not, and its pages are
+    /// dropped when the next write stages its own.
+    public func publish() {
+        stagingLock.lock()
+        let batch = staged
+        staged = nil
+        stagingLock.unlock()
+        guard let batch else { return }
+        var cached: [NewPage] = []
+        cached.reserveCapacity(batch.count)
+        batch.forEach { if $0.merged != nil { cached.append($0) } }
+        // Entries are striped-locked, so two threads fill the cache of a large batch.
+        let job = CacheFill(cache: hotPages, pages: cached)
+        if cached.count >= 2048 { DispatchQueue.concurrentPerform(iterations: 2) { job.run($0, of: 2) } } else { job.run(0, of: 1) }
+        withExtendedLifetime(batch) {}
     }
 
     /// Removes every page, root and stale record (before a rebuild).
@@ -269,25 +457,162 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
     }
 }
 
-/// A bounded cache of upper-level pages with their node hashes.
-final class HotPageCache: @unchecked Sendable {
-    // Sendable: `lock` guards `pages`.
-    /// Pages at depths 0 to 12 (at most 4,369 per version) are cached, about 2 KB each.
-    static let maxDepth = 12
-    static let capacity = 16_384
-    private let lock = NSLock()
-    private var pages: [PageID: SparsePage] = [:]
-
-    func page(_ id: PageID) -> SparsePage? {
-        lock.lock()
-        defer { lock.unlock() }
-        return pages[id]
+/// One publish's cache inserts, shared between workers.
+final class CacheFill: @unchecked Sendable {
+    // Sendable: the pages are read-only and outlive the workers; the cache locks its entries.
+    let cache: HotPageCache
+    let pages: [NewPage]
+    init(cache: HotPageCache, pages: [NewPage]) {
+        self.cache = cache
+        self.pages = pages
     }
 
-    func insert(_ id: PageID, _ page: SparsePage) {
+    func run(_ worker: Int, of workers: Int) {
+        let lo = pages.count * worker / workers, hi = pages.count * (worker + 1) / workers
+        for page in pages[lo..<hi] {
+            guard let merged = page.merged, let tree = page.tree else { continue }
+            cache.insert(page.id, tree: tree, page: merged, baseVersion: page.baseVersion, changed: page.changed, keepingNewer: false)
+        }
+    }
+}
+
+/// The upper levels of the newest committed version seen, one entry per position (depth and
+/// prefix) at depths 0 to 16, indexed directly by the prefix: each entry holds the page's
+/// version, interior node hashes (positions 1...15, 512 bytes) and the page merged into one
+/// full record, with the stored record's base version and changed slots. With them an update
+/// or a proof reads and hashes nothing above depth 20. Positions number at most 69,905, so the
+/// cache is bounded by the tree's shape (with 40-byte values, about 85 MB when every position
+/// holds a page), not by the number of keys or versions.
+///
+/// Thread safety: entries are guarded by striped locks; lookups copy out.
+final class HotPageCache: @unchecked Sendable {
+    // Sendable: every entry is read and written under its stripe's lock.
+    static let depth = 16
+    /// Pages whose merged record is larger are not cached (with 40-byte values a page is at
+    /// most 1,701 bytes).
+    static let maxRecord = 4096
+    private static let levels = depth / 4 + 1
+    private static let stripes = 64
+
+    /// An entry's fixed part.
+    private struct Header {
+        var version: UInt64
+        var baseVersion: UInt64
+        var length: UInt32
+        var capacity: UInt32
+        var changed: UInt16
+        var present: Bool
+        var hasBase: Bool
+    }
+
+    /// Per level (depth / 4): headers, hashes (16 per entry) and record buffers, zeroed memory
+    /// from `calloc` so that positions never used cost no resident memory.
+    private let headers: [UnsafeMutablePointer<Header>]
+    private let trees: [UnsafeMutablePointer<Hash>]
+    private let buffers: [UnsafeMutablePointer<UnsafeMutableRawPointer?>]
+    private let locks: [NSLock]
+
+    init() {
+        headers = (0..<Self.levels).map { calloc(1 << (4 * $0), MemoryLayout<Header>.stride)!.bindMemory(to: Header.self, capacity: 1 << (4 * $0)) }
+        trees = (0..<Self.levels).map { calloc(16 << (4 * $0), MemoryLayout<Hash>.stride)!.bindMemory(to: Hash.self, capacity: 16 << (4 * $0)) }
+        buffers = (0..<Self.levels).map {
+            calloc(1 << (4 * $0), MemoryLayout<UnsafeMutableRawPointer?>.stride)!.bindMemory(to: UnsafeMutableRawPointer?.self, capacity: 1 << (4 * $0))
+        }
+        locks = (0..<Self.stripes).map { _ in NSLock() }
+    }
+
+    deinit {
+        for (level, b) in buffers.enumerated() {
+            for i in 0..<(1 << (4 * level)) { free(b[i]) }
+            free(b)
+        }
+        for h in headers { free(h) }
+        for t in trees { free(t) }
+    }
+
+    /// The position's index within its level: the prefix's first `depth` bits.
+    @inline(__always)
+    private static func index(_ id: PageID) -> Int {
+        guard id.depth > 0 else { return 0 }
+        let head = id.prefix.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(as: UInt64.self)) }
+        return Int(head >> UInt64(64 - id.depth))
+    }
+
+    @inline(__always)
+    private func lock(_ level: Int, _ i: Int) -> NSLock { locks[(i &+ level) & (Self.stripes - 1)] }
+
+    /// On a hit (same version, and the hash its parent committed to), copies the page's
+    /// interior hashes to `tree` (16 entries) and its merged record to `page`.
+    func lookup(_ id: PageID, hash: Hash, tree: UnsafeMutablePointer<Hash>, page: UnsafeMutableRawBufferPointer)
+        -> (length: Int, baseVersion: UInt64?, changed: UInt16)? {
+        let l = id.depth / 4, i = Self.index(id)
+        let lock = lock(l, i)
         lock.lock()
         defer { lock.unlock() }
-        if pages.count >= Self.capacity { pages.removeAll(keepingCapacity: true) }
-        pages[id] = page
+        let header = headers[l][i]
+        let hashes = trees[l] + 16 * i
+        guard header.present, header.version == id.version, hashes[1] == hash, Int(header.length) <= page.count,
+              let buffer = buffers[l][i] else { return nil }
+        tree.update(from: hashes, count: 16)
+        page.baseAddress!.copyMemory(from: buffer, byteCount: Int(header.length))
+        return (Int(header.length), header.hasBase ? header.baseVersion : nil, header.changed)
+    }
+
+    /// Whether page `id` would enter the cache: no newer version holds its position.
+    func accepts(_ id: PageID) -> Bool {
+        let l = id.depth / 4, i = Self.index(id)
+        let lock = lock(l, i)
+        lock.lock()
+        defer { lock.unlock() }
+        let header = headers[l][i]
+        return !header.present || header.version <= id.version
+    }
+
+    /// Caches page `id`: its interior hashes and merged record. With `keepingNewer`, a page
+    /// read for an old version does not displace a newer one.
+    func insert(_ id: PageID, tree: UnsafePointer<Hash>, page: UnsafeRawBufferPointer, baseVersion: UInt64?, changed: UInt16,
+                keepingNewer: Bool) {
+        let l = id.depth / 4, i = Self.index(id)
+        let lock = lock(l, i)
+        lock.lock()
+        defer { lock.unlock() }
+        var header = headers[l][i]
+        if keepingNewer, header.present, header.version > id.version { return }
+        guard page.count <= Self.maxRecord else {
+            headers[l][i].present = false
+            return
+        }
+        if buffers[l][i] == nil || Int(header.capacity) < page.count {
+            free(buffers[l][i])
+            let capacity = max(page.count, 512)
+            buffers[l][i] = malloc(capacity)
+            header.capacity = UInt32(capacity)
+        }
+        buffers[l][i]!.copyMemory(from: page.baseAddress!, byteCount: page.count)
+        (trees[l] + 16 * i).update(from: tree, count: 16)
+        header.version = id.version
+        header.baseVersion = baseVersion ?? 0
+        header.hasBase = baseVersion != nil
+        header.changed = changed
+        header.length = UInt32(page.count)
+        header.present = true
+        headers[l][i] = header
+    }
+
+    /// Computes the interior hashes of a stored page into `tree` (16 entries) and writes the
+    /// page as one full record into `out`; false when the page does not hash to `hash`, the
+    /// hash its parent committed to, or does not fit.
+    static func merge(_ page: PageSlots, hash: Hash, tree: UnsafeMutablePointer<Hash>, into out: UnsafeMutableRawBufferPointer) -> Bool {
+        withUnsafeTemporaryAllocation(of: NodeRef.self, capacity: 16) { slots in
+            withUnsafeTemporaryAllocation(of: Hash.self, capacity: 32) { full in
+                page.readSlots(into: slots.baseAddress!)
+                PageHashing.tree(slots.baseAddress!, old: nil, dirty: 0xffff, into: full.baseAddress!)
+                let size = PageHashing.fullSize(slots.baseAddress!)
+                guard full[1] == hash, size <= out.count else { return false }
+                tree.update(from: full.baseAddress!, count: 16)
+                PageHashing.encodeFull(slots.baseAddress!, into: UnsafeMutableRawBufferPointer(rebasing: out[0..<size]))
+                return true
+            }
+        }
     }
 }

@@ -289,6 +289,29 @@ func independentInclusionRoot(index: UInt64, size: UInt64, leaf: Hash, path: [Ha
         #expect(try CLI.run(["append", dir, "--lines", work + "/bad.txt", "--keys"]).status == 2)
     }
 
+    @Test func rebuildIndexUpgradesAFormat1Ledger() throws {
+        // Tests/Fixtures/format1-ledger: written by the format-1 CLI (FormatUpgradeTests.swift).
+        let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/format1-ledger").path
+        let dir = scratch("format1")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for name in ["data.mdb", "signer.key", "verifier.key"] {
+            try FileManager.default.copyItem(atPath: fixture + "/" + name, toPath: dir + "/" + name)
+        }
+        let refused = try CLI.run(["prove", "key", dir, "--key", "record/5"])
+        #expect(refused.status == 4)
+        #expect(refused.stderr.contains("rebuild-index"), "\(refused.stderr)")
+        let upgraded = try CLI.run(["rebuild-index", dir])
+        #expect(upgraded.status == 0, "\(upgraded.stderr)")
+        #expect(try upgraded.json()["versions"] as? Int == 4)
+        let key = try String(contentsOfFile: fixture + "/verifier.key", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let proof = try CLI.run(["prove", "key", dir, "--key", "record/5"])
+        #expect(try CLI.run(["verify-proof", "--checkpoint", fixture + "/checkpoint.note", "--key", key], stdin: proof.stdout).status == 0,
+                "the checkpoint signed before the upgrade verifies the upgraded ledger's proof")
+        #expect(try CLI.run(["verify", dir, "--checkpoint", fixture + "/checkpoint.note"]).status == 0)
+    }
+
     @Test func singleAppendGetAndExitCodes() throws {
         let dir = scratch("single")
         defer { try? FileManager.default.removeItem(atPath: dir) }

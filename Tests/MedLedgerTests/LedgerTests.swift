@@ -188,7 +188,7 @@ func scratchOptions() -> Ledger.Options {
             let env = try Environment(path: path)
             try env.write { txn in
                 let meta = try #require(try txn.openDatabase("ledger.meta", create: false))
-                try txn.put(meta, key: "format", value: UInt64(2))
+                try txn.put(meta, key: "format", value: UInt64(3))
             }
         }
         #expect(throws: LedgerError(.storage, "")) { try Ledger(path: path) }

@@ -23,16 +23,33 @@ import LedgerCrypto
 }
 
 @Test func groupingByNibble() {
-    let changes = (0..<300).map { SparseChange(keyHash: SHA256.hash(Array("g\($0)".utf8)), value: [1]) }.sorted { $0.keyHash < $1.keyHash }
-    let groups = SparseMerkleTree.groupByNibble(changes[...], at: 0)
-    #expect(groups.count == 16, "\(groups.map { "\($0.nibble):\($0.range)" })")
-    #expect(groups.map(\.nibble) == Array(0..<16))
-    #expect(groups.first?.range.lowerBound == 0 && groups.last?.range.upperBound == 300)
-    for group in groups {
-        for i in group.range { #expect(Int(changes[i].keyHash.bytes[0] >> 4) == group.nibble) }
-        // The next level splits a group by its second nibble.
-        for sub in SparseMerkleTree.groupByNibble(changes[group.range], at: 4) {
-            for i in sub.range { #expect(Int(changes[i].keyHash.bytes[0] & 0x0f) == sub.nibble) }
+    let changes = (0..<300).map { SparseChange(keyHash: SHA256.hash(Array("g\($0)".utf8)), value: [1]) }.shuffled()
+    let arena = Arena()
+    let prepared = SparseMerkleTree.prepare(changes, arena: arena)
+    #expect(prepared.map(\.keyHash) == changes.map(\.keyHash).sorted())
+    prepared.withUnsafeBufferPointer { buffer in
+        let groups = SparseMerkleTree.groupByNibble(buffer, 0..<buffer.count, at: 0)
+        #expect(groups.count == 16, "\(groups.map { "\($0.nibble):\($0.range)" })")
+        #expect(groups.map { $0.nibble } == Array(0..<16))
+        #expect(groups.first?.range.lowerBound == 0 && groups.last?.range.upperBound == 300)
+        for group in groups {
+            for i in group.range { #expect(Int(buffer[i].keyHash.bytes[0] >> 4) == group.nibble) }
+            // The next level splits a group by its second nibble.
+            for sub in SparseMerkleTree.groupByNibble(buffer, group.range, at: 4) {
+                for i in sub.range { #expect(Int(buffer[i].keyHash.bytes[0] & 0x0f) == sub.nibble) }
+            }
         }
     }
+}
+
+@Test func preparingKeepsTheLastChangeToAKey() {
+    let k = SHA256.hash(Array("k".utf8)), other = SHA256.hash(Array("o".utf8))
+    let changes = [SparseChange(keyHash: k, value: [1]), SparseChange(keyHash: other, value: [9]),
+                   SparseChange(keyHash: k, value: nil), SparseChange(keyHash: k, value: [3, 4])]
+    let arena = Arena()
+    let prepared = SparseMerkleTree.prepare(changes, arena: arena)
+    #expect(prepared.count == 2)
+    let mine = prepared.first { $0.keyHash == k }!
+    #expect(mine.isSet && Array(mine.value) == [3, 4])
+    #expect(mine.leafHash == SparseHash.leaf(keyHash: k, valueHash: SHA256.hash([3, 4])))
 }

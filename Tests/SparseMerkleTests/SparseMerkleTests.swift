@@ -346,9 +346,13 @@ struct LMDBBox: SparseWriterBox {
 
     @Test func pageEncodingRejectsGarbage() {
         #expect(SparsePage(decoding: UnsafeRawBufferPointer(start: nil, count: 0)) == nil)
-        let bad: [UInt8] = [0x00, 0x01, 0x00, 0x02]  // leaf bit on an unoccupied slot
+        // A full record of two page slots (slots 0 and 1) decodes...
+        let good: [UInt8] = [PageRecord.full, 0x00, 0x03, 0x00, 0x00] + [UInt8](repeating: 1, count: 80)
+        #expect(good.withUnsafeBytes { SparsePage(decoding: $0) } != nil)
+        // ...but not with a leaf bit on an unoccupied slot, nor cut short.
+        let bad: [UInt8] = [PageRecord.full, 0x00, 0x03, 0x00, 0x04] + [UInt8](repeating: 1, count: 80)
         #expect(bad.withUnsafeBytes { SparsePage(decoding: $0) } == nil)
-        let truncated: [UInt8] = [0x00, 0x01, 0x00, 0x00] + [UInt8](repeating: 1, count: 39)
+        let truncated = Array(good.dropLast())
         #expect(truncated.withUnsafeBytes { SparsePage(decoding: $0) } == nil)
     }
 }

@@ -17,6 +17,7 @@ var entries4k = 250_000
 var baseDir: String? = nil
 var jsonPath: String? = nil
 var queries = 200_000
+var keyUpdateBatches = 20
 var sparseKeys: Int? = nil
 var patientRecords = 0
 var patientCount = 0
@@ -31,6 +32,7 @@ while let arg = args.popFirst() {
     case "--entries-4k": entries4k = parseCount(args.popFirst() ?? "") ?? entries4k
     case "--queries": queries = parseCount(args.popFirst() ?? "") ?? queries
     case "--keys": sparseKeys = parseCount(args.popFirst() ?? "")
+    case "--key-update-batches": keyUpdateBatches = max(1, parseCount(args.popFirst() ?? "") ?? keyUpdateBatches)
     case "--records": patientRecords = parseCount(args.popFirst() ?? "") ?? 0
     case "--patients": patientCount = parseCount(args.popFirst() ?? "") ?? 0
     case "--imaging": imagingBytes = parseBytes(args.popFirst() ?? "") ?? 0
@@ -38,7 +40,7 @@ while let arg = args.popFirst() {
     case "--dir": baseDir = args.popFirst()
     case "--json": jsonPath = args.popFirst()
     default:
-        FileHandle.standardError.write(Data("usage: ledger-bench [--entries N] [--entries-4k N] [--queries N] [--keys N] [--records N --patients N] [--imaging SIZE [--chunk-sizes 256k,1M]] [--dir PATH] [--json FILE]\n".utf8))
+        FileHandle.standardError.write(Data("usage: ledger-bench [--entries N] [--entries-4k N] [--queries N] [--keys N [--key-update-batches N]] [--records N --patients N] [--imaging SIZE [--chunk-sizes 256k,1M]] [--dir PATH] [--json FILE]\n".utf8))
         exit(2)
     }
 }
@@ -241,66 +243,58 @@ if keyCount > 0 {
     var updateTimes: [Double] = []
     log("sparse tree: update existing keys in batches of \(batch)")
     let phases = SparseMerkleTree.ApplyTimings()
-    for _ in 0..<20 {
+    let bytesBeforeUpdates = try smt.storedBytes()
+    func minorFaults() -> Int { var usage = rusage(); getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage); return usage.ru_minflt }
+    let faultsBeforeUpdates = minorFaults()
+    var insideTimes: [Double] = []
+    for _ in 0..<keyUpdateBatches {
         let changes = (0..<batch).map { _ in SparseChange(keyHash: keys[Int(keyRng.next() % UInt64(keys.count))], value: value) }
         version += UInt64(batch)
         let start = DispatchTime.now().uptimeNanoseconds
+        var inside = 0.0
         _ = try SparseMerkleTree.$timings.withValue(phases) {
-            try smt.write { try SparseMerkleTree.apply(changes, version: version, writer: $0, snapshot: smt) }
+            try smt.write { w in
+                let r = try SparseMerkleTree.apply(changes, version: version, writer: w, snapshot: smt)
+                inside = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+                return r
+            }
         }
+        insideTimes.append(inside)
         updateTimes.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
     }
-    log(String(format: "key map update phases per batch: sort %.1f ms, update %.1f ms, store %.1f ms, stale %.1f ms, %d pages; whole batch %.1f ms",
-               Double(phases.sortNs) / 20e6, Double(phases.updateNs) / 20e6, Double(phases.storeNs) / 20e6, Double(phases.staleNs) / 20e6,
-               phases.pages / 20, Stats(updateTimes).median * 1000))
+    log("key map bytes written per update batch: \((try smt.storedBytes() - bytesBeforeUpdates) / keyUpdateBatches)")
+    let u = Double(keyUpdateBatches)
+    log("key map update: \((minorFaults() - faultsBeforeUpdates) / keyUpdateBatches) minor page faults per batch")
+    for (level, figures) in phases.byLevel.enumerated() where figures.records > 0 {
+        log("  depth \(level * 4): \(figures.records / keyUpdateBatches) records (\(figures.deltas / keyUpdateBatches) deltas), \(figures.bytes / keyUpdateBatches) bytes per batch")
+    }
+    log(String(format: "key map update batch: %.1f ms before the commit, %.1f ms in all (medians)", Stats(insideTimes).median * 1000, Stats(updateTimes).median * 1000))
+    log(String(format: "key map update phases per batch: sort %.1f ms, update %.1f ms, store %.1f ms, stale %.1f ms, %d pages (%d deltas, %d bytes, %d hashes); whole batch %.1f ms",
+               Double(phases.sortNs) / u / 1e6, Double(phases.updateNs) / u / 1e6, Double(phases.storeNs) / u / 1e6, Double(phases.staleNs) / u / 1e6,
+               phases.pages / keyUpdateBatches, phases.deltaPages / keyUpdateBatches, phases.pageBytes / keyUpdateBatches, phases.hashes / keyUpdateBatches, Stats(updateTimes).median * 1000))
     rows.append(Row(name: "key map: update existing keys (batch 10k, durable, \(keyCount) keys)",
                     value: Double(batch) / Stats(updateTimes).median, unit: "keys/s", limitName: nil, limit: nil, extra: [:]))
-    // Diagnostics: what one rewritten page costs (pages on random keys' paths at depth 12 and 16).
-    do {
-        let sample = (0..<5000).map { _ in keys[Int(keyRng.next() % UInt64(keys.count))] }
-        var pages: [(PageID, SparsePage)] = []
+    if ProcessInfo.processInfo.environment["MEDLEDGER_BENCH_GETS"] != nil {
+        var sampleKeys: [[UInt8]] = []
         try smt.read { view in
-            for k in sample {
-                var node = try SparseMerkleTree.root(version: version, reader: view)
-                var depth = 0
-                var prefix = Hash.zero
-                while case .page(let h, let v) = node, depth <= 16 {
-                    let id = PageID(version: v, depth: depth, prefix: prefix)
-                    let page = try view.page(id, hash: h)
-                    if depth >= 12 { pages.append((id, page)) }
-                    var bytes = prefix.bytes
-                    let n = k.withUnsafeBytes { Int(depth & 4 == 0 ? $0[depth >> 3] >> 4 : $0[depth >> 3] & 0x0f) }
-                    bytes[depth >> 3] |= UInt8(depth & 4 == 0 ? n << 4 : n)
-                    prefix = Hash(bytes)!
-                    node = page.slots[n]
-                    depth += 4
+            try view.txn.withCursor(smt.pagesDatabase) { cursor in
+                var more = try cursor.first()
+                var i = 0
+                while more {
+                    if i % 37 == 0 { sampleKeys.append(cursor.withCurrent { key, _ in Array(key) }) }
+                    i += 1
+                    more = try cursor.next()
                 }
             }
         }
-        let encodedPages = pages.map { $0.1.encoded() }
-        var start = DispatchTime.now().uptimeNanoseconds
-        var decodedCount = 0
-        for bytes in encodedPages { decodedCount += bytes.withUnsafeBytes { SparsePage(decoding: $0) } == nil ? 0 : 1 }
-        let decodeNs = Double(DispatchTime.now().uptimeNanoseconds - start) / Double(max(1, encodedPages.count))
-        start = DispatchTime.now().uptimeNanoseconds
-        var encodedBytes = 0
-        for (_, page) in pages { encodedBytes += page.encoded().count }
-        let encodeNs = Double(DispatchTime.now().uptimeNanoseconds - start) / Double(max(1, pages.count))
-        start = DispatchTime.now().uptimeNanoseconds
-        for (_, page) in pages { sink &+= page.withHashTree().slots.count }
-        let hashNs = Double(DispatchTime.now().uptimeNanoseconds - start) / Double(max(1, pages.count))
-        start = DispatchTime.now().uptimeNanoseconds
+        sampleKeys.shuffle()
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        var total = 0
         try smt.read { view in
-            for (id, _) in pages {
-                sink &+= try id.withStorageKey { key in try view.txn.withValue(smt.pagesDatabase, key: key) { $0.count } } ?? 0
-            }
+            for key in sampleKeys { total &+= try view.txn.withValue(smt.pagesDatabase, key: key) { $0.count } ?? 0 }
         }
-        let getNs = Double(DispatchTime.now().uptimeNanoseconds - start) / Double(max(1, pages.count))
-        sink &+= decodedCount
-        rows.append(Row(name: "diagnostic: key map page (depth 12-16, \(encodedBytes / max(1, pages.count)) B): get / decode / encode / hash",
-                        value: getNs, unit: "ns get", limitName: "decode, encode, hash ns", limit: nil,
-                        extra: ["decode_ns": decodeNs, "encode_ns": encodeNs, "hash_ns": hashNs]))
-        log(String(format: "key map page costs: get %.0f ns, decode %.0f ns, encode %.0f ns, hash tree %.0f ns", getNs, decodeNs, encodeNs, hashNs))
+        let perGet = Double(DispatchTime.now().uptimeNanoseconds - t0) / Double(sampleKeys.count)
+        log(String(format: "diagnostic: %d random smt.pages gets, %.0f ns each (%d bytes)", sampleKeys.count, perGet, total))
     }
     let smtQueries = min(queries, 100_000)
     for present in [true, false] {
@@ -326,7 +320,7 @@ if keyCount > 0 {
                         limitName: nil, limit: nil, extra: [:]))
     }
     let smtBytes = try smt.storedBytes()
-    rows.append(Row(name: "key map bytes on disk per key (all \(insertTimes.count + 20) versions kept)",
+    rows.append(Row(name: "key map bytes on disk per key (all \(insertTimes.count + keyUpdateBatches) versions kept)",
                     value: Double(smtBytes) / Double(keyCount), unit: "B/key", limitName: nil, limit: nil, extra: [:]))
     let pruned = try smt.write { try $0.prune(before: version) }
     let afterPrune = try smt.storedBytes()

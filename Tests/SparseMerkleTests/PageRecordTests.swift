@@ -1,0 +1,279 @@
+// Page records (full and delta), their pruning, the page cache and the determinism that lets
+// an auditor's rebuild reproduce a store byte for byte.
+import Foundation
+import Testing
+import TestSupport
+import LMDBKit
+import LedgerCrypto
+@testable import SparseMerkle
+
+/// A scratch LMDB sparse store, removed when `body` returns.
+func withLMDBSparseStore<R>(_ name: String, _ body: (LMDBSparseStore) throws -> R) throws -> R {
+    let path = NSTemporaryDirectory() + "medledger-smt-\(name)-\(UUID().uuidString)"
+    defer { try? FileManager.default.removeItem(atPath: path) }
+    var options = Environment.Options()
+    options.durable = false
+    return try body(try LMDBSparseStore(environment: try Environment(path: path, options: options)))
+}
+
+/// Every record of `db`, in key order.
+func allRecords(_ store: LMDBSparseStore, _ db: Database) throws -> [([UInt8], [UInt8])] {
+    try store.read { view in
+        try view.txn.withCursor(db) { cursor in
+            var records: [([UInt8], [UInt8])] = []
+            var more = try cursor.first()
+            while more {
+                records.append(cursor.withCurrent { key, value in (Array(key), Array(value)) })
+                more = try cursor.next()
+            }
+            return records
+        }
+    }
+}
+
+/// The page records the tree of `version` uses, walking from its root (a delta's base counts).
+func reachableRecords(_ store: LMDBSparseStore, version: UInt64) throws -> Set<PageID> {
+    try store.read { view in
+        var found = Set<PageID>()
+        func walk(_ id: PageID, hash: Hash) throws {
+            found.insert(id)
+            try view.withPage(id, hash: hash) { lent in
+                let page = try #require(PageSlots(lent))
+                // (From the cache a page comes merged; its record's base version comes along.)
+                if let base = page.baseVersion {
+                    found.insert(PageID(version: base, depth: id.depth, prefix: id.prefix))
+                }
+                for n in 0..<16 {
+                    let slot = page.slot(n)
+                    if slot.kind == .page {
+                        try walk(PageID(version: slot.version, depth: id.depth + 4, prefix: extend(id.prefix, depth: id.depth, nibble: n)), hash: slot.hash)
+                    }
+                }
+            }
+        }
+        if case .page(let h, let v) = try SparseMerkleTree.root(version: version, reader: view) {
+            try walk(PageID(version: v, depth: 0, prefix: .zero), hash: h)
+        }
+        return found
+    }
+}
+
+/// Batches that rewrite a fixed key set again and again, so later versions write deltas.
+func rewriteBatches(seed: UInt64, keys: Int, batches: Int, perBatch: Int) -> [[SparseChange]] {
+    var rng = SplitMix64(seed: seed)
+    let names = (0..<keys).map { keyHash("rw-\(seed)-\($0)") }
+    return (0..<batches).map { b in
+        (0..<perBatch).map { _ in
+            let k = names[Int(rng.next() % UInt64(keys))]
+            // Now and then a delete, so pages collapse and grow back.
+            return SparseChange(keyHash: k, value: rng.next() % 11 == 0 ? nil : Array("v\(b)-\(rng.next() % 997)".utf8))
+        }
+    }
+}
+
+@Suite struct DeltaPages {
+    @Test func deltasAreWrittenAndEveryVersionStaysProvable() throws {
+        let seed: UInt64 = 0xde17a
+        try withLMDBSparseStore("delta") { store in
+            var map: [Hash: [UInt8]] = [:]
+            var roots: [UInt64: (Hash, [Hash: [UInt8]])] = [:]
+            var version: UInt64 = 0
+            for changes in rewriteBatches(seed: seed, keys: 3000, batches: 14, perBatch: 400) {
+                for c in changes { map[c.keyHash] = c.value }
+                version += 400
+                let root = try store.write { try SparseMerkleTree.apply(changes, version: version, writer: $0) }
+                #expect(root.hash == NaiveSparse.root(map), "seed \(seed) version \(version)")
+                roots[version] = (root.hash, map)
+            }
+            let records = try allRecords(store, store.pagesDatabase)
+            let deltas = records.filter { $0.1.first == PageRecord.delta }
+            #expect(deltas.count > 50, "\(deltas.count) of \(records.count) records are deltas")
+            // A delta's base is a full record at the same position, written earlier.
+            let byKey = Dictionary(uniqueKeysWithValues: records.map { ($0.0, $0.1) })
+            for (key, value) in deltas {
+                let id = try #require(PageID(storageKey: key))
+                let base = try #require(value.withUnsafeBytes { PageRecord.baseVersion(of: $0) } ?? nil)
+                #expect(base < id.version)
+                let baseRecord = try #require(byKey[PageID(version: base, depth: id.depth, prefix: id.prefix).storageKey])
+                #expect(baseRecord.first == PageRecord.full)
+            }
+            for (v, (root, snapshot)) in roots {
+                for (k, value) in snapshot.prefix(150) {
+                    let proof = try store.read { try SparseMerkleTree.proof(keyHash: k, version: v, reader: $0) }
+                    #expect(proof.value == value, "version \(v)")
+                    try proof.verify(root: root)
+                }
+            }
+        }
+    }
+
+    @Test func pruningKeepsTheBasesOfRetainedDeltasAndLeavesOnlyWhatIsReachable() throws {
+        try withLMDBSparseStore("delta-prune") { store in
+            var map: [Hash: [UInt8]] = [:]
+            var roots: [UInt64: (Hash, [Hash: [UInt8]])] = [:]
+            var version: UInt64 = 0
+            for changes in rewriteBatches(seed: 0x9e1, keys: 2000, batches: 12, perBatch: 300) {
+                for c in changes { map[c.keyHash] = c.value }
+                version += 300
+                roots[version] = (try store.write { try SparseMerkleTree.apply(changes, version: version, writer: $0) }.hash, map)
+            }
+            // Prune in two steps; after each, every retained version proves and nothing a
+            // retained version needs is gone.
+            for keep in [UInt64(1800), version] {
+                let deleted = try store.write { try $0.prune(before: keep) }
+                #expect(deleted > 0)
+                var needed = Set<PageID>()
+                for v in roots.keys where v >= keep { needed.formUnion(try reachableRecords(store, version: v)) }
+                let stored = Set(try allRecords(store, store.pagesDatabase).map { try #require(PageID(storageKey: $0.0)) })
+                #expect(needed.isSubset(of: stored), "\(needed.subtracting(stored).count) needed records were pruned")
+                if keep == version {
+                    let extra = stored.subtracting(needed)
+                    #expect(extra.isEmpty, "\(extra.count) records outlived every version that used them: \(extra.prefix(5).map { "v\($0.version) d\($0.depth) \($0.prefix.hex.prefix(6))" })")
+                }
+                for (v, (root, snapshot)) in roots where v >= keep {
+                    for (k, value) in snapshot.prefix(200) {
+                        let proof = try store.read { try SparseMerkleTree.proof(keyHash: k, version: v, reader: $0) }
+                        #expect(proof.value == value)
+                        try proof.verify(root: root)
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func theMemoryStoreMatchesTheLMDBStoreRecordForRecord() throws {
+        // Same batches into both stores, one of them updated on two threads: every page record,
+        // root and stale record must be the same bytes (an auditor's rebuild relies on it).
+        try withLMDBSparseStore("determinism-a") { parallel in
+            try withLMDBSparseStore("determinism-b") { sequential in
+                let memory = MemorySparseStore()
+                var version: UInt64 = 0
+                for changes in rewriteBatches(seed: 0x5eed, keys: 20_000, batches: 6, perBatch: 5000) {
+                    version += 5000
+                    let a = try parallel.write { try SparseMerkleTree.apply(changes, version: version, writer: $0, snapshot: parallel) }
+                    let b = try sequential.write { try SparseMerkleTree.apply(changes, version: version, writer: $0) }
+                    let c = try SparseMerkleTree.apply(changes, version: version, writer: memory)
+                    #expect(a == b && b == c)
+                }
+                for db in [\LMDBSparseStore.pagesDatabase, \.rootsDatabase, \.staleDatabase] {
+                    let left = try allRecords(parallel, parallel[keyPath: db]), right = try allRecords(sequential, sequential[keyPath: db])
+                    #expect(left.count == right.count)
+                    let same = zip(left, right).allSatisfy { (a: ([UInt8], [UInt8]), b: ([UInt8], [UInt8])) -> Bool in a.0 == b.0 && a.1 == b.1 }
+                    #expect(same)
+                }
+                let pages = try allRecords(sequential, sequential.pagesDatabase)
+                #expect(pages.count == memory.pageCount)
+                for (key, value) in pages {
+                    #expect(memory.pages[try #require(PageID(storageKey: key))] == value)
+                }
+            }
+        }
+    }
+}
+
+@Suite struct PageCacheCommits {
+    struct Abort: Error {}
+
+    @Test func pagesOfAnAbortedWriteNeverReachTheCache() throws {
+        try withLMDBSparseStore("abort-same") { store in
+            var map: [Hash: [UInt8]] = [:]
+            let first = (0..<3000).map { SparseChange(keyHash: keyHash("c\($0)"), value: [1]) }
+            for c in first { map[c.keyHash] = c.value }
+            _ = try store.write { try SparseMerkleTree.apply(first, version: 1, writer: $0, snapshot: store) }
+            // Version 2 is computed and stored, then the transaction aborts...
+            let abandoned = (0..<3000).map { SparseChange(keyHash: keyHash("c\($0)"), value: [2]) }
+            #expect(throws: Abort.self) {
+                try store.write { view -> Void in
+                    _ = try SparseMerkleTree.apply(abandoned, version: 2, writer: view, snapshot: store)
+                    throw Abort()
+                }
+            }
+            // ...and the same store commits a different version 2, then builds on it.
+            let second = (0..<3000).map { SparseChange(keyHash: keyHash("c\($0)"), value: $0 % 3 == 0 ? nil : [3]) }
+            for c in second { map[c.keyHash] = c.value }
+            #expect(try store.write { try SparseMerkleTree.apply(second, version: 2, writer: $0, snapshot: store) }.hash == NaiveSparse.root(map))
+            let third = (0..<3000).map { SparseChange(keyHash: keyHash("c\($0 * 7 % 3000)"), value: [4, UInt8($0 % 5)]) }
+            for c in third { map[c.keyHash] = c.value }
+            let root = try store.write { try SparseMerkleTree.apply(third, version: 3, writer: $0, snapshot: store) }
+            #expect(root.hash == NaiveSparse.root(map))
+            // A fresh store object reads only what is on disk: the same pages, the same proofs.
+            let reopened = try LMDBSparseStore(environment: store.environment)
+            for i in Swift.stride(from: 0, to: 3000, by: 37) {
+                let k = keyHash("c\(i)")
+                let cached = try store.read { try SparseMerkleTree.proof(keyHash: k, version: 3, reader: $0) }
+                let cold = try reopened.read { try SparseMerkleTree.proof(keyHash: k, version: 3, reader: $0) }
+                #expect(cached == cold)
+                #expect(cached.value == map[k])
+                try cached.verify(root: root.hash)
+            }
+            // Prune to the last version: what remains is exactly what it uses.
+            _ = try store.write { try $0.prune(before: 3) }
+            let stored = Set(try allRecords(store, store.pagesDatabase).map { try #require(PageID(storageKey: $0.0)) })
+            #expect(stored == (try reachableRecords(reopened, version: 3)))
+        }
+    }
+}
+
+@Suite struct PageRecordEncoding {
+    /// A full record and a delta over it, made by the engine from two small batches.
+    static func records() throws -> (full: [UInt8], delta: [UInt8], fullID: PageID, deltaID: PageID) {
+        let store = MemorySparseStore()
+        // 40 keys under one root page, then one changed: the root page becomes a delta.
+        let keys = (0..<40).map { keyHash("enc\($0)") }
+        try SparseMerkleTree.apply(keys.map { SparseChange(keyHash: $0, value: [1]) }, version: 1, writer: store)
+        try SparseMerkleTree.apply([SparseChange(keyHash: keys[0], value: [2])], version: 2, writer: store)
+        let rootFull = PageID(version: 1, depth: 0, prefix: .zero), rootDelta = PageID(version: 2, depth: 0, prefix: .zero)
+        return (try #require(store.pages[rootFull]), try #require(store.pages[rootDelta]), rootFull, rootDelta)
+    }
+
+    @Test func storageKeysRoundTrip() throws {
+        var rng = SplitMix64(seed: 0x6e4)
+        for depth in Swift.stride(from: 0, through: 252, by: 4) {
+            var prefix = Hash.zero
+            for d in Swift.stride(from: 0, to: depth, by: 4) { prefix = extend(prefix, depth: d, nibble: Int(rng.next() % 16)) }
+            let id = PageID(version: rng.next(), depth: depth, prefix: prefix)
+            #expect(PageID(storageKey: id.storageKey) == id, "depth \(depth)")
+        }
+        #expect(PageID(storageKey: [UInt8](repeating: 0, count: 8)) == nil)
+        #expect(PageID(storageKey: [UInt8](repeating: 0, count: 8) + [1]) == nil, "depth 4 needs one prefix byte")
+        #expect(PageID(storageKey: [UInt8](repeating: 0, count: 8) + [1, 0x0f]) == nil, "bits past the depth must be zero")
+    }
+
+    @Test func recordsDecodeAndDamageIsRefused() throws {
+        let (full, delta, _, _) = try Self.records()
+        #expect(full.first == PageRecord.full)
+        #expect(delta.first == PageRecord.delta)
+        let page = try #require(full.withUnsafeBytes { SparsePage(decoding: $0) })
+        let merged = try #require(delta.withUnsafeBytes { d in full.withUnsafeBytes { SparsePage(decoding: d, base: $0) } })
+        #expect(page != merged)
+        #expect(page.slots.filter { !$0.isEmpty }.count == merged.slots.filter { !$0.isEmpty }.count)
+        func decodes(_ record: [UInt8], base: [UInt8]? = nil) -> Bool {
+            record.withUnsafeBytes { r in
+                guard let base else { return SparsePage(decoding: r) != nil }
+                return base.withUnsafeBytes { SparsePage(decoding: r, base: $0) != nil }
+            }
+        }
+        #expect(!decodes(delta), "a delta needs its base")
+        #expect(!decodes(delta, base: delta), "a delta's base must be full")
+        #expect(!decodes(full, base: full), "a full record takes no base")
+        #expect(!decodes([]))
+        #expect(!decodes([7] + full.dropFirst()), "unknown record kind")
+        for cut in [1, 4, full.count / 2, full.count - 1] {
+            #expect(!decodes(Array(full.prefix(cut))), "full record cut to \(cut) bytes")
+        }
+        for cut in [1, 10, 14, delta.count - 1] {
+            #expect(!decodes(Array(delta.prefix(cut)), base: full), "delta cut to \(cut) bytes")
+        }
+        #expect(!decodes(full + [0]), "trailing byte")
+        var leafOnEmpty = full
+        leafOnEmpty[4] |= ~leafOnEmpty[2]  // a leaf bit where no slot is occupied
+        #expect(leafOnEmpty != full)
+        #expect(!decodes(leafOnEmpty))
+        var occupiedUnchanged = delta
+        occupiedUnchanged[9] = 0; occupiedUnchanged[10] = 0  // no changed slot, yet slots follow
+        #expect(!decodes(occupiedUnchanged, base: full))
+        // A page with a single leaf is not a page.
+        let single = [PageRecord.full, 0x00, 0x01, 0x00, 0x01] + [UInt8](repeating: 9, count: 64) + [0, 0]
+        #expect(!decodes(single))
+    }
+}
