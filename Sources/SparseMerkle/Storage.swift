@@ -292,11 +292,10 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
         }
 
         public func putPages(_ batch: NewPages) throws {
-            try batch.forEach { page in
-                try page.id.withStorageKey { key in
-                    try txn.put(store.pages, key: key, reservingCapacity: page.bytes.count, flags: .append) {
-                        $0.copyMemory(from: page.bytes)
-                    }
+            // One cursor for the whole batch: appending through it skips a search per record.
+            try txn.withCursor(store.pages) { cursor in
+                try batch.forEach { page in
+                    try page.id.withStorageKey { key in try cursor.put(key: key, value: page.bytes, flags: .append) }
                 }
             }
             // The pages warm the cache for the next batch and for proofs once they commit.
