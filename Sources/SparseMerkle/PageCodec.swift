@@ -71,16 +71,6 @@ final class Frames {
         slots.deallocate()
         trees.deallocate()
     }
-
-    /// The slots of the page at `depth`, all empty.
-    func emptySlots(depth: Int) -> UnsafeMutablePointer<NodeRef> {
-        let frame = slots + 16 * (depth / 4)
-        for i in 0..<16 { frame[i] = .empty }
-        return frame
-    }
-
-    /// The node-hash scratch of the page at `depth`.
-    func tree(depth: Int) -> UnsafeMutablePointer<Hash> { trees + 32 * (depth / 4) }
 }
 
 /// The two kinds of page record (FORMATS.md section 6.3): a full page holds all 16 slots; a

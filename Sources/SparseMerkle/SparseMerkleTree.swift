@@ -110,12 +110,31 @@ public enum SparseMerkleTree {
         private(set) var version: UInt64
         private(set) var arena = Arena()
         let frames = Frames()
+        /// The frames' storage, read without touching `frames` on the hot path.
+        let slotFrames: UnsafeMutablePointer<NodeRef>
+        let treeFrames: UnsafeMutablePointer<Hash>
         /// Per depth / 4, the pages finished, in prefix order.
         var newPages: [[NewPage]] = []
         var stale: [PageID] = []
         /// Interior hashes computed, for the benchmarks' phase figures.
         var hashes = 0
-        init(version: UInt64) { self.version = version }
+        init(version: UInt64) {
+            self.version = version
+            slotFrames = frames.slots
+            treeFrames = frames.trees
+        }
+
+        /// The slots of the page at `depth`, all empty.
+        @inline(__always)
+        func emptySlots(depth: Int) -> UnsafeMutablePointer<NodeRef> {
+            let frame = slotFrames + 16 * (depth / 4)
+            for i in 0..<16 { frame[i] = .empty }
+            return frame
+        }
+
+        /// The node-hash scratch of the page at `depth`.
+        @inline(__always)
+        func tree(depth: Int) -> UnsafeMutablePointer<Hash> { treeFrames + 32 * (depth / 4) }
 
         func append(_ page: NewPage) {
             let level = page.id.depth / 4
@@ -346,7 +365,7 @@ public enum SparseMerkleTree {
         let rootID = PageID(version: root.version, depth: 0, prefix: .zero)
         return try writer.withPage(rootID, hash: root.hash) { lent in
             guard let page = PageSlots(lent) else { throw damagedPage(rootID) }
-            let slots = output.frames.emptySlots(depth: 0)
+            let slots = output.emptySlots(depth: 0)
             page.readSlots(into: slots)
             // Group the sorted changes by first nibble, then split the groups in two by size.
             let groups = groupByNibble(changes, 0..<changes.count, at: 0)
@@ -395,7 +414,7 @@ public enum SparseMerkleTree {
             let id = PageID(version: node.version, depth: depth, prefix: prefix)
             return try reader.withPage(id, hash: node.hash) { lent in
                 guard let page = PageSlots(lent) else { throw damagedPage(id) }
-                let slots = output.frames.emptySlots(depth: depth)
+                let slots = output.emptySlots(depth: depth)
                 page.readSlots(into: slots)
                 var dirty: UInt16 = 0
                 var start = range.lowerBound
@@ -445,7 +464,7 @@ public enum SparseMerkleTree {
         }
         if count == 0 { return .empty }
         if count == 1 { return existing ?? changes[single].leaf }
-        let slots = output.frames.emptySlots(depth: depth)
+        let slots = output.emptySlots(depth: depth)
         let existingNibble = existing.map { nibble($0.keyHash, at: depth) } ?? -1
         if let existing { slots[existingNibble] = existing }
         var start = range.lowerBound
@@ -505,9 +524,11 @@ public enum SparseMerkleTree {
     ) -> NodeRef {
         var nonEmpty = 0
         var only = 0
+        var fullSize = 5
         for i in 0..<16 where slots[i].kind != .empty {
             nonEmpty += 1
             only = i
+            fullSize += slots[i].encodedSize
         }
         if nonEmpty == 0 || (nonEmpty == 1 && slots[only].kind == .leaf) {
             if let replacing { output.stale += replacing.records }
@@ -517,9 +538,8 @@ public enum SparseMerkleTree {
             leaf.value = output.arena.copy(leaf.value)
             return leaf
         }
-        let tree = output.frames.tree(depth: depth)
+        let tree = output.tree(depth: depth)
         output.hashes += PageHashing.tree(slots, old: old, dirty: dirty, into: tree)
-        let fullSize = PageHashing.fullSize(slots)
         let id = PageID(version: output.version, depth: depth, prefix: prefix)
         let arena = output.arena
         func full() -> UnsafeRawBufferPointer {
