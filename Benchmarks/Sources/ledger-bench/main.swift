@@ -265,6 +265,9 @@ if keyCount > 0 {
     log("key map bytes written per update batch: \((try smt.storedBytes() - bytesBeforeUpdates) / keyUpdateBatches)")
     let u = Double(keyUpdateBatches)
     log("key map update: \((minorFaults() - faultsBeforeUpdates) / keyUpdateBatches) minor page faults per batch")
+    let anonymous = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8))?
+        .split(separator: "\n").first { $0.hasPrefix("RssAnon:") }.map { String($0.dropFirst(8)).trimmingCharacters(in: .whitespaces) } ?? "?"
+    log("key map update: anonymous resident memory after the updates \(anonymous)")
     for (level, figures) in phases.byLevel.enumerated() where figures.records > 0 {
         log("  depth \(level * 4): \(figures.records / keyUpdateBatches) records (\(figures.deltas / keyUpdateBatches) deltas), \(figures.bytes / keyUpdateBatches) bytes per batch")
     }
