@@ -88,6 +88,10 @@ public struct TransactionView {
         self.bounds = bounds
     }
 
+    /// The snapshot a read transaction sees (`mdb_txn_id`: the id of the newest write
+    /// transaction it sees): two read transactions with the same id read the same state.
+    public var snapshotID: UInt64 { UInt64(mdb_txn_id(txn)) }
+
     /// How a value is stored (`mdb_put` flags).
     public struct PutFlags: OptionSet, Sendable {
         public let rawValue: UInt32

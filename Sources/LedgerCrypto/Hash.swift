@@ -99,6 +99,9 @@ public struct Hash: Sendable, Hashable, Comparable, CustomStringConvertible {
     /// Lowercase hex, 64 characters.
     public var hex: String { withUnsafeBytes { Hex.encode($0) } }
 
+    /// Appends the 64 characters of ``hex`` to `out`.
+    public func appendHex(to out: inout [UInt8]) { withUnsafeBytes { Hex.append($0, to: &out) } }
+
     /// Standard base64 (44 characters).
     public var base64: String { withUnsafeBytes { Base64.encode($0) } }
 

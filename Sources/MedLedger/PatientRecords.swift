@@ -467,6 +467,41 @@ public final class PatientRecords: @unchecked Sendable {
                             breakGlass: String? = nil) throws -> [Result<RecordContent, LedgerError>] {
         let agent = try auditAgent(accessor)
         let time = clock()
+        func part(_ range: Range<Int>) throws -> BatchReadPart {
+            try readPart(requests[range], accessor: accessor, agent: agent, purpose: purpose, breakGlass: breakGlass, time: time)
+        }
+        var parts: [BatchReadPart]
+        if requests.count >= Self.parallelReadThreshold {
+            // Two threads read one half each, each in its own read transaction; the halves
+            // are used only if both transactions saw the same snapshot.
+            let half = requests.count / 2
+            let job = ParallelReads(ranges: [0..<half, half..<requests.count], read: part)
+            DispatchQueue.concurrentPerform(iterations: 2) { job.run($0) }
+            parts = try job.results.map { try $0.get() }
+            if parts[0].snapshot != parts[1].snapshot { parts = [try part(0..<requests.count)] }
+        } else {
+            parts = [try part(0..<requests.count)]
+        }
+        var events = parts.flatMap(\.events)
+        let outcomes = parts.flatMap(\.outcomes)
+        for (i, outcome) in outcomes.enumerated() { events[i].settle(outcome) }
+        try auditCommitter.record(events)
+        return outcomes
+    }
+
+    /// Batch reads of at least this many requests read on two threads.
+    static let parallelReadThreshold = 256
+
+    /// Part of a batch read: its audit events, outcomes, and the snapshot it read.
+    struct BatchReadPart {
+        var events: [AuditEvent]
+        var outcomes: [Result<RecordContent, LedgerError>]
+        var snapshot: UInt64
+    }
+
+    /// Reads `requests` in one read transaction.
+    private func readPart(_ requests: ArraySlice<ReadRequest>, accessor: Accessor, agent: String, purpose: String,
+                          breakGlass: String?, time: Date) throws -> BatchReadPart {
         var names: [String: Hash] = [:]
         var events: [AuditEvent] = []
         var recordHashes: [Hash] = []
@@ -480,19 +515,17 @@ public final class PatientRecords: @unchecked Sendable {
             events.append(AuditEvent(action: "read", accessor: accessor, agent: agent, patient: p, record: r.hex,
                                      version: request.version, purpose: purpose, breakGlass: breakGlass, time: time))
         }
-        let outcomes: [Result<RecordContent, LedgerError>] = try Ledger.storage {
+        return try Ledger.storage {
             try ledger.environment.read { txn in
                 let view = txn.unsafeView
                 // A batch usually reads several records of one patient: unwrap each data key once.
                 var dataKeys: [EpochKey: SecureBytes] = [:]
-                return try events.indices.map { i in
+                let outcomes = try events.indices.map { i in
                     try readOne(view, &events[i], r: recordHashes[i], accessor: accessor, breakGlass: breakGlass, dataKeys: &dataKeys)
                 }
+                return BatchReadPart(events: events, outcomes: outcomes, snapshot: view.snapshotID)
             }
         }
-        for (i, outcome) in outcomes.enumerated() { events[i].settle(outcome) }
-        try auditCommitter.record(events)
-        return outcomes
     }
 
     /// One read inside a snapshot; fills in the version the event reads.
@@ -880,7 +913,7 @@ public final class PatientRecords: @unchecked Sendable {
 
     /// Commits audit events (group commit).
     fileprivate func appendAudit(_ events: [AuditEvent]) throws {
-        let entries = try events.map { try LedgerEntry(set: "", payload: PatientPayload.encode($0.json)) }
+        let entries = try events.map { try LedgerEntry(set: "", payload: $0.encoded()) }
         try ledger.append(entries) { view, first in
             for (i, event) in events.enumerated() {
                 let index = first + UInt64(i)
@@ -1046,6 +1079,27 @@ struct PatientTables {
     }
 }
 
+/// The two halves of a parallel batch read, each written by its own worker.
+final class ParallelReads: @unchecked Sendable {
+    // Sendable: worker 0 writes only `first`, worker 1 only `second`; the caller reads them
+    // after concurrentPerform returns, and `read` is safe to call from two threads at once.
+    let ranges: [Range<Int>]
+    let read: (Range<Int>) throws -> PatientRecords.BatchReadPart
+    var first: Result<PatientRecords.BatchReadPart, any Error> = .failure(LedgerError(.storage, "read did not run"))
+    var second: Result<PatientRecords.BatchReadPart, any Error> = .failure(LedgerError(.storage, "read did not run"))
+    var results: [Result<PatientRecords.BatchReadPart, any Error>] { [first, second] }
+
+    init(ranges: [Range<Int>], read: @escaping (Range<Int>) throws -> PatientRecords.BatchReadPart) {
+        self.ranges = ranges
+        self.read = read
+    }
+
+    func run(_ i: Int) {
+        let result = Result { try read(ranges[i]) }
+        if i == 0 { first = result } else { second = result }
+    }
+}
+
 /// An audit event, shaped after FHIR AuditEvent: who (agent, role), what (patient, record,
 /// version), when (recorded), action, purpose of use, outcome.
 struct AuditEvent {
@@ -1082,6 +1136,40 @@ struct AuditEvent {
         self.purpose = purpose
         self.breakGlass = breakGlass.flatMap { $0.isEmpty ? nil : $0 }
         self.time = time
+    }
+
+    /// The payload of the event's log entry: the bytes `PatientPayload.encode(json)` makes (keys
+    /// in UTF-8 order), written directly; an audited read writes one per request.
+    func encoded() -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(320 + (record?.utf8.count ?? 0) + agent.utf8.count + (breakGlass?.utf8.count ?? 0))
+        func key(_ name: StaticString, first: Bool = false) {
+            if !first { out.append(UInt8(ascii: ",")) }
+            out.append(UInt8(ascii: "\""))
+            out.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
+            out.append(contentsOf: [UInt8(ascii: "\""), UInt8(ascii: ":")])
+        }
+        func string(_ s: String) { PatientPayload.writeString(s, into: &out) }
+        out.append(UInt8(ascii: "{"))
+        key("action", first: true); string(action)
+        key("agent"); string(agent)
+        key("break_glass"); out.append(contentsOf: (breakGlass != nil ? "true" : "false").utf8)
+        if let detail { key("detail"); string(detail) }
+        key("outcome"); string(outcome)
+        key("patient")
+        out.append(UInt8(ascii: "\""))
+        patient.appendHex(to: &out)
+        out.append(UInt8(ascii: "\""))
+        key("purpose"); string(purpose)
+        if let breakGlass { key("reason"); string(breakGlass) }
+        if let record { key("record"); string(record) }
+        key("recorded_ms"); out.append(contentsOf: String(Int64(time.timeIntervalSince1970 * 1000)).utf8)
+        key("role"); string(accessor.role.rawValue)
+        key("type"); out.append(contentsOf: "\"audit\"".utf8)
+        key("v"); out.append(UInt8(ascii: "1"))
+        if let version, version > 0 { key("version"); out.append(contentsOf: String(version).utf8) }
+        out.append(UInt8(ascii: "}"))
+        return out
     }
 
     var json: [String: Any] {

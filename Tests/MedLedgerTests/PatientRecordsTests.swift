@@ -1,7 +1,8 @@
 import Foundation
 import Testing
 import LedgerCrypto
-import MedLedger
+@testable import MedLedger
+import TestSupport
 import MerkleLog
 
 /// A ledger with a patient layer in a scratch directory, its master key file beside it.
@@ -432,6 +433,45 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         // Single reads agree with the batch.
         #expect(try f.records.read(patient: "Patient/a", recordId: "obs", as: .grantee("dr")).content == results[0].get().content)
         #expect(throws: LedgerError(.accessDenied, "")) { try f.records.read(patient: "Patient/a", recordId: "cond", as: .grantee("dr")) }
+    }
+
+    /// A batch large enough to be read on two threads gives each request its own result and
+    /// audit entry, in request order, as reading them one by one would.
+    @Test func largeBatchReadsMatchSingleReadsInOrder() throws {
+        let f = try PatientFixture("batchread-large")
+        let patients = (0..<40).map { "Patient/\($0)" }
+        try f.records.addPatients(patients.map { ($0, nil) })
+        try f.records.putRecords(patients.enumerated().flatMap { i, p in
+            (0..<3).map { PatientRecords.RecordInput(patient: p, recordId: "obs-\($0)", content: observation("\(i)-\($0)")) }
+        })
+        try f.records.grant(patient: "Patient/7", to: "dr", granteeKey: try Ed25519PrivateKey().publicKey,
+                            scope: GrantScope(resourceTypes: ["Observation"]), notAfter: Date(timeIntervalSince1970: f.now + 60))
+        var rng = SplitMix64(seed: 0xba7c4)
+        let requests = (0..<(PatientRecords.parallelReadThreshold * 2 + 37)).map { _ -> PatientRecords.ReadRequest in
+            let p = Int(rng.next() % 42)  // 40 and 41 do not exist
+            return .init(patient: "Patient/\(p)", recordId: "obs-\(rng.next() % 4)")  // obs-3 does not exist
+        }
+        let before = try f.ledger.size
+        let results = try f.records.readRecords(requests, as: .grantee("dr"))
+        #expect(results.count == requests.count)
+        #expect(try f.ledger.size == before + UInt64(requests.count), "one audit entry per request")
+        for (request, result) in zip(requests, results) {
+            let single = Result { try f.records.read(patient: request.patient, recordId: request.recordId, as: .grantee("dr")) }
+            switch (result, single) {
+            case (.success(let a), .success(let b)): #expect(a.content == b.content && a.version == b.version)
+            case (.failure(let a), .failure(let b as LedgerError)): #expect(a.code == b.code)
+            default: Issue.record("\(request): batch \(result), single \(single)")
+            }
+        }
+        // The batch's audit entries follow the request order.
+        let audit = try (before..<(before + UInt64(requests.count))).map { i in
+            try #require(PatientPayload.decode(try LedgerEntry(decoding: try f.ledger.rawEntry(at: i).bytes).payload))
+        }
+        for (i, (request, event)) in zip(requests, audit).enumerated() {
+            let p = try f.records.pseudonym(of: request.patient)
+            #expect(event["patient"] as? String == p.hex, "entry \(i)")
+            #expect(event["outcome"] as? String == ((try? results[i].get()) == nil ? "refused" : "success"))
+        }
     }
 }
 

@@ -402,6 +402,26 @@ if patientRecords > 0 {
                         value: Double(batch) / Stats(times).median, unit: "reads/s", limitName: nil, limit: nil,
                         extra: ["p99_batch_s": Stats(times).percentile(99)]))
     }
+    // Batch reads from several threads: their audit entries share commits (group commit).
+    for threads in [2, 4] {
+        let batch = 1000
+        let calls = 40 / threads * threads
+        var rng = Workloads.SplitMix64(seed: UInt64(100 + threads))
+        let requests = (0..<(calls * batch)).map { _ -> PatientRecords.ReadRequest in
+            let i = Int(rng.next() % UInt64(patients * perPatient))
+            return PatientRecords.ReadRequest(patient: "Patient/\(i % patients)", recordId: "obs-\(i / patients)")
+        }
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        DispatchQueue.concurrentPerform(iterations: threads) { t in
+            for call in stride(from: t, to: calls, by: threads) {
+                let results = try! store.readRecords(Array(requests[(call * batch)..<((call + 1) * batch)]), as: .custodian("bench"))
+                precondition(results.allSatisfy { (try? $0.get()) != nil })
+            }
+        }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        rows.append(Row(name: "audited batch read, 1000 records per call, \(threads) threads (group commit)",
+                        value: Double(calls * batch) / seconds, unit: "reads/s", limitName: nil, limit: nil, extra: [:]))
+    }
     rows.append(Row(name: "patient layer bytes on disk per record (incl. audit entries)",
                     value: Double(try ledger.storedBytes()) / Double(patientRecords), unit: "B/record", limitName: nil, limit: nil, extra: [:]))
 }

@@ -1,0 +1,31 @@
+// The audit entry's payload is written by a dedicated encoder on the read path; it must be
+// the very bytes the general payload encoder makes of the same event (auditors, exports and
+// verify read those bytes).
+import Foundation
+import Testing
+import TestSupport
+import LedgerCrypto
+@testable import MedLedger
+
+@Suite struct AuditEncoding {
+    @Test func theDirectEncoderMatchesTheGeneralOneByteForByte() throws {
+        var rng = SplitMix64(seed: 0xa0d17)
+        let texts = ["", "treatment", "dr-lee", "Observation/obs-1", "quote \" and \\ backslash", "tab\tnew\nline\u{1}",
+                     "ünïcødé ✓", String(repeating: "x", count: 300)]
+        func pick() -> String { texts[Int(rng.next() % UInt64(texts.count))] }
+        for i in 0..<2000 {
+            let accessor = [Accessor.patient(pick()), .grantee(pick()), .custodian(pick())][Int(rng.next() % 3)]
+            var event = AuditEvent(action: ["read", "history", "list", "read-blob"][Int(rng.next() % 4)], accessor: accessor,
+                                   agent: pick(), patient: SHA256.hash(Array("p\(i)".utf8)),
+                                   record: rng.next() % 3 == 0 ? nil : pick(),
+                                   version: rng.next() % 3 == 0 ? nil : UInt32(truncatingIfNeeded: rng.next() % 5),
+                                   purpose: pick(), breakGlass: rng.next() % 2 == 0 ? nil : pick(),
+                                   time: Date(timeIntervalSince1970: Double(rng.next() % 4_000_000_000) + 0.001 * Double(rng.next() % 1000)))
+            if rng.next() % 4 == 0 { event.settle(Result<Int, LedgerError>.failure(LedgerError(.accessDenied, "no"))) }
+            let general = PatientPayload.encode(event.json)
+            #expect(event.encoded() == general, "event \(i): \(String(decoding: general, as: UTF8.self))")
+            // And it is JSON that the payload decoder reads back.
+            #expect(PatientPayload.decode(event.encoded())?["type"] as? String == "audit")
+        }
+    }
+}
