@@ -323,52 +323,70 @@ public final class PatientRecords: @unchecked Sendable {
     /// Stores many record versions in one transaction (one commit, one fsync): all or none.
     /// - Throws: ``LedgerError`` `.invalidRecord` (FHIR JSON without `resourceType`, oversized),
     ///   `.patientNotFound`, `.erased`, `.conflict` when another process wrote the same record.
+    /// One sealed record version of a batch put.
+    struct Prepared {
+        let p: Hash, r: Hash, version: UInt32, epoch: UInt32, box: [UInt8], boxHash: Hash, mediaType: String, recordId: String
+    }
+
+    /// `body(i)` for `i` in `0..<count`, in order; on two threads when `count` is large.
+    static func inParallel<T>(_ count: Int, _ body: (Int) throws -> T) throws -> [T] {
+        guard count >= 256 else { return try (0..<count).map(body) }
+        return try withoutActuallyEscaping(body) { body in
+            let job = ParallelMap(count: count, body: body)
+            DispatchQueue.concurrentPerform(iterations: 2) { job.run($0) }
+            return try job.results()
+        }
+    }
+
     @discardableResult
     public func putRecords(_ inputs: [RecordInput]) throws -> [RecordVersionInfo] {
         guard !inputs.isEmpty else { return [] }
-        struct Prepared {
-            let p: Hash, r: Hash, version: UInt32, epoch: UInt32, box: [UInt8], boxHash: Hash, mediaType: String, recordId: String
-        }
         writeLock.lock()
         defer { writeLock.unlock() }
-        var prepared: [Prepared] = []
-        var entries: [LedgerEntry] = []
-        prepared.reserveCapacity(inputs.count)
-        entries.reserveCapacity(inputs.count)
-        try Ledger.storage {
+        // Names and shapes first, then what the snapshot says (keys, versions), then the
+        // sealing; the first and last run on two threads for large batches.
+        let named = try Self.inParallel(inputs.count) { i -> (p: Hash, r: Hash, resourceType: String?) in
+            let resourceType = try Self.validate(inputs[i])
+            let p = try pseudonym(of: inputs[i].patient)
+            return (p, try recordHash(p, inputs[i].recordId), resourceType)
+        }
+        let planned: [(version: UInt32, epoch: UInt32, dataKey: SecureBytes)] = try Ledger.storage {
             try ledger.environment.read { txn in
                 let view = txn.unsafeView
                 var keys: [Hash: (epoch: UInt32, key: SecureBytes)] = [:]
                 var versions: [[UInt8]: UInt32] = [:]
-                for input in inputs {
-                    let resourceType = try Self.validate(input)
-                    let p = try pseudonym(of: input.patient)
-                    let r = try recordHash(p, input.recordId)
+                return try named.map { item in
                     let (epoch, dataKey): (UInt32, SecureBytes)
-                    if let cached = keys[p] { (epoch, dataKey) = cached } else {
-                        let state = try requirePatient(view, p)
-                        (epoch, dataKey) = (state.epoch, try unwrap(state, p))
-                        keys[p] = (epoch, dataKey)
+                    if let cached = keys[item.p] { (epoch, dataKey) = cached } else {
+                        let state = try requirePatient(view, item.p)
+                        (epoch, dataKey) = (state.epoch, try unwrap(state, item.p))
+                        keys[item.p] = (epoch, dataKey)
                     }
-                    let slot = p.bytes + r.bytes
-                    let last = try versions[slot] ?? lastVersion(view, p, r)
+                    let slot = item.p.bytes + item.r.bytes
+                    let last = try versions[slot] ?? lastVersion(view, item.p, item.r)
                     guard last < UInt32.max else { throw LedgerError(.invalidArgument, "record has too many versions") }
-                    let version = last + 1
-                    versions[slot] = version
-                    var plaintext = RecordPlaintext.encode(recordId: input.recordId, mediaType: input.mediaType,
-                                                           resourceType: resourceType, content: input.content)
-                    defer { secureZero(&plaintext) }
-                    let key = try Self.recordKey(dataKey: dataKey, patient: p.hex, record: r.hex, version: version)
-                    let box = try AESGCM.seal(plaintext, key: key, associatedData: Self.recordAAD(patient: p.hex, record: r.hex, version: version))
-                    let boxHash = SHA256.hash(box)
-                    prepared.append(Prepared(p: p, r: r, version: version, epoch: epoch, box: box, boxHash: boxHash,
-                                             mediaType: input.mediaType, recordId: input.recordId))
-                    let payload: [String: Any] = ["type": "record", "v": 1, "patient": p.hex, "record": r.hex, "version": Int(version),
-                                                  "ciphertext_hash": boxHash.hex, "ciphertext_size": box.count, "key_epoch": Int(epoch)]
-                    entries.append(try LedgerEntry(set: PatientPayload.recordKey(p, r), payload: PatientPayload.encode(payload)))
+                    versions[slot] = last + 1
+                    return (last + 1, epoch, dataKey)
                 }
             }
         }
+        let sealed = try Self.inParallel(inputs.count) { i -> (Prepared, LedgerEntry) in
+            let input = inputs[i], (p, r, resourceType) = named[i], (version, epoch, dataKey) = planned[i]
+            let patient = p.hex, record = r.hex
+            var plaintext = RecordPlaintext.encode(recordId: input.recordId, mediaType: input.mediaType,
+                                                   resourceType: resourceType, content: input.content)
+            defer { secureZero(&plaintext) }
+            let key = try Self.recordKey(dataKey: dataKey, patient: patient, record: record, version: version)
+            let box = try AESGCM.seal(plaintext, key: key, associatedData: Self.recordAAD(patient: patient, record: record, version: version))
+            let boxHash = SHA256.hash(box)
+            let payload = PatientPayload.recordPayload(patient: patient, record: record, version: version, ciphertextHash: boxHash,
+                                                       ciphertextSize: box.count, keyEpoch: epoch)
+            return (Prepared(p: p, r: r, version: version, epoch: epoch, box: box, boxHash: boxHash,
+                             mediaType: input.mediaType, recordId: input.recordId),
+                    try LedgerEntry(set: PatientPayload.recordKey(p, r), payload: payload))
+        }
+        let prepared = sealed.map(\.0)
+        let entries = sealed.map(\.1)
         let first = try ledger.append(entries) { view, first in
             var checked = Set<[UInt8]>()
             for (i, item) in prepared.enumerated() {
@@ -1077,6 +1095,29 @@ struct PatientTables {
     func state(_ view: TransactionView, _ p: Hash) throws -> PatientState? {
         try p.withUnsafeBytes { key in try view.withValue(patients, key: key) { PatientState(decoding: $0) } } ?? nil
     }
+}
+
+/// A map over `0..<count` split between two workers, each writing only its own half.
+final class ParallelMap<T>: @unchecked Sendable {
+    // Sendable: worker 0 writes only `first`, worker 1 only `second`; the caller reads them
+    // after concurrentPerform returns, and `body` is safe to call from two threads at once.
+    let count: Int
+    let body: (Int) throws -> T
+    var first: Result<[T], any Error> = .success([])
+    var second: Result<[T], any Error> = .success([])
+
+    init(count: Int, body: @escaping (Int) throws -> T) {
+        self.count = count
+        self.body = body
+    }
+
+    func run(_ worker: Int) {
+        let range = worker == 0 ? 0..<(count / 2) : (count / 2)..<count
+        let result = Result { try range.map(body) }
+        if worker == 0 { first = result } else { second = result }
+    }
+
+    func results() throws -> [T] { try first.get() + second.get() }
 }
 
 /// The two halves of a parallel batch read, each written by its own worker.

@@ -28,4 +28,17 @@ import LedgerCrypto
             #expect(PatientPayload.decode(event.encoded())?["type"] as? String == "audit")
         }
     }
+
+    @Test func theRecordPayloadMatchesTheGeneralEncoder() {
+        var rng = SplitMix64(seed: 0x7ec0)
+        for i in 0..<500 {
+            let p = SHA256.hash(Array("p\(i)".utf8)), r = SHA256.hash(Array("r\(i)".utf8)), h = SHA256.hash(Array("b\(i)".utf8))
+            let version = UInt32(truncatingIfNeeded: rng.next() % 100_000 + 1), size = Int(rng.next() % 5_000_000)
+            let epoch = UInt32(truncatingIfNeeded: rng.next() % 9 + 1)
+            let general = PatientPayload.encode(["type": "record", "v": 1, "patient": p.hex, "record": r.hex, "version": Int(version),
+                                                 "ciphertext_hash": h.hex, "ciphertext_size": size, "key_epoch": Int(epoch)])
+            #expect(PatientPayload.recordPayload(patient: p.hex, record: r.hex, version: version, ciphertextHash: h,
+                                                 ciphertextSize: size, keyEpoch: epoch) == general)
+        }
+    }
 }

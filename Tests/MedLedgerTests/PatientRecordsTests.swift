@@ -435,6 +435,29 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         #expect(throws: LedgerError(.accessDenied, "")) { try f.records.read(patient: "Patient/a", recordId: "cond", as: .grantee("dr")) }
     }
 
+    /// A put batch large enough to be sealed on two threads numbers the versions of a record in
+    /// input order, across the two halves, and every version reads back.
+    @Test func largePutBatchesNumberVersionsInInputOrder() throws {
+        let f = try PatientFixture("put-large")
+        try f.records.addPatients([("Patient/a", nil), ("Patient/b", nil)])
+        // 700 inputs over 10 records, the same records in both halves of the batch.
+        let inputs = (0..<700).map { i in
+            PatientRecords.RecordInput(patient: i % 3 == 0 ? "Patient/b" : "Patient/a", recordId: "obs-\(i % 10)", content: observation("v\(i)"))
+        }
+        let infos = try f.records.putRecords(inputs)
+        var seen: [String: UInt32] = [:]
+        for (input, info) in zip(inputs, infos) {
+            let slot = input.patient + "|" + input.recordId
+            #expect(info.version == (seen[slot] ?? 0) + 1, "\(slot)")
+            seen[slot] = info.version
+        }
+        for (input, info) in zip(inputs, infos).filter({ $0.1.version % 17 == 1 }) {
+            let read = try f.records.read(patient: input.patient, recordId: input.recordId, version: info.version, as: .custodian("c"))
+            #expect(read.content == input.content && read.index == info.index)
+        }
+        #expect(try f.ledger.verify().isValid)
+    }
+
     /// A batch large enough to be read on two threads gives each request its own result and
     /// audit entry, in request order, as reading them one by one would.
     @Test func largeBatchReadsMatchSingleReadsInOrder() throws {
