@@ -37,6 +37,8 @@ public enum SparseMerkleTree {
         public var updateNs: UInt64 = 0
         public var storeNs: UInt64 = 0
         public var staleNs: UInt64 = 0
+        /// Time the LMDB store spent putting the committed pages into its cache (`publish`).
+        public var publishNs: UInt64 = 0
         public var pages: Int = 0
         /// Of ``pages``, those written as deltas.
         public var deltaPages: Int = 0

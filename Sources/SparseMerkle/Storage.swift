@@ -427,6 +427,9 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
     /// call this after the commit; a transaction that aborts must not, and its pages are
     /// dropped when the next write stages its own.
     public func publish() {
+        let clock = SparseMerkleTree.timings
+        let start = clock == nil ? 0 : DispatchTime.now().uptimeNanoseconds
+        defer { if let clock { clock.publishNs += DispatchTime.now().uptimeNanoseconds - start } }
         stagingLock.lock()
         let batch = staged
         staged = nil

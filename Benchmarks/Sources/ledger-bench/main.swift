@@ -272,8 +272,9 @@ if keyCount > 0 {
         log("  depth \(level * 4): \(figures.records / keyUpdateBatches) records (\(figures.deltas / keyUpdateBatches) deltas), \(figures.bytes / keyUpdateBatches) bytes per batch")
     }
     log(String(format: "key map update batch: %.1f ms before the commit, %.1f ms in all (medians)", Stats(insideTimes).median * 1000, Stats(updateTimes).median * 1000))
-    log(String(format: "key map update phases per batch: sort %.1f ms, update %.1f ms, store %.1f ms, stale %.1f ms, %d pages (%d deltas, %d bytes, %d hashes); whole batch %.1f ms",
+    log(String(format: "key map update phases per batch: sort %.1f ms, update %.1f ms, store %.1f ms, stale %.1f ms, publish after commit %.1f ms, %d pages (%d deltas, %d bytes, %d hashes); whole batch %.1f ms",
                Double(phases.sortNs) / u / 1e6, Double(phases.updateNs) / u / 1e6, Double(phases.storeNs) / u / 1e6, Double(phases.staleNs) / u / 1e6,
+               Double(phases.publishNs) / u / 1e6,
                phases.pages / keyUpdateBatches, phases.deltaPages / keyUpdateBatches, phases.pageBytes / keyUpdateBatches, phases.hashes / keyUpdateBatches, Stats(updateTimes).median * 1000))
     rows.append(Row(name: "key map: update existing keys (batch 10k, durable, \(keyCount) keys)",
                     value: Double(batch) / Stats(updateTimes).median, unit: "keys/s", limitName: nil, limit: nil, extra: [:]))
