@@ -405,22 +405,16 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
 
     /// Replaces the staged pages with `batch` (a write transaction that stages again is a
     /// retry of one that did not commit).
-    func stage(_ batch: NewPages) {
+    func stage(_ batch: NewPages?) {
         stagingLock.lock()
         let dropped = staged
         staged = batch
         stagingLock.unlock()
-        withExtendedLifetime(dropped) {}
+        withExtendedLifetime(dropped) {}  // released outside the lock
     }
 
     /// Forgets the pages of a write transaction that did not commit.
-    public func discardStaged() {
-        stagingLock.lock()
-        let dropped = staged
-        staged = nil
-        stagingLock.unlock()
-        withExtendedLifetime(dropped) {}
-    }
+    public func discardStaged() { stage(nil) }
 
     /// Tells the store that the write transaction that last wrote pages committed: its pages
     /// enter the cache. Writers that commit through their own transaction (as the ledger does)
