@@ -182,10 +182,18 @@ final class LedgerVerifier {
                 // Every database is a plain one; other flags (duplicates, integer keys) in a
                 // database record would change what its records mean.
                 let all = [log.entries, log.meta, log.tiles, ledger.ledgerMeta] + log.levels
-                    + [ledger.sparse.pagesDatabase, ledger.sparse.rootsDatabase, ledger.sparse.staleDatabase] + (patientTables?.all ?? [])
+                    + [ledger.sparse.pagesDatabase, ledger.sparse.rootsDatabase, ledger.sparse.staleDatabase]
+                    + (ledger.sparse.metaDatabase.map { [$0] } ?? []) + (patientTables?.all ?? [])
                 for db in all {
                     let flags = try view.flags(db)
                     if flags != 0 { report.add(.storage, "database record", "a database has flags \(flags) where none were set") }
+                }
+                if let meta = ledger.sparse.metaDatabase {
+                    // smt.meta holds at most the key map's generation (how often it was rebuilt).
+                    let generation = try view.value(meta, key: "generation")
+                    if try view.count(meta) != (generation == nil ? 0 : 1) || (generation.map { $0.count != 8 } ?? false) {
+                        report.add(.map, "smt.meta", "holds records other than an 8-byte generation")
+                    }
                 }
                 var pass = try Pass(verifier: self, view: view, log: log, patients: patientTables, wanted: wanted)
                 try pass.run()

@@ -87,12 +87,12 @@ public enum SparseMerkleTree {
 
     /// ``proof(keyHash:version:reader:)`` over LMDB.
     public static func proof(keyHash k: Hash, version: UInt64, reader: LMDBSparseStore.View) throws -> SparseProof {
-        try proofOf(k, version: version, reader: reader)
+        try reader.healingStaleCache { try proofOf(k, version: version, reader: reader) }
     }
 
     /// ``value(keyHash:version:reader:)`` over LMDB.
     public static func value(keyHash k: Hash, version: UInt64, reader: LMDBSparseStore.View) throws -> [UInt8]? {
-        try valueOf(k, version: version, reader: reader)
+        try reader.healingStaleCache { try valueOf(k, version: version, reader: reader) }
     }
 
     /// The changes of one batch, sorted by key hash with one change per key, values copied
@@ -192,6 +192,7 @@ public enum SparseMerkleTree {
             clock[keyPath: field] += now - mark
             mark = now
         }
+        try writer.beginApply()
         let previous = try writer.latestVersion()
         if let previous, version <= previous {
             throw SparseMerkleError(.versionOrder, "version \(version) is not after \(previous)")
@@ -227,7 +228,8 @@ public enum SparseMerkleTree {
         output.stale.sort()
         handedOver = true
         // The workers' halves of the key space come before the root page the caller finished.
-        let batch = NewPages(owners: outputs.count == 1 ? outputs : Array(outputs.dropFirst()) + [output])
+        let batch = NewPages(owners: outputs.count == 1 ? outputs : Array(outputs.dropFirst()) + [output],
+                             version: version, rootHash: newRoot.hash)
         // The outputs (stale lists, the root's bytes) are read below: the batch keeps them.
         defer { withExtendedLifetime(batch) {} }
         assert({
@@ -579,6 +581,14 @@ public enum SparseMerkleTree {
             output.append(NewPage(id: id, bytes: record, merged: nil, tree: nil, baseVersion: nil, changed: 0))
         }
         return .page(hash: tree[1], version: output.version)
+    }
+
+    /// Refuses a prune point past the newest version `latest`: pruning before it would keep
+    /// no version, and the next apply would start from an empty map.
+    static func checkPrunePoint(_ version: UInt64, latest: UInt64) throws {
+        guard version <= latest else {
+            throw SparseMerkleError(.versionOrder, "cannot prune before \(version): the newest version is \(latest), which must be kept")
+        }
     }
 
     /// The proof for `keyHash` against the root of `version`: inclusion when the key is

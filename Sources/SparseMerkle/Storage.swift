@@ -90,8 +90,15 @@ public final class NewPages: @unchecked Sendable {
     // Sendable: immutable after init.
     /// The outputs in key-space order; each holds its pages per depth in prefix order.
     private let owners: [SparseMerkleTree.Output]
+    /// The version the pages belong to and the root hash it has.
+    let version: UInt64
+    let rootHash: Hash
 
-    init(owners: [SparseMerkleTree.Output]) { self.owners = owners }
+    init(owners: [SparseMerkleTree.Output], version: UInt64, rootHash: Hash) {
+        self.owners = owners
+        self.version = version
+        self.rootHash = rootHash
+    }
 
     deinit { SparseMerkleTree.OutputPool.shared.give(owners) }
 
@@ -118,7 +125,15 @@ public protocol SparseWriter: SparseReader {
     /// `version` or any later one.
     func markStale(_ replaced: [PageID], at version: UInt64) throws
     /// Deletes what versions before `version` alone need; returns page records deleted.
+    /// - Throws: ``SparseMerkleError`` `.versionOrder` when `version` is past the newest
+    ///   version (pruning would keep no version at all).
     func prune(before version: UInt64) throws -> Int
+    /// Called once before an apply reads anything (the LMDB store checks its cache here).
+    func beginApply() throws
+}
+
+extension SparseWriter {
+    public func beginApply() throws {}
 }
 
 /// A sparse tree held in memory, for tests and for auditors replaying a log.
@@ -162,6 +177,8 @@ public final class MemorySparseStore: SparseWriter {
     }
 
     public func prune(before version: UInt64) throws -> Int {
+        guard let latest = roots.keys.max() else { return 0 }
+        try SparseMerkleTree.checkPrunePoint(version, latest: latest)
         var deleted = 0
         stale.removeAll { entry in
             guard entry.version <= version else { return false }
@@ -189,6 +206,9 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
     let pages: Database
     let roots: Database
     let stale: Database
+    /// `generation` (u64, absent: 0): how many times the tree was cleared, so that a cache
+    /// filled before a rebuild (in this process or another) is never used after it.
+    let meta: Database?
     /// The upper levels' pages, and the interior hashes of the level below them.
     let hotPages = HotPageCache()
 
@@ -203,26 +223,65 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
     public init(environment: Environment) throws {
         self.environment = environment
         let create = !environment.isReadOnly
-        let open = { (txn: borrowing Transaction) throws -> (Database, Database, Database)? in
+        let open = { (txn: borrowing Transaction) throws -> (Database, Database, Database, Database?)? in
             guard let p = try txn.openDatabase("smt.pages", create: create),
                   let r = try txn.openDatabase("smt.roots", create: create),
                   let s = try txn.openDatabase("smt.stale", create: create) else { return nil }
-            return (p, r, s)
+            return (p, r, s, try txn.openDatabase("smt.meta", create: create))
         }
         guard let handles = create ? try environment.write(open) : try environment.read(open) else {
             throw SparseMerkleError(.missingData, "no sparse tree in \(environment.path)")
         }
-        (pages, roots, stale) = handles
+        (pages, roots, stale, meta) = handles
+        // Everything stored now is committed: misses may fill the cache up to this version.
+        let (generation, latest) = try read { view in (try view.storedGeneration(), try view.latestVersion()) }
+        hotPages.reset(generation: generation, committedVersion: latest ?? 0)
     }
+
+    /// The `smt.meta` database (generation), for integrity checks; nil in a read-only open
+    /// of a tree written before it existed.
+    public var metaDatabase: Database? { meta }
 
     /// A reader or writer over one transaction; valid only inside that transaction's closure.
     public struct View: SparseWriter {
         public let txn: TransactionView
         let store: LMDBSparseStore
+        /// The cache's epoch when the view began: a view begun before the cache was reset
+        /// (its snapshot may predate a rebuild) adds nothing to it.
+        let cacheEpoch: UInt64
 
         public init(_ txn: TransactionView, store: LMDBSparseStore) {
             self.txn = txn
             self.store = store
+            cacheEpoch = store.hotPages.epoch
+        }
+
+        /// How many times the tree was cleared (0 when never).
+        func storedGeneration() throws -> UInt64 {
+            guard let meta = store.meta else { return 0 }
+            return try txn.withValue(meta, key: "generation") { UInt64(bigEndianBytes: $0) ?? 0 } ?? 0
+        }
+
+        /// Runs a read; if it finds pages missing because another process rebuilt the tree
+        /// since this store's cache was filled, empties the cache and runs it once more.
+        func healingStaleCache<R>(_ body: () throws -> R) throws -> R {
+            do {
+                return try body()
+            } catch let error as SparseMerkleError where error.code == .missingData {
+                let generation = try storedGeneration()
+                guard generation != store.hotPages.generation else { throw error }
+                store.hotPages.reset(generation: generation, committedVersion: try latestVersion() ?? 0)
+                return try body()
+            }
+        }
+
+        /// A writer starts from a cache that reflects the stored tree: after a clear (a
+        /// rebuild, possibly by another process) the cache is emptied.
+        public func beginApply() throws {
+            let generation = try storedGeneration()
+            if generation != store.hotPages.generation {
+                store.hotPages.reset(generation: generation, committedVersion: try latestVersion() ?? 0)
+            }
         }
 
         public func withPage<R>(_ id: PageID, hash: Hash, _ body: (LentPage) throws -> R) throws -> R {
@@ -240,11 +299,21 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
                     }
                     return try withStored(id) { record, base in
                         let lent = LentPage(bytes: record, base: base, tree: nil)
-                        guard store.hotPages.accepts(id), let page = PageSlots(lent),
-                              HotPageCache.merge(page, hash: hash, tree: tree, into: pageBuffer) else { return try body(lent) }
-                        let merged = UnsafeRawBufferPointer(rebasing: pageBuffer[0..<PageHashing.fullSize(of: page)])
-                        store.hotPages.insert(id, tree: tree, page: merged, baseVersion: page.baseVersion, changed: page.changed, keepingNewer: true)
-                        return try body(LentPage(bytes: record, base: base, tree: tree))
+                        // A read transaction sees only committed pages; a write transaction may see
+                        // its own, uncommitted, which must not enter the cache.
+                        guard txn.isReadOnly || id.version <= store.hotPages.committedVersion,
+                              store.hotPages.accepts(id, epoch: cacheEpoch), let page = PageSlots(lent) else { return try body(lent) }
+                        switch HotPageCache.merge(page, hash: hash, tree: tree, into: pageBuffer) {
+                        case .tooLarge:
+                            return try body(lent)
+                        case .wrongHash:
+                            throw SparseMerkleError(.missingData, "the page at depth \(id.depth) of version \(id.version) does not hash to the hash its parent holds")
+                        case .merged(let size):
+                            let merged = UnsafeRawBufferPointer(rebasing: pageBuffer[0..<size])
+                            store.hotPages.insert(id, tree: tree, page: merged, baseVersion: page.baseVersion, changed: page.changed,
+                                                  keepingNewer: true, epoch: cacheEpoch)
+                            return try body(LentPage(bytes: record, base: base, tree: tree))
+                        }
                     }
                 }
             }
@@ -260,11 +329,14 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
                     case .some(nil):
                         return try body(record, nil)
                     case .some(let baseVersion?):
+                        guard baseVersion < id.version else {
+                            throw SparseMerkleError(.missingData, "the page at depth \(id.depth) of version \(id.version) names a base that is not older")
+                        }
                         let baseID = PageID(version: baseVersion, depth: id.depth, prefix: id.prefix)
                         let lent = try baseID.withStorageKey { baseKey in
                             try txn.withValue(store.pages, key: baseKey) { base in try body(record, base) }
                         }
-                        guard baseVersion < id.version, let lent else {
+                        guard let lent else {
                             throw SparseMerkleError(.missingData, "no base page for the page at depth \(id.depth) of version \(id.version)")
                         }
                         return lent
@@ -325,6 +397,8 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
         }
 
         public func prune(before version: UInt64) throws -> Int {
+            guard let latest = try latestVersion() else { return 0 }
+            try SparseMerkleTree.checkPrunePoint(version, latest: latest)
             var deleted = 0
             var staleVersions: [UInt64] = []
             var pageKeys: [[UInt8]] = []
@@ -389,6 +463,10 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
     /// Runs `body` in its own write transaction (for tools; the ledger writes inside its append),
     /// then publishes what it wrote to the page cache.
     public func write<R>(_ body: (View) throws -> R) throws -> R {
+        // One write and its publish at a time, so a write that starts after another committed
+        // cannot stage its pages before that one publishes.
+        writeLock.lock()
+        defer { writeLock.unlock() }
         do {
             let result = try environment.write { txn in try body(View(txn.unsafeView, store: self)) }
             publish()
@@ -398,6 +476,8 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
             throw error
         }
     }
+
+    private let writeLock = NSLock()
 
     /// Pages written by the current write transaction, cached once it commits.
     private var staged: NewPages?
@@ -418,8 +498,9 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
 
     /// Tells the store that the write transaction that last wrote pages committed: its pages
     /// enter the cache. Writers that commit through their own transaction (as the ledger does)
-    /// call this after the commit; a transaction that aborts must not, and its pages are
-    /// dropped when the next write stages its own.
+    /// call this after the commit, before their next write; a transaction that aborts must
+    /// not (its pages are dropped when the next write stages its own). The staged pages are
+    /// cached only if their version is the newest committed one, with their root hash.
     public func publish() {
         let clock = SparseMerkleTree.timings
         let start = clock == nil ? 0 : DispatchTime.now().uptimeNanoseconds
@@ -429,6 +510,12 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
         staged = nil
         stagingLock.unlock()
         guard let batch else { return }
+        let committed = try? read { view -> Bool in
+            guard try view.latestVersion() == batch.version, let root = try view.root(version: batch.version) else { return false }
+            return root.hash == batch.rootHash
+        }
+        guard committed == true else { return }
+        hotPages.noteCommitted(batch.version)
         var cached: [NewPage] = []
         cached.reserveCapacity(batch.count)
         batch.forEach { if $0.merged != nil { cached.append($0) } }
@@ -438,11 +525,16 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
         withExtendedLifetime(batch) {}
     }
 
-    /// Removes every page, root and stale record (before a rebuild).
+    /// Removes every page, root and stale record (before a rebuild) and counts a new
+    /// generation, which empties this store's cache and, at their next write, every other
+    /// store's over this environment (another process's too).
     public func clear(_ txn: TransactionView) throws {
         try txn.clear(pages)
         try txn.clear(roots)
         try txn.clear(stale)
+        let generation = try View(txn, store: self).storedGeneration() &+ 1
+        if let meta { try txn.put(meta, key: "generation", value: generation) }
+        hotPages.reset(generation: generation, committedVersion: 0)
     }
 
     /// Bytes used by the tree's databases.
@@ -507,6 +599,14 @@ final class HotPageCache: @unchecked Sendable {
     private let trees: [UnsafeMutablePointer<Hash>]
     private let buffers: [UnsafeMutablePointer<UnsafeMutableRawPointer?>]
     private let locks: [NSLock]
+    /// Bumped by every reset, under all the stripe locks: an insert made for a view begun
+    /// before a reset is dropped.
+    private var currentEpoch: UInt64 = 0
+    /// The tree generation the entries belong to (``LMDBSparseStore/clear(_:)`` counts them).
+    private var currentGeneration: UInt64 = 0
+    /// The newest version known to be committed: a write transaction's misses at or below it
+    /// read committed pages.
+    private var committed: UInt64 = 0
 
     init() {
         headers = (0..<Self.levels).map { calloc(1 << (4 * $0), MemoryLayout<Header>.stride)!.bindMemory(to: Header.self, capacity: 1 << (4 * $0)) }
@@ -537,6 +637,50 @@ final class HotPageCache: @unchecked Sendable {
     @inline(__always)
     private func lock(_ level: Int, _ i: Int) -> NSLock { locks[(i &+ level) & (Self.stripes - 1)] }
 
+    private func withAllLocks<R>(_ body: () -> R) -> R {
+        for lock in locks { lock.lock() }
+        defer { for lock in locks { lock.unlock() } }
+        return body()
+    }
+
+    var epoch: UInt64 {
+        locks[0].lock()
+        defer { locks[0].unlock() }
+        return currentEpoch
+    }
+
+    var generation: UInt64 {
+        locks[0].lock()
+        defer { locks[0].unlock() }
+        return currentGeneration
+    }
+
+    var committedVersion: UInt64 {
+        locks[0].lock()
+        defer { locks[0].unlock() }
+        return committed
+    }
+
+    /// Empties the cache for the tree of `generation`, whose newest committed version is
+    /// `committedVersion`.
+    func reset(generation: UInt64, committedVersion: UInt64) {
+        withAllLocks {
+            for level in 0..<Self.levels {
+                for i in 0..<(1 << (4 * level)) { headers[level][i].present = false }
+            }
+            currentEpoch &+= 1
+            currentGeneration = generation
+            committed = committedVersion
+        }
+    }
+
+    /// Records that `version` committed.
+    func noteCommitted(_ version: UInt64) {
+        locks[0].lock()
+        committed = max(committed, version)
+        locks[0].unlock()
+    }
+
     /// On a hit (same version, and the hash its parent committed to), copies the page's
     /// interior hashes to `tree` (16 entries) and its merged record to `page`.
     func lookup(_ id: PageID, hash: Hash, tree: UnsafeMutablePointer<Hash>, page: UnsafeMutableRawBufferPointer)
@@ -554,25 +698,28 @@ final class HotPageCache: @unchecked Sendable {
         return (Int(header.length), header.hasBase ? header.baseVersion : nil, header.changed)
     }
 
-    /// Whether page `id` would enter the cache: no newer version holds its position.
-    func accepts(_ id: PageID) -> Bool {
+    /// Whether page `id`, read by a view begun at `epoch`, would enter the cache: no reset
+    /// since, and no newer version at its position.
+    func accepts(_ id: PageID, epoch: UInt64) -> Bool {
         let l = id.depth / 4, i = Self.index(id)
         let lock = lock(l, i)
         lock.lock()
         defer { lock.unlock() }
         let header = headers[l][i]
-        return !header.present || header.version <= id.version
+        return epoch == currentEpoch && (!header.present || header.version <= id.version)
     }
 
     /// Caches page `id`: its interior hashes and merged record. With `keepingNewer`, a page
-    /// read for an old version does not displace a newer one.
+    /// read for an old version does not displace a newer one; with `epoch`, the epoch of the
+    /// view that read it, nothing is cached if the cache was reset since.
     func insert(_ id: PageID, tree: UnsafePointer<Hash>, page: UnsafeRawBufferPointer, baseVersion: UInt64?, changed: UInt16,
-                keepingNewer: Bool) {
+                keepingNewer: Bool, epoch: UInt64? = nil) {
         let l = id.depth / 4, i = Self.index(id)
         let lock = lock(l, i)
         lock.lock()
         defer { lock.unlock() }
         var header = headers[l][i]
+        if let epoch, epoch != currentEpoch { return }
         if keepingNewer, header.present, header.version > id.version { return }
         guard page.count <= Self.maxRecord else {
             headers[l][i].present = false
@@ -595,19 +742,29 @@ final class HotPageCache: @unchecked Sendable {
         headers[l][i] = header
     }
 
+    /// What ``merge(_:hash:tree:into:)`` made of a stored page.
+    enum Merge {
+        /// The merged record's size in `out`.
+        case merged(Int)
+        /// Larger than the cache keeps.
+        case tooLarge
+        /// The page does not hash to the hash its parent committed to.
+        case wrongHash
+    }
+
     /// Computes the interior hashes of a stored page into `tree` (16 entries) and writes the
-    /// page as one full record into `out`; false when the page does not hash to `hash`, the
-    /// hash its parent committed to, or does not fit.
-    static func merge(_ page: PageSlots, hash: Hash, tree: UnsafeMutablePointer<Hash>, into out: UnsafeMutableRawBufferPointer) -> Bool {
+    /// page as one full record into `out`.
+    static func merge(_ page: PageSlots, hash: Hash, tree: UnsafeMutablePointer<Hash>, into out: UnsafeMutableRawBufferPointer) -> Merge {
         withUnsafeTemporaryAllocation(of: NodeRef.self, capacity: 16) { slots in
             withUnsafeTemporaryAllocation(of: Hash.self, capacity: 32) { full in
                 page.readSlots(into: slots.baseAddress!)
                 PageHashing.tree(slots.baseAddress!, old: nil, dirty: 0xffff, into: full.baseAddress!)
+                guard full[1] == hash else { return .wrongHash }
                 let size = PageHashing.fullSize(slots.baseAddress!)
-                guard full[1] == hash, size <= out.count else { return false }
+                guard size <= out.count else { return .tooLarge }
                 tree.update(from: full.baseAddress!, count: 16)
                 PageHashing.encodeFull(slots.baseAddress!, into: UnsafeMutableRawBufferPointer(rebasing: out[0..<size]))
-                return true
+                return .merged(size)
             }
         }
     }

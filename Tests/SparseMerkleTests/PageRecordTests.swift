@@ -277,3 +277,176 @@ func rewriteBatches(seed: UInt64, keys: Int, batches: Int, perBatch: Int) -> [[S
         #expect(!decodes(single))
     }
 }
+
+@Suite struct PruneAndRebuild {
+    @Test func pruningPastTheNewestVersionIsRefusedAndBetweenVersionsKeepsTheNewerOnes() throws {
+        try withEachSparseStore("prune-point") { storeName, box in
+            var roots: [UInt64: Hash] = [:]
+            for v in [UInt64(10), 20, 30] {
+                roots[v] = try box.apply((0..<300).map { SparseChange(keyHash: keyHash("pp\($0)"), value: Array("\(v)-\($0 % 7)".utf8)) }, version: v).hash
+            }
+            #expect(throws: SparseMerkleError(.versionOrder, ""), "\(storeName)") { try box.prune(before: 31) }
+            _ = try box.prune(before: 25)  // between 20 and 30: keeps 30
+            #expect(throws: SparseMerkleError(.unknownVersion, "")) { try box.proof(keyHash("pp1"), version: 20) }
+            try box.proof(keyHash("pp1"), version: 30).verify(root: roots[30]!)
+            _ = try box.prune(before: 30)  // up to the newest itself is allowed
+            try box.proof(keyHash("pp299"), version: 30).verify(root: roots[30]!)
+            let next = try box.apply([SparseChange(keyHash: keyHash("pp1"), value: [1])], version: 31)
+            var map: [Hash: [UInt8]] = [:]
+            for i in 0..<300 { map[keyHash("pp\(i)")] = Array("30-\(i % 7)".utf8) }
+            map[keyHash("pp1")] = [1]
+            #expect(next.hash == NaiveSparse.root(map), "\(storeName): the map survived the prunes")
+        }
+    }
+
+    @Test func aStoreWhoseCacheOutlivedARebuildStartsOverAtItsNextWrite() throws {
+        // Store A has a warm cache; store B (another process, say) clears the tree and
+        // rebuilds it after a prune, with the same roots but different records; A then writes.
+        try withLMDBSparseStore("rebuild") { a in
+            var map: [Hash: [UInt8]] = [:]
+            var history: [(UInt64, [SparseChange])] = []
+            var version: UInt64 = 0
+            for changes in rewriteBatches(seed: 0xeb1d, keys: 4000, batches: 8, perBatch: 600) {
+                version += 600
+                history.append((version, changes))
+                for c in changes { map[c.keyHash] = c.value }
+                _ = try a.write { try SparseMerkleTree.apply(changes, version: version, writer: $0, snapshot: a) }
+            }
+            _ = try a.write { try $0.prune(before: 3000) }
+            let b = try LMDBSparseStore(environment: a.environment)
+            try b.write { view in
+                try b.clear(view.txn)
+                // Everything up to the first retained version in one batch, as a rebuild does.
+                _ = try SparseMerkleTree.apply(history.prefix { $0.0 <= 3000 }.flatMap(\.1), version: 3000, writer: view)
+            }
+            for (v, changes) in history where v > 3000 {
+                _ = try b.write { try SparseMerkleTree.apply(changes, version: v, writer: $0) }
+            }
+            // A writes on top of B's rebuild, then a third, cold store checks everything.
+            let more = rewriteBatches(seed: 0x2e1d, keys: 4000, batches: 3, perBatch: 600)
+            for changes in more {
+                version += 600
+                for c in changes { map[c.keyHash] = c.value }
+                let root = try a.write { try SparseMerkleTree.apply(changes, version: version, writer: $0, snapshot: a) }
+                #expect(root.hash == NaiveSparse.root(map))
+            }
+            let cold = try LMDBSparseStore(environment: a.environment)
+            let stored = Set(try allRecords(cold, cold.pagesDatabase).map { try #require(PageID(storageKey: $0.0)) })
+            #expect(try reachableRecords(cold, version: version).isSubset(of: stored), "A wrote no record over a base the rebuild removed")
+            for (k, value) in map.prefix(300) {
+                let proof = try cold.read { try SparseMerkleTree.proof(keyHash: k, version: version, reader: $0) }
+                #expect(proof.value == value)
+                try proof.verify(root: NaiveSparse.root(map))
+                // A's own reads heal too.
+                #expect(try a.read { try SparseMerkleTree.proof(keyHash: k, version: version, reader: $0) } == proof)
+            }
+        }
+    }
+
+    @Test func damagedRecordsAreErrorsNotProofs() throws {
+        try withLMDBSparseStore("damage") { store in
+            let changes = rewriteBatches(seed: 0xda3, keys: 3000, batches: 6, perBatch: 500)
+            var version: UInt64 = 0
+            for batch in changes {
+                version += 500
+                _ = try store.write { try SparseMerkleTree.apply(batch, version: version, writer: $0) }
+            }
+            // A delta below the cached levels (depth 20 or deeper) and the full record it rests on.
+            let records = try allRecords(store, store.pagesDatabase)
+            // One the newest version uses, so that a proof at that version reads it.
+            let current = try reachableRecords(store, version: version)
+            let deltas = records.filter { $0.1.first == PageRecord.delta && PageID(storageKey: $0.0).map(current.contains) == true }
+            let (deltaKey, deltaValue) = try #require(deltas.first { (PageID(storageKey: $0.0)?.depth ?? 0) > HotPageCache.depth } ?? deltas.first)
+            let id = try #require(PageID(storageKey: deltaKey))
+            let base = try #require(deltaValue.withUnsafeBytes { PageRecord.baseVersion(of: $0) } ?? nil)
+            let baseKey = PageID(version: base, depth: id.depth, prefix: id.prefix).storageKey
+            // The key whose path crosses that page: its hash starts with the page's prefix.
+            let names = (0..<3000).map { "rw-\(UInt64(0xda3))-\($0)" }
+            let crossing = try #require(names.first { name in
+                let k = keyHash(name)
+                return (0..<id.depth).allSatisfy { NaiveSparse.bit(k, $0) == NaiveSparse.bit(id.prefix, $0) }
+            })
+            let root = try store.read { try SparseMerkleTree.root(version: version, reader: $0).hash }
+            let original = records.first { $0.0 == baseKey }!.1
+            /// The proof of `crossing` from a store with a cold cache after `tamper`, then undone.
+            func proofAfter(_ tamper: (TransactionView) throws -> Void) throws -> Result<SparseProof, SparseMerkleError> {
+                try store.environment.write { txn in try tamper(txn.unsafeView) }
+                defer {
+                    try? store.environment.write { txn in
+                        try txn.unsafeView.put(store.pagesDatabase, key: deltaKey, value: deltaValue)
+                        try txn.unsafeView.put(store.pagesDatabase, key: baseKey, value: original)
+                    }
+                }
+                let fresh = try LMDBSparseStore(environment: store.environment)
+                do {
+                    return .success(try fresh.read { try SparseMerkleTree.proof(keyHash: keyHash(crossing), version: version, reader: $0) })
+                } catch let error as SparseMerkleError { return .failure(error) }
+            }
+            try proofAfter { _ in }.get().verify(root: root)
+            var newer = deltaValue
+            newer.replaceSubrange(1..<9, with: withUnsafeBytes(of: id.version.bigEndian) { Array($0) })
+            var absentBase = deltaValue
+            absentBase.replaceSubrange(1..<9, with: withUnsafeBytes(of: (base + 1).bigEndian) { Array($0) })
+            let cases: [(String, (TransactionView) throws -> Void)] = [
+                ("missing base", { _ = try $0.delete(store.pagesDatabase, key: baseKey) }),
+                ("base not older", { try $0.put(store.pagesDatabase, key: deltaKey, value: newer) }),
+                ("base version without a record", { try $0.put(store.pagesDatabase, key: deltaKey, value: absentBase) }),
+                ("a delta as the base", { try $0.put(store.pagesDatabase, key: baseKey, value: deltaValue) }),
+                ("a cut delta", { try $0.put(store.pagesDatabase, key: deltaKey, value: Array(deltaValue.dropLast())) }),
+            ]
+            for (name, tamper) in cases {
+                switch try proofAfter(tamper) {
+                case .failure(let error): #expect(error.code == .missingData, "\(name): \(error)")
+                case .success: Issue.record("\(name): a proof was made from a damaged record")
+                }
+            }
+            // A changed byte inside a slot either fails to decode or yields a proof that fails.
+            for offset in Swift.stride(from: 15, to: deltaValue.count, by: 9) {
+                var changed = deltaValue
+                changed[offset] ^= 0x01
+                if case .success(let proof) = try proofAfter({ try $0.put(store.pagesDatabase, key: deltaKey, value: changed) }) {
+                    #expect(throws: SparseMerkleError.self, "byte \(offset)") { try proof.verify(root: root) }
+                }
+            }
+        }
+    }
+}
+
+@Suite struct ParallelEdges {
+    @Test func theRootCollapsingOrOneHalfIdleMatchesTheSequentialPath() throws {
+        // Keys whose hashes all start with nibble 0, so the root page's second half has no work.
+        var names: [String] = []
+        var i = 0
+        while names.count < 2500 {
+            if keyHash("half-\(i)").byte(at: 0) >> 4 == 0 { names.append("half-\(i)") }
+            i += 1
+        }
+        let others = (0..<3000).map { "other-\($0)" }
+        try withLMDBSparseStore("edges-a") { parallel in
+            try withLMDBSparseStore("edges-b") { sequential in
+                var map: [Hash: [UInt8]] = [:]
+                let batches: [[SparseChange]] = [
+                    (names + others).map { SparseChange(keyHash: keyHash($0), value: [1]) },
+                    names.map { SparseChange(keyHash: keyHash($0), value: [2]) },  // one half idle
+                    others.map { SparseChange(keyHash: keyHash($0), value: nil) }
+                        + names.dropFirst().map { SparseChange(keyHash: keyHash($0), value: nil) },  // down to one leaf
+                    [SparseChange(keyHash: keyHash(names[0]), value: nil)]
+                        + (0..<2100).map { SparseChange(keyHash: keyHash("again-\($0)"), value: [3]) },
+                    (0..<2100).map { SparseChange(keyHash: keyHash("again-\($0)"), value: nil) },  // down to empty
+                ]
+                for (n, changes) in batches.enumerated() {
+                    for c in changes { map[c.keyHash] = c.value }
+                    let version = UInt64(n + 1) * 10_000
+                    let a = try parallel.write { try SparseMerkleTree.apply(changes, version: version, writer: $0, snapshot: parallel) }
+                    let b = try sequential.write { try SparseMerkleTree.apply(changes, version: version, writer: $0) }
+                    #expect(a == b && a.hash == NaiveSparse.root(map), "batch \(n)")
+                }
+                #expect(try parallel.read { try SparseMerkleTree.root(version: 50_000, reader: $0) } == .empty)
+                for db in [\LMDBSparseStore.pagesDatabase, \.rootsDatabase, \.staleDatabase] {
+                    let left = try allRecords(parallel, parallel[keyPath: db]), right = try allRecords(sequential, sequential[keyPath: db])
+                    #expect(left.map(\.0) == right.map(\.0) && left.map(\.1) == right.map(\.1))
+                }
+            }
+        }
+    }
+}

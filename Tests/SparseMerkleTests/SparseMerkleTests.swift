@@ -228,7 +228,8 @@ struct LMDBBox: SparseWriterBox {
         let first = (0..<500).map { SparseChange(keyHash: keyHash("a\($0)"), value: [1]) }
         for c in first { map[c.keyHash] = c.value }
         _ = try store.write { try SparseMerkleTree.apply(first, version: 1, writer: $0) }
-        // Version 2 is written and then aborted, after its pages reached the hot cache...
+        // Version 2 is written and then aborted (its pages were staged for the cache, never
+        // published)...
         let abandoned = (0..<500).map { SparseChange(keyHash: keyHash("b\($0)"), value: [2]) }
         #expect(throws: Abort.self) {
             try store.write { view -> Void in
