@@ -64,15 +64,33 @@ public final class Ledger: @unchecked Sendable {
 
     /// Creates a new ledger in `path` (created if missing; must not already hold a ledger),
     /// generating its Ed25519 signing key.
+    ///
+    /// The ledger exists once its metadata commits, the last step: a create that was
+    /// interrupted before (key files written, an LMDB file with no database yet) leaves
+    /// debris that the next create replaces.
     /// - Returns: the open ledger and its verifier key text `<name>+<id>+<key>`.
-    /// - Throws: ``LedgerError`` `.ledgerExists`, `.invalidArgument` for a bad origin, `.storage`.
+    /// - Throws: ``LedgerError`` `.ledgerExists` (also for an LMDB file that holds other
+    ///   databases), `.invalidArgument` for a bad origin, `.storage`.
     public static func create(at path: String, origin: String, options: Options = Options()) throws -> (Ledger, String) {
         guard !origin.isEmpty, !origin.contains("\n"), isValidOrigin(origin) else {
             throw LedgerError(.invalidArgument, "origin must be non-empty, without whitespace or '+'")
         }
         if FileManager.default.fileExists(atPath: path + "/data.mdb") {
-            throw LedgerError(.ledgerExists, "a ledger already exists at \(path)")
+            // Only an empty file, or an environment with no database at all, is the debris of
+            // an interrupted create (a damaged ledger is refused, its keys left alone).
+            let bytes = (try? FileManager.default.attributesOfItem(atPath: path + "/data.mdb")[.size] as? Int) ?? nil
+            let empty = bytes == 0 || ((try? storage {
+                var readOnly = environmentOptions(options)
+                readOnly.readOnly = true
+                readOnly.createIfMissing = false
+                return try Environment(path: path, options: readOnly).read { txn in
+                    guard let main = try txn.openDatabase(nil, create: false) else { return true }
+                    return try txn.count(main) == 0
+                }
+            }) ?? false)
+            guard empty else { throw LedgerError(.ledgerExists, "a ledger already exists at \(path)") }
         }
+        for leftover in [signerKeyFile, verifierKeyFile] { try? FileManager.default.removeItem(atPath: path + "/" + leftover) }
         do {
             try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true,
                                                     attributes: [.posixPermissions: 0o700])
@@ -212,14 +230,26 @@ public final class Ledger: @unchecked Sendable {
         }
     }
 
+    /// Writes a new file readable by its owner only, whole or not at all: the bytes go to a
+    /// temporary name first and are linked to `path` (which must not exist) once synced.
     static func writeSecretFile(_ path: String, contents: String) throws {
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+        let temporary = path + ".partial-\(getpid())"
+        unlink(temporary)
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL, 0o600)
         guard fd >= 0 else { throw LedgerError(.keyFile, "cannot create \(path) (errno \(errno))") }
-        defer { close(fd) }
+        defer { unlink(temporary) }
         var bytes = Array(contents.utf8)
         defer { secureZero(&bytes) }
         let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        guard written == bytes.count, fsync(fd) == 0 else { throw LedgerError(.keyFile, "cannot write \(path)") }
+        let synced = written == bytes.count && fsync(fd) == 0
+        close(fd)
+        guard synced else { throw LedgerError(.keyFile, "cannot write \(path)") }
+        guard link(temporary, path) == 0 else { throw LedgerError(.keyFile, "cannot create \(path) (errno \(errno))") }
+        let directory = open((path as NSString).deletingLastPathComponent.isEmpty ? "." : (path as NSString).deletingLastPathComponent, O_RDONLY)
+        if directory >= 0 {
+            fsync(directory)
+            close(directory)
+        }
     }
 
     // MARK: - Appending

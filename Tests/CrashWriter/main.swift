@@ -32,8 +32,12 @@ var rng = SplitMix64(seed: seed)
 do {
     let ledger: Ledger
     let records: PatientRecords
-    if FileManager.default.fileExists(atPath: directory + "/data.mdb") {
-        ledger = try Ledger(path: directory)
+    // An earlier run may have been killed inside `create`: that leaves no ledger, and the
+    // next create replaces what it left.
+    let existing: Ledger?
+    do { existing = try Ledger(path: directory) } catch let error as LedgerError where error.code == .ledgerNotFound { existing = nil }
+    if let existing {
+        ledger = existing
         records = try PatientRecords(ledger: ledger, masterKey: MasterKeyFile(path: keyPath))
     } else {
         let master = FileManager.default.fileExists(atPath: keyPath) ? try MasterKeyFile(path: keyPath) : try MasterKeyFile.create(at: keyPath)

@@ -194,6 +194,34 @@ func scratchOptions() -> Ledger.Options {
         #expect(throws: LedgerError(.storage, "")) { try Ledger(path: path) }
     }
 
+    @Test func anInterruptedCreateCanBeRunAgainButALedgerIsNeverReplaced() throws {
+        let path = ledgerPath("recreate")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        // What a create killed at each step leaves: key files, then an empty LMDB file, then an
+        // environment with no database yet.
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        try "stale\n".write(toFile: path + "/signer.key", atomically: true, encoding: .utf8)
+        try "stale\n".write(toFile: path + "/verifier.key", atomically: true, encoding: .utf8)
+        #expect(throws: LedgerError(.ledgerNotFound, "")) { try Ledger(path: path) }
+        FileManager.default.createFile(atPath: path + "/data.mdb", contents: Data())
+        do {
+            let (ledger, key) = try Ledger.create(at: path, origin: "o.example", options: scratchOptions())
+            #expect(try String(contentsOfFile: path + "/verifier.key", encoding: .utf8) == key + "\n")
+            try ledger.append([try LedgerEntry(payload: [1])])
+        }
+        // A ledger, whole or damaged, is refused and its key files are left alone.
+        let signer = try String(contentsOfFile: path + "/signer.key", encoding: .utf8)
+        #expect(throws: LedgerError(.ledgerExists, "")) { try Ledger.create(at: path, origin: "o.example", options: scratchOptions()) }
+        let data = try #require(FileManager.default.contents(atPath: path + "/data.mdb"))
+        try data.prefix(100).write(to: URL(fileURLWithPath: path + "/data.mdb"))
+        #expect(throws: LedgerError(.ledgerExists, "")) { try Ledger.create(at: path, origin: "o.example", options: scratchOptions()) }
+        #expect(try String(contentsOfFile: path + "/signer.key", encoding: .utf8) == signer)
+        // An environment that holds no database at all is debris too.
+        try FileManager.default.removeItem(atPath: path + "/data.mdb")
+        _ = try Environment(path: path)
+        _ = try Ledger.create(at: path, origin: "o.example", options: scratchOptions())
+    }
+
     @Test func signerKeyFileIsPrivate() throws {
         let path = ledgerPath("perm")
         defer { try? FileManager.default.removeItem(atPath: path) }
