@@ -13,6 +13,8 @@ public enum Workloads {
     /// A scratch directory under `base` (default: the system temporary directory).
     public static func scratch(_ name: String, base: String? = nil) -> String {
         let root = base ?? NSTemporaryDirectory()
+        // A base given on the command line may not exist yet.
+        try? FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         return root + "/medledger-bench-\(name)-\(UUID().uuidString)"
     }
 
