@@ -1241,6 +1241,13 @@ final class AuditCommitter: @unchecked Sendable {
     private let condition = NSCondition()
     private var queue: [(AuditEvent, Ticket)] = []
     private var committing = false
+    private var commitCount = 0
+    /// Commits made, for tests and diagnostics.
+    var commits: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return commitCount
+    }
 
     init(records: PatientRecords) { self.records = records }
 
@@ -1256,6 +1263,7 @@ final class AuditCommitter: @unchecked Sendable {
                 continue
             }
             committing = true
+            commitCount += 1
             let batch = queue
             queue.removeAll(keepingCapacity: true)
             condition.unlock()

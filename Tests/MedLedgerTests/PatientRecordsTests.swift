@@ -5,6 +5,15 @@ import LedgerCrypto
 import TestSupport
 import MerkleLog
 
+/// A count threads add to.
+final class FailureCount: @unchecked Sendable {
+    // Sendable: `count` is read and written under `lock`.
+    private let lock = NSLock()
+    private var count = 0
+    func add() { lock.withLock { count += 1 } }
+    var value: Int { lock.withLock { count } }
+}
+
 /// A ledger with a patient layer in a scratch directory, its master key file beside it.
 final class PatientFixture: @unchecked Sendable {
     let directory: String
@@ -318,6 +327,35 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         }
         #expect(try f.ledger.size == sizeBefore + 200)
         #expect(try f.records.auditTrail(patient: "Patient/j").count == 200)
+    }
+
+    /// Single reads from eight threads of their own (more than the cores, as servers run
+    /// them) share commits: events queued while a commit runs go together into the next.
+    @Test func concurrentSingleReadsShareCommits() throws {
+        let f = try PatientFixture("sharedcommits")
+        try f.records.addPatient(externalId: "Patient/g")
+        try f.records.putRecord(patient: "Patient/g", recordId: "obs", content: observation("g"))
+        let sizeBefore = try f.ledger.size
+        let commitsBefore = f.records.auditCommitter.commits
+        let records = f.records
+        let done = DispatchGroup()
+        let failures = FailureCount()
+        for t in 0..<8 {
+            done.enter()
+            Thread.detachNewThread {
+                for _ in 0..<25 where (try? records.read(patient: "Patient/g", recordId: "obs", as: .custodian("c\(t)"))) == nil {
+                    failures.add()
+                }
+                done.leave()
+            }
+        }
+        done.wait()
+        #expect(failures.value == 0)
+        #expect(try f.ledger.size == sizeBefore + 200)
+        let commits = f.records.auditCommitter.commits - commitsBefore
+        #expect(commits < 200, "200 reads from 8 threads took \(commits) commits")
+        // Every read's event is in the log and the patient's disclosure index.
+        #expect(try f.records.auditTrail(patient: "Patient/g").count == 200)
     }
 
     /// X25519 grants carry the data key sealed to the grantee, who opens exported boxes

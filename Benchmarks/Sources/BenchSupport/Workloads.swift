@@ -177,3 +177,21 @@ public func parseBytes(_ text: String) -> UInt64? {
     }
     return UInt64(lower)
 }
+
+/// Runs `body(t)` for `t` in `0..<count` on `count` threads of their own and returns when
+/// all have finished. Unlike `DispatchQueue.concurrentPerform`, which runs at most as many
+/// iterations at once as there are cores, every thread runs at the same time, as a server's
+/// request threads do.
+public func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    let done = DispatchGroup()
+    for t in 0..<count {
+        done.enter()
+        let thread = Thread {
+            body(t)
+            done.leave()
+        }
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+    done.wait()
+}
