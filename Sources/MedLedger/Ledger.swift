@@ -566,15 +566,7 @@ public final class Ledger: @unchecked Sendable {
                     }
                     return changes
                 }
-                do {
-                    root = try environment.write { txn in
-                        try SparseMerkleTree.apply(changes, version: version, writer: LMDBSparseStore.View(txn.unsafeView, store: sparse)).hash
-                    }
-                    sparse.publish()
-                } catch {
-                    sparse.discardStaged()
-                    throw error
-                }
+                root = try sparse.write { view in try SparseMerkleTree.apply(changes, version: version, writer: view).hash }
                 if let before = old[version], before != root { mismatches.append(version) }
                 start = version
             }

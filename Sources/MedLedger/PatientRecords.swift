@@ -320,9 +320,6 @@ public final class PatientRecords: @unchecked Sendable {
         try putRecords([RecordInput(patient: patient, recordId: recordId, content: content, mediaType: mediaType)])[0]
     }
 
-    /// Stores many record versions in one transaction (one commit, one fsync): all or none.
-    /// - Throws: ``LedgerError`` `.invalidRecord` (FHIR JSON without `resourceType`, oversized),
-    ///   `.patientNotFound`, `.erased`, `.conflict` when another process wrote the same record.
     /// One sealed record version of a batch put.
     struct Prepared {
         let p: Hash, r: Hash, version: UInt32, epoch: UInt32, box: [UInt8], boxHash: Hash, mediaType: String, recordId: String
@@ -338,6 +335,9 @@ public final class PatientRecords: @unchecked Sendable {
         }
     }
 
+    /// Stores many record versions in one transaction (one commit, one fsync): all or none.
+    /// - Throws: ``LedgerError`` `.invalidRecord` (FHIR JSON without `resourceType`, oversized),
+    ///   `.patientNotFound`, `.erased`, `.conflict` when another process wrote the same record.
     @discardableResult
     public func putRecords(_ inputs: [RecordInput]) throws -> [RecordVersionInfo] {
         guard !inputs.isEmpty else { return [] }
@@ -493,9 +493,9 @@ public final class PatientRecords: @unchecked Sendable {
             // Two threads read one half each, each in its own read transaction; the halves
             // are used only if both transactions saw the same snapshot.
             let half = requests.count / 2
-            let job = ParallelReads(ranges: [0..<half, half..<requests.count], read: part)
+            let job = ParallelMap(count: 2) { try part($0 == 0 ? 0..<half : half..<requests.count) }
             DispatchQueue.concurrentPerform(iterations: 2) { job.run($0) }
-            parts = try job.results.map { try $0.get() }
+            parts = try job.results()
             if parts[0].snapshot != parts[1].snapshot { parts = [try part(0..<requests.count)] }
         } else {
             parts = [try part(0..<requests.count)]
@@ -1118,27 +1118,6 @@ final class ParallelMap<T>: @unchecked Sendable {
     }
 
     func results() throws -> [T] { try first.get() + second.get() }
-}
-
-/// The two halves of a parallel batch read, each written by its own worker.
-final class ParallelReads: @unchecked Sendable {
-    // Sendable: worker 0 writes only `first`, worker 1 only `second`; the caller reads them
-    // after concurrentPerform returns, and `read` is safe to call from two threads at once.
-    let ranges: [Range<Int>]
-    let read: (Range<Int>) throws -> PatientRecords.BatchReadPart
-    var first: Result<PatientRecords.BatchReadPart, any Error> = .failure(LedgerError(.storage, "read did not run"))
-    var second: Result<PatientRecords.BatchReadPart, any Error> = .failure(LedgerError(.storage, "read did not run"))
-    var results: [Result<PatientRecords.BatchReadPart, any Error>] { [first, second] }
-
-    init(ranges: [Range<Int>], read: @escaping (Range<Int>) throws -> PatientRecords.BatchReadPart) {
-        self.ranges = ranges
-        self.read = read
-    }
-
-    func run(_ i: Int) {
-        let result = Result { try read(ranges[i]) }
-        if i == 0 { first = result } else { second = result }
-    }
 }
 
 /// An audit event, shaped after FHIR AuditEvent: who (agent, role), what (patient, record,

@@ -540,12 +540,11 @@ extension LedgerVerifier {
             let rootRequired = version == size || (oldestRoot.map { version >= $0 } ?? false)
             let pagesComplete = oldestRoot.map { version >= $0 } ?? false
             // Everything the closure finds is returned from it: a full scratch map runs it again.
-            let (root, found, pages) = try verifier.scratch.environment.write { txn -> (Hash, [(VerificationReport.Area, String, String)], Int) in
+            let (root, found, pages) = try verifier.scratch.write { scratchView -> (Hash, [(VerificationReport.Area, String, String)], Int) in
                 var found: [(VerificationReport.Area, String, String)] = []
                 var pages = 0
-                let scratchView = LMDBSparseStore.View(txn.unsafeView, store: verifier.scratch)
                 let root = try SparseMerkleTree.apply(pending, version: version, writer: scratchView).hash
-                let rebuilt = txn.unsafeView
+                let rebuilt = scratchView.txn
                 // The root record.
                 let rebuiltRoot = try rebuilt.value(verifier.scratch.rootsDatabase, key: version)
                 let storedRoot = try stored.value(sparse.rootsDatabase, key: version)
@@ -586,7 +585,6 @@ extension LedgerVerifier {
                 _ = try scratchView.prune(before: version)
                 return (root, found, pages)
             }
-            verifier.scratch.publish()
             for (area, location, detail) in found { report.add(area, location, detail) }
             report.mapVersions += 1
             report.mapPages += UInt64(pages)

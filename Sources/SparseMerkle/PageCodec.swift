@@ -313,20 +313,6 @@ enum PageHashing {
         return hashed
     }
 
-    /// The occupied and leaf bitmaps of `slots`.
-    @inline(__always)
-    static func bitmaps(_ slots: UnsafePointer<NodeRef>) -> (occupied: UInt16, leaves: UInt16) {
-        var occupied: UInt16 = 0, leaves: UInt16 = 0
-        for i in 0..<16 {
-            switch slots[i].kind {
-            case .empty: break
-            case .leaf: occupied |= 1 << i; leaves |= 1 << i
-            case .page: occupied |= 1 << i
-            }
-        }
-        return (occupied, leaves)
-    }
-
     /// Bytes of the slot table of the slots in `mask` (bitmaps included).
     @inline(__always)
     static func tableSize(_ slots: UnsafePointer<NodeRef>, mask: UInt16) -> Int {
@@ -341,13 +327,6 @@ enum PageHashing {
 
     /// The size of a full record of `slots`.
     static func fullSize(_ slots: UnsafePointer<NodeRef>) -> Int { 1 + tableSize(slots, mask: 0xffff) }
-
-    /// The size of a full record of `page`'s slots.
-    static func fullSize(of page: PageSlots) -> Int {
-        var size = 5
-        for i in 0..<16 { size += page.slot(i).encodedSize }
-        return size
-    }
 
     /// The size of a delta record of the slots in `changed`.
     static func deltaSize(_ slots: UnsafePointer<NodeRef>, changed: UInt16) -> Int { 11 + tableSize(slots, mask: changed) }

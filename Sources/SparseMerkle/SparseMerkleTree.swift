@@ -126,10 +126,15 @@ public enum SparseMerkleTree {
             treeFrames = frames.trees
         }
 
+        /// The slots of the page at `depth`, as the last page at that depth left them (for a
+        /// caller that writes all 16).
+        @inline(__always)
+        func slots(depth: Int) -> UnsafeMutablePointer<NodeRef> { slotFrames + 16 * (depth / 4) }
+
         /// The slots of the page at `depth`, all empty.
         @inline(__always)
         func emptySlots(depth: Int) -> UnsafeMutablePointer<NodeRef> {
-            let frame = slotFrames + 16 * (depth / 4)
+            let frame = slots(depth: depth)
             for i in 0..<16 { frame[i] = .empty }
             return frame
         }
@@ -264,7 +269,7 @@ public enum SparseMerkleTree {
 
     /// One list of the sorted lists `lists` (each output sorts its own, on its own thread).
     static func mergeSorted(_ lists: [[PageID]]) -> [PageID] {
-        var lists = lists.filter { !$0.isEmpty }
+        let lists = lists.filter { !$0.isEmpty }
         guard lists.count > 1 else { return lists.first ?? [] }
         var merged: [PageID] = []
         merged.reserveCapacity(lists.reduce(0) { $0 + $1.count })
@@ -278,7 +283,6 @@ public enum SparseMerkleTree {
             merged.append(lists[best][next[best]])
             next[best] += 1
         }
-        lists.removeAll()
         return merged
     }
 
@@ -369,7 +373,7 @@ public enum SparseMerkleTree {
         let rootID = PageID(version: root.version, depth: 0, prefix: .zero)
         return try writer.withPage(rootID, hash: root.hash) { lent in
             guard let page = PageSlots(lent) else { throw damagedPage(rootID) }
-            let slots = output.emptySlots(depth: 0)
+            let slots = output.slots(depth: 0)
             page.readSlots(into: slots)
             // Group the sorted changes by first nibble, then split the groups in two by size.
             let groups = groupByNibble(changes, 0..<changes.count, at: 0)
@@ -388,7 +392,7 @@ public enum SparseMerkleTree {
                 }
                 workers.append(part.output)
             }
-            let replacing = Replacing(id: rootID, page: page, lent: lent)
+            let replacing = Replacing(id: rootID, page: page)
             return (finish(slots, dirty: dirty, old: lent.tree, depth: 0, prefix: .zero, replacing: replacing, output: output), workers)
         }
     }
@@ -418,7 +422,7 @@ public enum SparseMerkleTree {
             let id = PageID(version: node.version, depth: depth, prefix: prefix)
             return try reader.withPage(id, hash: node.hash) { lent in
                 guard let page = PageSlots(lent) else { throw damagedPage(id) }
-                let slots = output.emptySlots(depth: depth)
+                let slots = output.slots(depth: depth)
                 page.readSlots(into: slots)
                 var dirty: UInt16 = 0
                 var start = range.lowerBound
@@ -432,7 +436,7 @@ public enum SparseMerkleTree {
                     start = end
                 }
                 return finish(slots, dirty: dirty, old: lent.tree, depth: depth, prefix: prefix,
-                              replacing: Replacing(id: id, page: page, lent: lent), output: output)
+                              replacing: Replacing(id: id, page: page), output: output)
             }
         }
     }
@@ -501,16 +505,17 @@ public enum SparseMerkleTree {
         /// Slots the record's delta replaces (0 for a full record).
         let changed: UInt16
 
-        init(id: PageID, page: PageSlots, lent: LentPage) {
+        init(id: PageID, page: PageSlots) {
             self.id = id
             baseVersion = page.baseVersion
             changed = page.changed
         }
 
-        /// The records this one leaves behind when the position gets a full page or none.
-        var records: [PageID] {
-            guard let baseVersion else { return [id] }
-            return [id, PageID(version: baseVersion, depth: id.depth, prefix: id.prefix)]
+        /// Appends to `stale` the records this one leaves behind when the position gets a
+        /// full page or none (without an array per page).
+        func appendRecords(to stale: inout [PageID]) {
+            stale.append(id)
+            if let baseVersion { stale.append(PageID(version: baseVersion, depth: id.depth, prefix: id.prefix)) }
         }
     }
 
@@ -528,14 +533,14 @@ public enum SparseMerkleTree {
     ) -> NodeRef {
         var nonEmpty = 0
         var only = 0
-        var fullSize = 5
+        var fullSize = PageRecord.fullHeader
         for i in 0..<16 where slots[i].kind != .empty {
             nonEmpty += 1
             only = i
             fullSize += slots[i].encodedSize
         }
         if nonEmpty == 0 || (nonEmpty == 1 && slots[only].kind == .leaf) {
-            if let replacing { output.stale += replacing.records }
+            if let replacing { replacing.appendRecords(to: &output.stale) }
             if nonEmpty == 0 { return .empty }
             // The leaf moves up out of this page: its value must outlive the page's bytes.
             var leaf = slots[only]
@@ -567,7 +572,7 @@ public enum SparseMerkleTree {
                 if replacing.baseVersion != nil { output.stale.append(replacing.id) }
             } else {
                 record = full()
-                output.stale += replacing.records
+                replacing.appendRecords(to: &output.stale)
             }
         } else {
             record = full()

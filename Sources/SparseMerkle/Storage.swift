@@ -151,7 +151,7 @@ public final class MemorySparseStore: SparseWriter {
         return try record.withUnsafeBytes { bytes in
             switch PageRecord.baseVersion(of: bytes) {
             case .none:
-                throw SparseMerkleError(.missingData, "unreadable page at depth \(id.depth) of version \(id.version)")
+                throw SparseMerkleTree.damagedPage(id)
             case .some(nil):
                 return try body(LentPage(bytes: bytes, base: nil, tree: nil))
             case .some(let baseVersion?):
@@ -268,9 +268,7 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
             do {
                 return try body()
             } catch let error as SparseMerkleError where error.code == .missingData {
-                let generation = try storedGeneration()
-                guard generation != store.hotPages.generation else { throw error }
-                store.hotPages.reset(generation: generation, committedVersion: try latestVersion() ?? 0)
+                guard try resetCacheIfRebuilt() else { throw error }
                 return try body()
             }
         }
@@ -278,10 +276,17 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
         /// A writer starts from a cache that reflects the stored tree: after a clear (a
         /// rebuild, possibly by another process) the cache is emptied.
         public func beginApply() throws {
+            try resetCacheIfRebuilt()
+        }
+
+        /// Empties the cache when the stored generation is not the one it was filled at;
+        /// returns whether it did.
+        @discardableResult
+        private func resetCacheIfRebuilt() throws -> Bool {
             let generation = try storedGeneration()
-            if generation != store.hotPages.generation {
-                store.hotPages.reset(generation: generation, committedVersion: try latestVersion() ?? 0)
-            }
+            guard generation != store.hotPages.generation else { return false }
+            store.hotPages.reset(generation: generation, committedVersion: try latestVersion() ?? 0)
+            return true
         }
 
         public func withPage<R>(_ id: PageID, hash: Hash, _ body: (LentPage) throws -> R) throws -> R {
@@ -325,7 +330,7 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
                 try txn.withValue(store.pages, key: key) { record -> R in
                     switch PageRecord.baseVersion(of: record) {
                     case .none:
-                        throw SparseMerkleError(.missingData, "unreadable page at depth \(id.depth) of version \(id.version)")
+                        throw SparseMerkleTree.damagedPage(id)
                     case .some(nil):
                         return try body(record, nil)
                     case .some(let baseVersion?):
