@@ -440,8 +440,21 @@ public final class PatientRecords: @unchecked Sendable {
     }
 
     static func isFHIR(_ mediaType: String) -> Bool {
-        let base = mediaType.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
-        return base == "application/fhir+json" || base == "application/json+fhir"
+        // Byte-wise on the UTF-8 (every put asks; Foundation's trimming cost more than the
+        // JSON check): the part before any `;`, without spaces or tabs around it, compared
+        // ignoring ASCII case.
+        var bytes = Substring(mediaType).utf8[...]
+        if let semicolon = bytes.firstIndex(of: UInt8(ascii: ";")) { bytes = bytes[..<semicolon] }
+        let isBlank = { (b: UInt8) in b == UInt8(ascii: " ") || b == UInt8(ascii: "\t") }
+        while let first = bytes.first, isBlank(first) { bytes = bytes.dropFirst() }
+        while let last = bytes.last, isBlank(last) { bytes = bytes.dropLast() }
+        func equalsIgnoringCase(_ name: StaticString) -> Bool {
+            guard bytes.count == name.utf8CodeUnitCount else { return false }
+            return zip(bytes, UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount)).allSatisfy { a, b in
+                (a >= UInt8(ascii: "A") && a <= UInt8(ascii: "Z") ? a | 0x20 : a) == b
+            }
+        }
+        return equalsIgnoringCase("application/fhir+json") || equalsIgnoringCase("application/json+fhir")
     }
 
     // MARK: - Reads (audited)

@@ -118,6 +118,9 @@ public enum SparseMerkleTree {
         /// Per depth / 4, the pages finished, in prefix order.
         var newPages: [[NewPage]] = []
         var stale: [PageID] = []
+        /// The stale lists of all an apply's outputs merged, and scratch for the merge.
+        var mergedStale: [PageID] = []
+        var staleScratch: [PageID] = []
         /// Interior hashes computed, for the benchmarks' phase figures.
         var hashes = 0
         init(version: UInt64) {
@@ -157,6 +160,8 @@ public enum SparseMerkleTree {
             arena = Arena()
             for level in newPages.indices { newPages[level].removeAll(keepingCapacity: true) }
             stale.removeAll(keepingCapacity: true)
+            mergedStale.removeAll(keepingCapacity: true)
+            staleScratch.removeAll(keepingCapacity: true)
             hashes = 0
         }
     }
@@ -177,11 +182,12 @@ public enum SparseMerkleTree {
             return output
         }
 
-        /// Returns outputs whose pages are stored (or abandoned); at most four are kept.
+        /// Returns outputs whose pages are stored (or abandoned); at most 20 are kept (a
+        /// parallel apply uses one per root-page slot and one for the root).
         func give(_ outputs: [Output]) {
             for output in outputs { output.reset(version: 0) }
             lock.lock()
-            idle += outputs.prefix(max(0, 4 - idle.count))
+            idle += outputs.prefix(max(0, 20 - idle.count))
             lock.unlock()
         }
     }
@@ -232,7 +238,8 @@ public enum SparseMerkleTree {
         lap(\.updateNs)
         output.stale.sort()
         handedOver = true
-        // The workers' halves of the key space come before the root page the caller finished.
+        // The workers' parts of the key space (in nibble order) come before the root page the
+        // caller finished.
         let batch = NewPages(owners: outputs.count == 1 ? outputs : Array(outputs.dropFirst()) + [output],
                              version: version, rootHash: newRoot.hash)
         // The outputs (stale lists, the root's bytes) are read below: the batch keeps them.
@@ -248,7 +255,8 @@ public enum SparseMerkleTree {
         }(), "pages are stored in key order")
         try writer.putPages(batch)
         lap(\.storeNs)
-        try writer.markStale(mergeSorted(outputs.map(\.stale)), at: version)
+        mergeSorted(outputs.map(\.stale), into: &output.mergedStale, scratch: &output.staleScratch)
+        try writer.markStale(output.mergedStale, at: version)
         lap(\.staleNs)
         if let clock {
             batch.forEach { page in
@@ -267,23 +275,61 @@ public enum SparseMerkleTree {
         return result
     }
 
-    /// One list of the sorted lists `lists` (each output sorts its own, on its own thread).
-    static func mergeSorted(_ lists: [[PageID]]) -> [PageID] {
+    /// Merges the sorted lists `lists` (each output sorts its own, on its own thread) into
+    /// `merged` through a binary heap of the lists' heads (a parallel apply has 17 lists).
+    /// `merged` and `scratch` keep their capacity from batch to batch: fresh memory for them
+    /// cost more in page faults than the merge.
+    static func mergeSorted(_ lists: [[PageID]], into merged: inout [PageID], scratch all: inout [PageID]) {
+        merged.removeAll(keepingCapacity: true)
         let lists = lists.filter { !$0.isEmpty }
-        guard lists.count > 1 else { return lists.first ?? [] }
-        var merged: [PageID] = []
-        merged.reserveCapacity(lists.reduce(0) { $0 + $1.count })
-        var next = [Int](repeating: 0, count: lists.count)
-        while true {
-            var best = -1
-            for (l, list) in lists.enumerated() where next[l] < list.count {
-                if best < 0 || list[next[l]] < lists[best][next[best]] { best = l }
-            }
-            guard best >= 0 else { break }
-            merged.append(lists[best][next[best]])
-            next[best] += 1
+        guard lists.count > 1 else {
+            merged += lists.first ?? []
+            return
         }
-        return merged
+        all.removeAll(keepingCapacity: true)
+        for list in lists { all += list }
+        // Per list, its next position and its end in `all`; `heap` orders the undrained
+        // lists by their next element.
+        var next: [Int] = [], end: [Int] = []
+        var at = 0
+        for list in lists {
+            next.append(at)
+            at += list.count
+            end.append(at)
+        }
+        merged.reserveCapacity(all.count)
+        all.withUnsafeBufferPointer { all in
+            next.withUnsafeMutableBufferPointer { next in
+                var heap = Array(lists.indices)
+                heap.withUnsafeMutableBufferPointer { heap in
+                    var count = heap.count
+                    func siftDown(_ start: Int) {
+                        var i = start
+                        let item = heap[i], key = all[next[item]]
+                        while true {
+                            var child = 2 * i + 1
+                            if child >= count { break }
+                            if child + 1 < count && all[next[heap[child + 1]]] < all[next[heap[child]]] { child += 1 }
+                            guard all[next[heap[child]]] < key else { break }
+                            heap[i] = heap[child]
+                            i = child
+                        }
+                        heap[i] = item
+                    }
+                    for i in stride(from: count / 2 - 1, through: 0, by: -1) { siftDown(i) }
+                    while count > 0 {
+                        let top = heap[0]
+                        merged.append(all[next[top]])
+                        next[top] += 1
+                        if next[top] == end[top] {
+                            count -= 1
+                            heap[0] = heap[count]
+                        }
+                        if count > 0 { siftDown(0) }
+                    }
+                }
+            }
+        }
     }
 
     /// Sorts `changes` by key hash (the last change to a key wins), copies their values into
@@ -375,21 +421,18 @@ public enum SparseMerkleTree {
             guard let page = PageSlots(lent) else { throw damagedPage(rootID) }
             let slots = output.slots(depth: 0)
             page.readSlots(into: slots)
-            // Group the sorted changes by first nibble, then split the groups in two by size.
+            // One task per first nibble, each with its own output (so the pages of each part
+            // stay in key order); two workers take the tasks in turn, which keeps them busy
+            // to the end where a fixed split in two halves left one idle for a sixth of it.
             let groups = groupByNibble(changes, 0..<changes.count, at: 0)
-            var split = 0
-            while split < groups.count && groups[split].range.upperBound <= changes.count / 2 { split += 1 }
-            let job = ParallelUpdate(changes: changes, halves: [Array(groups[..<split]), Array(groups[split...])],
-                                     slots: UnsafePointer(slots), version: output.version, snapshot: snapshot)
-            DispatchQueue.concurrentPerform(iterations: 2) { job.run(half: $0) }
+            let job = ParallelUpdate(changes: changes, groups: groups, slots: UnsafePointer(slots),
+                                     version: output.version, snapshot: snapshot)
+            DispatchQueue.concurrentPerform(iterations: 2) { _ in job.run() }
             var dirty: UInt16 = 0
             var workers: [Output] = []
-            for result in job.results {
-                let part = try result.get()
-                for (n, node) in part.slots {
-                    slots[n] = node
-                    dirty |= 1 << n
-                }
+            for part in try job.parts() {
+                slots[part.nibble] = part.node
+                dirty |= 1 << part.nibble
                 workers.append(part.output)
             }
             let replacing = Replacing(id: rootID, page: page)
@@ -692,51 +735,88 @@ public protocol SparseSnapshotSource: Sendable {
     func withSnapshot<R>(_ body: (Snapshot) throws -> R) throws -> R
 }
 
-/// One parallel root update: two workers, each writing only its own result.
+/// One parallel root update: the root page's changed subtrees as tasks, taken in turn by
+/// the workers, each task writing only its own result and output.
 final class ParallelUpdate<S: SparseSnapshotSource>: @unchecked Sendable {
-    // Sendable: the inputs are read-only and outlive the workers; worker 0 writes only
-    // `first`, worker 1 only `second`, and the caller reads them after concurrentPerform returns.
+    // Sendable: the inputs are read-only and outlive the workers; `lock` guards `next`, and
+    // each task's result is written only by the worker that took it; the caller reads them
+    // after concurrentPerform returns.
     struct Part {
-        var slots: [(Int, NodeRef)] = []
+        let nibble: Int
+        let node: NodeRef
         let output: SparseMerkleTree.Output
     }
 
     let changes: UnsafeBufferPointer<SparseMerkleTree.Prepared>
-    let halves: [[(nibble: Int, range: Range<Int>)]]
+    let groups: [(nibble: Int, range: Range<Int>)]
     /// The root page's slots, owned by the caller's frames until the workers finish.
     let slots: UnsafePointer<NodeRef>
     let version: UInt64
     let snapshot: S
-    var first: Result<Part, any Error> = .failure(SparseMerkleError(.missingData, "worker did not run"))
-    var second: Result<Part, any Error> = .failure(SparseMerkleError(.missingData, "worker did not run"))
-    var results: [Result<Part, any Error>] { [first, second] }
+    private let lock = NSLock()
+    private var next = 0
+    private var results: [Result<Part, any Error>?]
 
-    init(changes: UnsafeBufferPointer<SparseMerkleTree.Prepared>, halves: [[(nibble: Int, range: Range<Int>)]],
+    init(changes: UnsafeBufferPointer<SparseMerkleTree.Prepared>, groups: [(nibble: Int, range: Range<Int>)],
          slots: UnsafePointer<NodeRef>, version: UInt64, snapshot: S) {
         self.changes = changes
-        self.halves = halves
+        self.groups = groups
         self.slots = slots
         self.version = version
         self.snapshot = snapshot
+        results = Array(repeating: nil, count: groups.count)
     }
 
-    func run(half: Int) {
-        let output = SparseMerkleTree.OutputPool.shared.take(version: version)
-        let result = Result { () throws -> Part in
+    /// The next task's index, nil when all are taken.
+    private func take() -> Int? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard next < groups.count else { return nil }
+        next += 1
+        return next - 1
+    }
+
+    /// Runs tasks until none is left, all in one snapshot.
+    func run() {
+        do {
             try snapshot.withSnapshot { reader in
-                var part = Part(output: output)
-                for group in halves[half] {
-                    var node = try SparseMerkleTree.update(
-                        slots[group.nibble], depth: 4, prefix: extend(.zero, depth: 0, nibble: group.nibble),
-                        changes, group.range, reader: reader, output: output)
-                    // A leaf may point into this worker's read transaction, which ends here.
-                    if node.kind == .leaf { node.value = output.arena.copy(node.value) }
-                    part.slots.append((group.nibble, node))
+                while let task = take() {
+                    let group = groups[task]
+                    let output = SparseMerkleTree.OutputPool.shared.take(version: version)
+                    results[task] = Result {
+                        var node = try SparseMerkleTree.update(
+                            slots[group.nibble], depth: 4, prefix: extend(.zero, depth: 0, nibble: group.nibble),
+                            changes, group.range, reader: reader, output: output)
+                        // A leaf may point into this worker's read transaction, which ends here.
+                        if node.kind == .leaf { node.value = output.arena.copy(node.value) }
+                        output.stale.sort()
+                        return Part(nibble: group.nibble, node: node, output: output)
+                    }
+                    if case .failure = results[task] { SparseMerkleTree.OutputPool.shared.give([output]) }
                 }
-                output.stale.sort()
-                return part
+            }
+        } catch {
+            // The snapshot could not be opened: the tasks this worker would have taken fail.
+            while let task = take() { results[task] = .failure(error) }
+        }
+    }
+
+    /// The tasks' results in nibble order; the first failure is thrown after the outputs of
+    /// the others are given back.
+    func parts() throws -> [Part] {
+        var parts: [Part] = []
+        var failure: (any Error)?
+        for result in results {
+            switch result {
+            case .success(let part)?: parts.append(part)
+            case .failure(let error)?: failure = failure ?? error
+            case nil: failure = failure ?? SparseMerkleError(.missingData, "an update task did not run")
             }
         }
-        if half == 0 { first = result } else { second = result }
+        if let failure {
+            SparseMerkleTree.OutputPool.shared.give(parts.map(\.output))
+            throw failure
+        }
+        return parts
     }
 }

@@ -105,6 +105,13 @@ public final class NewPages: @unchecked Sendable {
     /// Number of pages.
     public var count: Int { owners.reduce(0) { $0 + $1.pageCount } }
 
+    /// The pages that enter the cache once the batch commits.
+    func cachedPages() -> [NewPage] {
+        var cached: [NewPage] = []
+        forEach { if $0.merged != nil { cached.append($0) } }
+        return cached
+    }
+
     /// Calls `body` with each page in key order (``PageID`` order: by depth, then prefix).
     public func forEach(_ body: (NewPage) throws -> Void) rethrows {
         let levels = owners.reduce(0) { max($0, $1.newPages.count) }
@@ -486,16 +493,56 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
 
     /// Pages written by the current write transaction, cached once it commits.
     private var staged: NewPages?
+    /// The cache fill of `staged` running while the transaction commits, if one was started.
+    private var prefill: DispatchGroup?
     private let stagingLock = NSLock()
 
+    /// A batch with at least this many pages to cache fills the cache while its transaction
+    /// commits (on another thread) instead of after; tests lower it to take that path with
+    /// small batches.
+    var prefillThreshold = 1024
+
     /// Replaces the staged pages with `batch` (a write transaction that stages again is a
-    /// retry of one that did not commit).
+    /// retry of one that did not commit) and, for a large batch, starts filling the cache
+    /// with its pages.
+    ///
+    /// Filling before the commit is safe for readers: a page is found only under its own
+    /// version and with the hash its parent records, and no reader knows a root of a version
+    /// that has not committed. If the transaction does not commit, the cache is emptied.
     func stage(_ batch: NewPages?) {
-        stagingLock.lock()
-        let dropped = staged
-        staged = batch
-        stagingLock.unlock()
+        let (dropped, pending) = takeStaged()
+        if let pending { pending.wait() }
+        if pending != nil { forgetUncommittedFill() }
         withExtendedLifetime(dropped) {}  // released outside the lock
+        guard let batch else { return }
+        var group: DispatchGroup?
+        let cached = batch.cachedPages()
+        if cached.count >= prefillThreshold {
+            let fill = DispatchGroup()
+            let job = CacheFill(cache: hotPages, pages: cached)
+            // The closure keeps the batch (and the memory its pages live in) until it is done.
+            DispatchQueue.global(qos: .userInitiated).async(group: fill) { withExtendedLifetime(batch) { job.run(0, of: 1) } }
+            group = fill
+        }
+        stagingLock.lock()
+        staged = batch
+        prefill = group
+        stagingLock.unlock()
+    }
+
+    private func takeStaged() -> (NewPages?, DispatchGroup?) {
+        stagingLock.lock()
+        defer { stagingLock.unlock() }
+        let taken = (staged, prefill)
+        staged = nil
+        prefill = nil
+        return taken
+    }
+
+    /// Empties the cache after a fill for a transaction that did not commit: its entries
+    /// belong to a version that may be written again with other pages.
+    private func forgetUncommittedFill() {
+        hotPages.clearEntries()
     }
 
     /// Forgets the pages of a write transaction that did not commit.
@@ -504,29 +551,29 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
     /// Tells the store that the write transaction that last wrote pages committed: its pages
     /// enter the cache. Writers that commit through their own transaction (as the ledger does)
     /// call this after the commit, before their next write; a transaction that aborts must
-    /// not (its pages are dropped when the next write stages its own). The staged pages are
-    /// cached only if their version is the newest committed one, with their root hash.
+    /// not (its pages are dropped when the next write stages its own, or by
+    /// ``discardStaged()``). The staged pages are kept in the cache only if their version is
+    /// the newest committed one, with their root hash.
     public func publish() {
         let clock = SparseMerkleTree.timings
         let start = clock == nil ? 0 : DispatchTime.now().uptimeNanoseconds
         defer { if let clock { clock.publishNs += DispatchTime.now().uptimeNanoseconds - start } }
-        stagingLock.lock()
-        let batch = staged
-        staged = nil
-        stagingLock.unlock()
-        guard let batch else { return }
+        let (staged, pending) = takeStaged()
+        pending?.wait()
+        guard let batch = staged else { return }
         let committed = try? read { view -> Bool in
             guard try view.latestVersion() == batch.version, let root = try view.root(version: batch.version) else { return false }
             return root.hash == batch.rootHash
         }
-        guard committed == true else { return }
+        guard committed == true else {
+            if pending != nil { forgetUncommittedFill() }
+            return
+        }
         hotPages.noteCommitted(batch.version)
-        var cached: [NewPage] = []
-        cached.reserveCapacity(batch.count)
-        batch.forEach { if $0.merged != nil { cached.append($0) } }
+        guard pending == nil else { return }
         // Entries are striped-locked, so two threads fill the cache of a large batch.
-        let job = CacheFill(cache: hotPages, pages: cached)
-        if cached.count >= 2048 { DispatchQueue.concurrentPerform(iterations: 2) { job.run($0, of: 2) } } else { job.run(0, of: 1) }
+        let job = CacheFill(cache: hotPages, pages: batch.cachedPages())
+        if job.pages.count >= 2048 { DispatchQueue.concurrentPerform(iterations: 2) { job.run($0, of: 2) } } else { job.run(0, of: 1) }
         withExtendedLifetime(batch) {}
     }
 
@@ -676,6 +723,16 @@ final class HotPageCache: @unchecked Sendable {
             currentEpoch &+= 1
             currentGeneration = generation
             committed = committedVersion
+        }
+    }
+
+    /// Empties the cache, keeping its generation and committed version.
+    func clearEntries() {
+        withAllLocks {
+            for level in 0..<Self.levels {
+                for i in 0..<(1 << (4 * level)) { headers[level][i].present = false }
+            }
+            currentEpoch &+= 1
         }
     }
 

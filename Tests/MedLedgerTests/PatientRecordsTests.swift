@@ -66,6 +66,19 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
 }
 
 @Suite struct PatientRecordsTests {
+    /// Which media types are checked as FHIR JSON: the two names of the FHIR JSON type, in
+    /// any ASCII case, with parameters and spaces or tabs around them; nothing else.
+    @Test func fhirMediaTypesAreRecognised() {
+        for fhir in ["application/fhir+json", "application/json+fhir", "Application/FHIR+JSON", " application/fhir+json\t",
+                     "application/fhir+json; fhirVersion=4.0", "application/fhir+json ;charset=utf-8", "\tapplication/json+fhir;"] {
+            #expect(PatientRecords.isFHIR(fhir), "\(fhir)")
+        }
+        for other in ["", ";", "application/json", "application/fhir+xml", "application/fhir+jsonx", "xapplication/fhir+json",
+                      "application/fhir json", "application/fhir+json\u{a0}", "text/plain; application/fhir+json", "ａpplication/fhir+json"] {
+            #expect(!PatientRecords.isFHIR(other), "\(other)")
+        }
+    }
+
     @Test func recordsRoundTripEncryptedAndVersioned() throws {
         let f = try PatientFixture("records")
         try f.records.addPatient(externalId: "Patient/alice")

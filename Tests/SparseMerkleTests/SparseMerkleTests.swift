@@ -212,6 +212,29 @@ struct LMDBBox: SparseWriterBox {
     }
 }
 
+@Suite struct StaleListMerge {
+    /// The 17 sorted stale lists of a parallel apply merge into one sorted list holding
+    /// every entry once, for list counts and lengths that include empty lists and one list.
+    @Test func mergingSortedListsMatchesSortingTheirConcatenation() {
+        var rng = SplitMix64(seed: 0x57a1e)
+        func randomID() -> PageID {
+            let depth = Int(rng.next() % 9) * 4
+            var prefix = [UInt8](repeating: 0, count: 32)
+            for i in 0..<((depth + 7) / 8) { prefix[i] = UInt8(truncatingIfNeeded: rng.next()) }
+            if depth % 8 == 4 { prefix[depth / 8] &= 0xf0 }
+            return PageID(version: rng.next() % 5, depth: depth, prefix: Hash(prefix)!)
+        }
+        var merged: [PageID] = [], scratch: [PageID] = []
+        for listCount in [0, 1, 2, 3, 17] {
+            for _ in 0..<20 {
+                let lists = (0..<listCount).map { _ in (0..<Int(rng.next() % 40)).map { _ in randomID() }.sorted() }
+                SparseMerkleTree.mergeSorted(lists, into: &merged, scratch: &scratch)
+                #expect(merged == lists.joined().sorted(), "\(listCount) lists")
+            }
+        }
+    }
+}
+
 @Suite struct SparseStoreFailures {
     struct Abort: Error {}
 

@@ -349,9 +349,10 @@ if patientRecords > 0 {
         try store.addPatients((start..<min(patients, start + 10_000)).map { ("Patient/\($0)", nil) })
     }
     // A 2 KB Observation: the note pads it to size.
+    let padding = [UInt8](repeating: UInt8(ascii: "x"), count: 2048)
     func fhir(_ i: Int) -> [UInt8] {
         let head = #"{"resourceType":"Observation","id":"obs-\#(i)","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},"valueQuantity":{"value":\#(60 + i % 40),"unit":"beats/min"},"note":[{"text":""#
-        return Array((head + String(repeating: "x", count: max(0, 2048 - head.utf8.count - 4)) + #""}]}"#).utf8)
+        return Array(head.utf8) + padding[..<max(0, 2048 - head.utf8.count - 4)] + Array(#""}]}"#.utf8)
     }
     // References from the same run, on the same disk: the log alone appending, in batches of
     // 1000, entries as large as a put's stored bytes (a 2 KB record sealed: about 2.1 KB) and
