@@ -139,6 +139,18 @@ struct SlotTable {
         self.offsets = offsets
     }
 
+    /// A table whose offsets were computed by ``init(_:at:)`` earlier over these same bytes
+    /// (the page cache keeps them with its merged records, which only this process writes).
+    init(trusted raw: UnsafeRawBufferPointer, at start: Int, offsets: InlineArray<16, UInt32>) {
+        self.raw = raw
+        occupied = UInt16(raw[start]) << 8 | UInt16(raw[start + 1])
+        leaves = UInt16(raw[start + 2]) << 8 | UInt16(raw[start + 3])
+        self.offsets = offsets
+    }
+
+    /// The byte offset of each occupied slot's record, for ``init(trusted:at:offsets:)``.
+    var slotOffsets: InlineArray<16, UInt32> { offsets }
+
     /// The hash of slot `i` (EMPTY when unoccupied).
     @inline(__always)
     func slotHash(_ i: Int) -> Hash {
@@ -181,8 +193,13 @@ struct PageSlots {
         let record = lent.bytes
         guard let kind = record.first else { return nil }
         if let merged = lent.merged {
-            guard kind == PageRecord.full, lent.base == nil, let table = SlotTable(record, at: 1) else { return nil }
-            base = table
+            guard kind == PageRecord.full, lent.base == nil else { return nil }
+            if let offsets = lent.offsets {
+                base = SlotTable(trusted: record, at: 1, offsets: offsets)
+            } else {
+                guard let table = SlotTable(record, at: 1) else { return nil }
+                base = table
+            }
             delta = nil
             changed = merged.changed
             baseVersion = merged.baseVersion

@@ -663,38 +663,53 @@ public enum SparseMerkleTree {
         return SparseProof(keyHash: k, terminal: terminal, siblings: siblings.reversed(), value: other == k ? Array(value) : nil)
     }
 
+    /// Where one page of a walk down the tree leads: an answer, or the next page.
+    enum WalkStep<T> {
+        case done(T)
+        case next(PageID, Hash)
+    }
+
+    /// The walk from `id` down to `k`'s terminal, one page at a time: each page is read
+    /// through ``SparseReader/peekPage(_:hash:_:)`` (a cached page in place, without a copy)
+    /// and the walk moves to the next page after the read returns.
     static func proof<R: SparseReader>(
         _ k: Hash, page id: PageID, hash: Hash, reader: R, siblings: inout [Hash]
     ) throws -> SparseProof {
-        try reader.withPage(id, hash: hash) { lent in
-            guard let view = PageSlots(lent) else { throw damagedPage(id) }
-            var lo = 0, hi = 16
-            for step in 0..<4 {
-                if step > 0 {
-                    // Stop early where the range holds no key or a single leaf.
-                    let inRange = view.occupied & PageHashing.mask(lo, hi)
-                    if inRange == 0 { return SparseProof(keyHash: k, terminal: .empty, siblings: siblings.reversed()) }
-                    if inRange.nonzeroBitCount == 1, view.leaves & inRange != 0 {
-                        let leaf = view.slot(inRange.trailingZeroBitCount)
-                        return terminalProof(k, other: leaf.keyHash, value: leaf.value, siblings: &siblings)
+        var (id, hash) = (id, hash)
+        while true {
+            let step = try reader.peekPage(id, hash: hash) { lent -> WalkStep<SparseProof> in
+                guard let view = PageSlots(lent) else { throw damagedPage(id) }
+                var lo = 0, hi = 16
+                for step in 0..<4 {
+                    if step > 0 {
+                        // Stop early where the range holds no key or a single leaf.
+                        let inRange = view.occupied & PageHashing.mask(lo, hi)
+                        if inRange == 0 { return .done(SparseProof(keyHash: k, terminal: .empty, siblings: siblings.reversed())) }
+                        if inRange.nonzeroBitCount == 1, view.leaves & inRange != 0 {
+                            let leaf = view.slot(inRange.trailingZeroBitCount)
+                            return .done(terminalProof(k, other: leaf.keyHash, value: leaf.value, siblings: &siblings))
+                        }
+                    }
+                    let mid = (lo + hi) / 2
+                    if keyBit(k, id.depth + step) == 0 {
+                        siblings.append(view.rangeHash(mid, hi, tree: lent.tree))
+                        hi = mid
+                    } else {
+                        siblings.append(view.rangeHash(lo, mid, tree: lent.tree))
+                        lo = mid
                     }
                 }
-                let mid = (lo + hi) / 2
-                if keyBit(k, id.depth + step) == 0 {
-                    siblings.append(view.rangeHash(mid, hi, tree: lent.tree))
-                    hi = mid
-                } else {
-                    siblings.append(view.rangeHash(lo, mid, tree: lent.tree))
-                    lo = mid
+                let slot = view.slot(lo)
+                switch slot.kind {
+                case .empty: return .done(SparseProof(keyHash: k, terminal: .empty, siblings: siblings.reversed()))
+                case .leaf: return .done(terminalProof(k, other: slot.keyHash, value: slot.value, siblings: &siblings))
+                case .page:
+                    return .next(PageID(version: slot.version, depth: id.depth + 4, prefix: extend(id.prefix, depth: id.depth, nibble: lo)), slot.hash)
                 }
             }
-            let slot = view.slot(lo)
-            switch slot.kind {
-            case .empty: return SparseProof(keyHash: k, terminal: .empty, siblings: siblings.reversed())
-            case .leaf: return terminalProof(k, other: slot.keyHash, value: slot.value, siblings: &siblings)
-            case .page:
-                let child = PageID(version: slot.version, depth: id.depth + 4, prefix: extend(id.prefix, depth: id.depth, nibble: lo))
-                return try proof(k, page: child, hash: slot.hash, reader: reader, siblings: &siblings)
+            switch step {
+            case .done(let proof): return proof
+            case .next(let child, let childHash): (id, hash) = (child, childHash)
             }
         }
     }
@@ -713,16 +728,22 @@ public enum SparseMerkleTree {
     }
 
     static func value<R: SparseReader>(_ k: Hash, page id: PageID, hash: Hash, reader: R) throws -> [UInt8]? {
-        try reader.withPage(id, hash: hash) { lent in
-            guard let view = PageSlots(lent) else { throw damagedPage(id) }
-            let n = nibble(k, at: id.depth)
-            let slot = view.slot(n)
-            switch slot.kind {
-            case .empty: return nil
-            case .leaf: return slot.keyHash == k ? Array(slot.value) : nil
-            case .page:
-                return try value(k, page: PageID(version: slot.version, depth: id.depth + 4, prefix: extend(id.prefix, depth: id.depth, nibble: n)),
-                                 hash: slot.hash, reader: reader)
+        var (id, hash) = (id, hash)
+        while true {
+            let step = try reader.peekPage(id, hash: hash) { lent -> WalkStep<[UInt8]?> in
+                guard let view = PageSlots(lent) else { throw damagedPage(id) }
+                let n = nibble(k, at: id.depth)
+                let slot = view.slot(n)
+                switch slot.kind {
+                case .empty: return .done(nil)
+                case .leaf: return .done(slot.keyHash == k ? Array(slot.value) : nil)
+                case .page:
+                    return .next(PageID(version: slot.version, depth: id.depth + 4, prefix: extend(id.prefix, depth: id.depth, nibble: n)), slot.hash)
+                }
+            }
+            switch step {
+            case .done(let value): return value
+            case .next(let child, let childHash): (id, hash) = (child, childHash)
             }
         }
     }
@@ -755,7 +776,9 @@ final class ParallelUpdate<S: SparseSnapshotSource>: @unchecked Sendable {
     let snapshot: S
     private let lock = NSLock()
     private var next = 0
-    private var results: [Result<Part, any Error>?]
+    /// One result per task, written only by the worker that took it. Raw memory, not an
+    /// array: two threads writing elements of one array race on its copy-on-write check.
+    private let results: UnsafeMutablePointer<Result<Part, any Error>?>
 
     init(changes: UnsafeBufferPointer<SparseMerkleTree.Prepared>, groups: [(nibble: Int, range: Range<Int>)],
          slots: UnsafePointer<NodeRef>, version: UInt64, snapshot: S) {
@@ -764,7 +787,13 @@ final class ParallelUpdate<S: SparseSnapshotSource>: @unchecked Sendable {
         self.slots = slots
         self.version = version
         self.snapshot = snapshot
-        results = Array(repeating: nil, count: groups.count)
+        results = .allocate(capacity: groups.count)
+        results.initialize(repeating: nil, count: groups.count)
+    }
+
+    deinit {
+        results.deinitialize(count: groups.count)
+        results.deallocate()
     }
 
     /// The next task's index, nil when all are taken.
@@ -806,8 +835,8 @@ final class ParallelUpdate<S: SparseSnapshotSource>: @unchecked Sendable {
     func parts() throws -> [Part] {
         var parts: [Part] = []
         var failure: (any Error)?
-        for result in results {
-            switch result {
+        for task in 0..<groups.count {
+            switch results[task] {
             case .success(let part)?: parts.append(part)
             case .failure(let error)?: failure = failure ?? error
             case nil: failure = failure ?? SparseMerkleError(.missingData, "an update task did not run")

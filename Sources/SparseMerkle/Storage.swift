@@ -49,13 +49,16 @@ public struct LentPage {
     /// For a merged copy, the stored record's base version (nil for a full record) and
     /// changed slots.
     let merged: (baseVersion: UInt64?, changed: UInt16)?
+    /// For a merged copy from the cache, its slot table's offsets (parsed when it was cached).
+    let offsets: InlineArray<16, UInt32>?
 
     init(bytes: UnsafeRawBufferPointer, base: UnsafeRawBufferPointer?, tree: UnsafePointer<Hash>?,
-         merged: (baseVersion: UInt64?, changed: UInt16)? = nil) {
+         merged: (baseVersion: UInt64?, changed: UInt16)? = nil, offsets: InlineArray<16, UInt32>? = nil) {
         self.bytes = bytes
         self.base = base
         self.tree = tree
         self.merged = merged
+        self.offsets = offsets
     }
 }
 
@@ -63,10 +66,19 @@ public struct LentPage {
 public protocol SparseReader {
     /// Lends page `id`, whose hash its parent records as `hash`, to `body`.
     func withPage<R>(_ id: PageID, hash: Hash, _ body: (LentPage) throws -> R) throws -> R
+    /// Lends page `id` to a `body` that reads it and returns without reading another page:
+    /// the store may lend a cached page in place, holding a lock until `body` returns.
+    func peekPage<R>(_ id: PageID, hash: Hash, _ body: (LentPage) throws -> R) throws -> R
     /// The root node of `version`, or `nil` when not retained.
     func root(version: UInt64) throws -> SparseNode?
     /// The newest version, or `nil` for a tree never written.
     func latestVersion() throws -> UInt64?
+}
+
+extension SparseReader {
+    public func peekPage<R>(_ id: PageID, hash: Hash, _ body: (LentPage) throws -> R) throws -> R {
+        try withPage(id, hash: hash, body)
+    }
 }
 
 /// A page record a batch wrote.
@@ -307,7 +319,7 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
                     // version: the cache only ever holds committed pages (see `publish`).
                     if let hit = store.hotPages.lookup(id, hash: hash, tree: tree, page: pageBuffer) {
                         let merged = UnsafeRawBufferPointer(rebasing: pageBuffer[0..<hit.length])
-                        return try body(LentPage(bytes: merged, base: nil, tree: tree, merged: (hit.baseVersion, hit.changed)))
+                        return try body(LentPage(bytes: merged, base: nil, tree: tree, merged: (hit.baseVersion, hit.changed), offsets: hit.offsets))
                     }
                     return try withStored(id) { record, base in
                         let lent = LentPage(bytes: record, base: base, tree: nil)
@@ -329,6 +341,16 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
                     }
                 }
             }
+        }
+
+        public func peekPage<R>(_ id: PageID, hash: Hash, _ body: (LentPage) throws -> R) throws -> R {
+            if id.depth <= HotPageCache.depth,
+               let hit = try store.hotPages.withEntry(id, hash: hash, { bytes, tree, merged, offsets in
+                   try body(LentPage(bytes: bytes, base: nil, tree: tree, merged: merged, offsets: offsets))
+               }) {
+                return hit
+            }
+            return try withPage(id, hash: hash, body)
         }
 
         /// Lends the stored record of `id` and, for a delta, its base record.
@@ -376,14 +398,15 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
         }
 
         public func putPages(_ batch: NewPages) throws {
+            // The pages warm the cache for the next batch and for proofs once they commit; a
+            // large batch starts filling it now, beside the puts and the commit.
+            store.stage(batch)
             // One cursor for the whole batch: appending through it skips a search per record.
             try txn.withCursor(store.pages) { cursor in
                 try batch.forEach { page in
                     try page.id.withStorageKey { key in try cursor.put(key: key, value: page.bytes, flags: .append) }
                 }
             }
-            // The pages warm the cache for the next batch and for proofs once they commit.
-            store.stage(batch)
         }
 
         public func putRoot(_ root: SparseNode, version: UInt64) throws {
@@ -650,6 +673,8 @@ final class HotPageCache: @unchecked Sendable {
     private let headers: [UnsafeMutablePointer<Header>]
     private let trees: [UnsafeMutablePointer<Hash>]
     private let buffers: [UnsafeMutablePointer<UnsafeMutableRawPointer?>]
+    /// Per entry, its record's slot offsets, parsed once when it is cached.
+    private let layouts: [UnsafeMutablePointer<InlineArray<16, UInt32>>]
     private let locks: [NSLock]
     /// Bumped by every reset, under all the stripe locks: an insert made for a view begun
     /// before a reset is dropped.
@@ -666,6 +691,9 @@ final class HotPageCache: @unchecked Sendable {
         buffers = (0..<Self.levels).map {
             calloc(1 << (4 * $0), MemoryLayout<UnsafeMutableRawPointer?>.stride)!.bindMemory(to: UnsafeMutableRawPointer?.self, capacity: 1 << (4 * $0))
         }
+        layouts = (0..<Self.levels).map {
+            calloc(1 << (4 * $0), MemoryLayout<InlineArray<16, UInt32>>.stride)!.bindMemory(to: InlineArray<16, UInt32>.self, capacity: 1 << (4 * $0))
+        }
         locks = (0..<Self.stripes).map { _ in NSLock() }
     }
 
@@ -675,6 +703,7 @@ final class HotPageCache: @unchecked Sendable {
             free(b)
         }
         for h in headers { free(h) }
+        for l in layouts { free(l) }
         for t in trees { free(t) }
     }
 
@@ -746,7 +775,7 @@ final class HotPageCache: @unchecked Sendable {
     /// On a hit (same version, and the hash its parent committed to), copies the page's
     /// interior hashes to `tree` (16 entries) and its merged record to `page`.
     func lookup(_ id: PageID, hash: Hash, tree: UnsafeMutablePointer<Hash>, page: UnsafeMutableRawBufferPointer)
-        -> (length: Int, baseVersion: UInt64?, changed: UInt16)? {
+        -> (length: Int, baseVersion: UInt64?, changed: UInt16, offsets: InlineArray<16, UInt32>)? {
         let l = id.depth / 4, i = Self.index(id)
         let lock = lock(l, i)
         lock.lock()
@@ -757,7 +786,22 @@ final class HotPageCache: @unchecked Sendable {
               let buffer = buffers[l][i] else { return nil }
         tree.update(from: hashes, count: 16)
         page.baseAddress!.copyMemory(from: buffer, byteCount: Int(header.length))
-        return (Int(header.length), header.hasBase ? header.baseVersion : nil, header.changed)
+        return (Int(header.length), header.hasBase ? header.baseVersion : nil, header.changed, layouts[l][i])
+    }
+
+    /// On a hit, runs `body` with the cached merged record and interior hashes in place,
+    /// under the entry's lock (so `body` must not touch the cache); nil on a miss.
+    func withEntry<R>(_ id: PageID, hash: Hash,
+                      _ body: (UnsafeRawBufferPointer, UnsafePointer<Hash>, (baseVersion: UInt64?, changed: UInt16), InlineArray<16, UInt32>) throws -> R) rethrows -> R? {
+        let l = id.depth / 4, i = Self.index(id)
+        let lock = lock(l, i)
+        lock.lock()
+        defer { lock.unlock() }
+        let header = headers[l][i]
+        let hashes = trees[l] + 16 * i
+        guard header.present, header.version == id.version, hashes[1] == hash, let buffer = buffers[l][i] else { return nil }
+        return try body(UnsafeRawBufferPointer(start: buffer, count: Int(header.length)), UnsafePointer(hashes),
+                        (header.hasBase ? header.baseVersion : nil, header.changed), layouts[l][i])
     }
 
     /// Whether page `id`, read by a view begun at `epoch`, would enter the cache: no reset
@@ -776,6 +820,8 @@ final class HotPageCache: @unchecked Sendable {
     /// view that read it, nothing is cached if the cache was reset since.
     func insert(_ id: PageID, tree: UnsafePointer<Hash>, page: UnsafeRawBufferPointer, baseVersion: UInt64?, changed: UInt16,
                 keepingNewer: Bool, epoch: UInt64? = nil) {
+        // The slot table is parsed here, once (outside the lock), so that hits need not parse it.
+        let table = page.count <= Self.maxRecord && page.first == PageRecord.full ? SlotTable(page, at: 1) : nil
         let l = id.depth / 4, i = Self.index(id)
         let lock = lock(l, i)
         lock.lock()
@@ -783,7 +829,7 @@ final class HotPageCache: @unchecked Sendable {
         var header = headers[l][i]
         if let epoch, epoch != currentEpoch { return }
         if keepingNewer, header.present, header.version > id.version { return }
-        guard page.count <= Self.maxRecord else {
+        guard let table else {
             headers[l][i].present = false
             return
         }
@@ -795,6 +841,7 @@ final class HotPageCache: @unchecked Sendable {
         }
         buffers[l][i]!.copyMemory(from: page.baseAddress!, byteCount: page.count)
         (trees[l] + 16 * i).update(from: tree, count: 16)
+        layouts[l][i] = table.slotOffsets
         header.version = id.version
         header.baseVersion = baseVersion ?? 0
         header.hasBase = baseVersion != nil

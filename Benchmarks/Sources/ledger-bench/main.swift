@@ -71,6 +71,14 @@ func measureMedian(repeats: Int, _ body: () throws -> Double) rethrows -> Double
 
 var rng = Workloads.SplitMix64(seed: 0xbe9c4)
 
+/// CPU seconds used so far by the whole process (`process: true`) or by this thread: on a
+/// shared machine, CPU time is steadier than wall time for comparing two builds.
+func cpuSeconds(process: Bool) -> Double {
+    var ts = timespec()
+    clock_gettime(process ? CLOCK_PROCESS_CPUTIME_ID : CLOCK_THREAD_CPUTIME_ID, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
 // ---- Limits measured first, on the same disk ----
 log("limits: SHA-256 of 64-byte inputs")
 let shaRate = measureMedian(repeats: 5) { Double(2_000_000) / Workloads.sha256Small(count: 2_000_000).seconds }
@@ -247,6 +255,7 @@ if keyCount > 0 {
     func minorFaults() -> Int { var usage = rusage(); getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage); return usage.ru_minflt }
     let faultsBeforeUpdates = minorFaults()
     var insideTimes: [Double] = []
+    let updateCPUStart = cpuSeconds(process: true)
     for _ in 0..<keyUpdateBatches {
         let changes = (0..<batch).map { _ in SparseChange(keyHash: keys[Int(keyRng.next() % UInt64(keys.count))], value: value) }
         version += UInt64(batch)
@@ -262,6 +271,8 @@ if keyCount > 0 {
         insideTimes.append(inside)
         updateTimes.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
     }
+    log(String(format: "key map update: %.1f ms of CPU per batch (all threads; change generation included)",
+               (cpuSeconds(process: true) - updateCPUStart) * 1000 / Double(keyUpdateBatches)))
     log("key map bytes written per update batch: \((try smt.storedBytes() - bytesBeforeUpdates) / keyUpdateBatches)")
     let u = Double(keyUpdateBatches)
     log("key map update: \((minorFaults() - faultsBeforeUpdates) / keyUpdateBatches) minor page faults per batch")
@@ -303,15 +314,20 @@ if keyCount > 0 {
     let smtQueries = min(queries, 100_000)
     for present in [true, false] {
         var proofs: [SparseProof] = []
+        var cpuPerProof: [Double] = []
         let rate = try measureMedian(repeats: 3) {
             let start = DispatchTime.now().uptimeNanoseconds
+            let cpuStart = cpuSeconds(process: false)
             for _ in 0..<smtQueries {
                 let k = present ? keys[Int(keyRng.next() % UInt64(keys.count))] : randomHash()
                 let proof = try smt.read { try SparseMerkleTree.proof(keyHash: k, version: version, reader: $0) }
                 if proofs.count < 20_000 { proofs.append(proof) }
             }
+            cpuPerProof.append((cpuSeconds(process: false) - cpuStart) / Double(smtQueries))
             return Double(smtQueries) / (Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
         }
+        log(String(format: "key proofs, %@ keys: %.2f µs of CPU each (median of 3 runs)", present ? "present" : "absent",
+                   Stats(cpuPerProof).median * 1e6))
         rows.append(Row(name: "key proof, \(present ? "present" : "absent") key (one read txn each)", value: rate, unit: "proofs/s",
                         limitName: nil, limit: nil, extra: [:]))
         let root = try smt.read { try SparseMerkleTree.root(version: version, reader: $0).hash }
