@@ -117,6 +117,13 @@ public final class NewPages: @unchecked Sendable {
     /// Number of pages.
     public var count: Int { owners.reduce(0) { $0 + $1.pageCount } }
 
+    /// How many pages enter the cache once the batch commits.
+    var cachedCount: Int {
+        owners.reduce(0) { total, owner in
+            owner.newPages.prefix(HotPageCache.depth / 4 + 1).reduce(total) { $0 + $1.count }
+        }
+    }
+
     /// The pages that enter the cache once the batch commits.
     func cachedPages() -> [NewPage] {
         var cached: [NewPage] = []
@@ -539,12 +546,14 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
         withExtendedLifetime(dropped) {}  // released outside the lock
         guard let batch else { return }
         var group: DispatchGroup?
-        let cached = batch.cachedPages()
-        if cached.count >= prefillThreshold {
+        if batch.cachedCount >= prefillThreshold {
             let fill = DispatchGroup()
-            let job = CacheFill(cache: hotPages, pages: cached)
-            // The closure keeps the batch (and the memory its pages live in) until it is done.
-            DispatchQueue.global(qos: .userInitiated).async(group: fill) { withExtendedLifetime(batch) { job.run(0, of: 1) } }
+            let cache = hotPages
+            // The closure keeps the batch (and the memory its pages live in) until it is done;
+            // even listing the pages to cache is left to it, off the writer's thread.
+            DispatchQueue.global(qos: .userInitiated).async(group: fill) {
+                withExtendedLifetime(batch) { CacheFill(cache: cache, pages: batch.cachedPages()).run(0, of: 1) }
+            }
             group = fill
         }
         stagingLock.lock()
