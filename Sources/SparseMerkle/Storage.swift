@@ -785,17 +785,12 @@ final class HotPageCache: @unchecked Sendable {
     /// interior hashes to `tree` (16 entries) and its merged record to `page`.
     func lookup(_ id: PageID, hash: Hash, tree: UnsafeMutablePointer<Hash>, page: UnsafeMutableRawBufferPointer)
         -> (length: Int, baseVersion: UInt64?, changed: UInt16, offsets: InlineArray<16, UInt32>)? {
-        let l = id.depth / 4, i = Self.index(id)
-        let lock = lock(l, i)
-        lock.lock()
-        defer { lock.unlock() }
-        let header = headers[l][i]
-        let hashes = trees[l] + 16 * i
-        guard header.present, header.version == id.version, hashes[1] == hash, Int(header.length) <= page.count,
-              let buffer = buffers[l][i] else { return nil }
-        tree.update(from: hashes, count: 16)
-        page.baseAddress!.copyMemory(from: buffer, byteCount: Int(header.length))
-        return (Int(header.length), header.hasBase ? header.baseVersion : nil, header.changed, layouts[l][i])
+        withEntry(id, hash: hash) { record, hashes, merged, offsets in
+            guard record.count <= page.count else { return nil }
+            tree.update(from: hashes, count: 16)
+            page.baseAddress!.copyMemory(from: record.baseAddress!, byteCount: record.count)
+            return (record.count, merged.baseVersion, merged.changed, offsets)
+        } ?? nil
     }
 
     /// On a hit, runs `body` with the cached merged record and interior hashes in place,
