@@ -302,6 +302,9 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
         /// A writer starts from a cache that reflects the stored tree: after a clear (a
         /// rebuild, possibly by another process) the cache is emptied.
         public func beginApply() throws {
+            // Pages still staged here were not published: their transaction did not commit
+            // (or is being retried), so a fill of them must not outlive this point.
+            store.discardStaged()
             try resetCacheIfRebuilt()
         }
 
@@ -549,10 +552,12 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
         if batch.cachedCount >= prefillThreshold {
             let fill = DispatchGroup()
             let cache = hotPages
+            // A reset while the fill runs (another process rebuilt the tree) stops it.
+            let epoch = cache.epoch
             // The closure keeps the batch (and the memory its pages live in) until it is done;
             // even listing the pages to cache is left to it, off the writer's thread.
             DispatchQueue.global(qos: .userInitiated).async(group: fill) {
-                withExtendedLifetime(batch) { CacheFill(cache: cache, pages: batch.cachedPages()).run(0, of: 1) }
+                withExtendedLifetime(batch) { CacheFill(cache: cache, pages: batch.cachedPages(), epoch: epoch).run(0, of: 1) }
             }
             group = fill
         }
@@ -634,16 +639,20 @@ final class CacheFill: @unchecked Sendable {
     // Sendable: the pages are read-only and outlive the workers; the cache locks its entries.
     let cache: HotPageCache
     let pages: [NewPage]
-    init(cache: HotPageCache, pages: [NewPage]) {
+    /// With an epoch, nothing is cached once the cache was reset since.
+    let epoch: UInt64?
+    init(cache: HotPageCache, pages: [NewPage], epoch: UInt64? = nil) {
         self.cache = cache
         self.pages = pages
+        self.epoch = epoch
     }
 
     func run(_ worker: Int, of workers: Int) {
         let lo = pages.count * worker / workers, hi = pages.count * (worker + 1) / workers
         for page in pages[lo..<hi] {
             guard let merged = page.merged, let tree = page.tree else { continue }
-            cache.insert(page.id, tree: tree, page: merged, baseVersion: page.baseVersion, changed: page.changed, keepingNewer: false)
+            cache.insert(page.id, tree: tree, page: merged, baseVersion: page.baseVersion, changed: page.changed, keepingNewer: false,
+                         epoch: epoch)
         }
     }
 }
@@ -727,27 +736,39 @@ final class HotPageCache: @unchecked Sendable {
     @inline(__always)
     private func lock(_ level: Int, _ i: Int) -> NSLock { locks[(i &+ level) & (Self.stripes - 1)] }
 
+    /// Guards the counters `currentEpoch`, `currentGeneration` and `committed` apart from the
+    /// entries' stripes, so that a body run under an entry's lock may read them. The first two
+    /// are written only under every lock (``withAllLocks(_:)``, so a stripe lock suffices to
+    /// read them); `committed` also under this one alone.
+    private let stateLock = NSLock()
+
+    /// Takes the stripes in order, then the state lock: no thread holding the state lock waits
+    /// for a stripe.
     private func withAllLocks<R>(_ body: () -> R) -> R {
         for lock in locks { lock.lock() }
-        defer { for lock in locks { lock.unlock() } }
+        stateLock.lock()
+        defer {
+            stateLock.unlock()
+            for lock in locks { lock.unlock() }
+        }
         return body()
     }
 
     var epoch: UInt64 {
-        locks[0].lock()
-        defer { locks[0].unlock() }
+        stateLock.lock()
+        defer { stateLock.unlock() }
         return currentEpoch
     }
 
     var generation: UInt64 {
-        locks[0].lock()
-        defer { locks[0].unlock() }
+        stateLock.lock()
+        defer { stateLock.unlock() }
         return currentGeneration
     }
 
     var committedVersion: UInt64 {
-        locks[0].lock()
-        defer { locks[0].unlock() }
+        stateLock.lock()
+        defer { stateLock.unlock() }
         return committed
     }
 
@@ -776,9 +797,9 @@ final class HotPageCache: @unchecked Sendable {
 
     /// Records that `version` committed.
     func noteCommitted(_ version: UInt64) {
-        locks[0].lock()
+        stateLock.lock()
         committed = max(committed, version)
-        locks[0].unlock()
+        stateLock.unlock()
     }
 
     /// On a hit (same version, and the hash its parent committed to), copies the page's

@@ -218,6 +218,100 @@ func rewriteBatches(seed: UInt64, keys: Int, batches: Int, perBatch: Int) -> [[S
     }
 }
 
+@Suite struct CacheFillUnderLoad {
+    struct Abort: Error {}
+
+    /// Readers prove keys at the newest committed version while every write fills the cache
+    /// before it commits (threshold 0) and every third version is first written and aborted:
+    /// no reader may meet a page of the aborted versions, and the cache ends up agreeing with
+    /// a store that reads only the disk.
+    @Test func readersDuringFillsAndAbortsSeeOnlyCommittedPages() throws {
+        try withLMDBSparseStore("fill-readers") { store in
+            store.prefillThreshold = 0
+            let keys = (0..<3000).map { keyHash("fill\($0)") }
+            var map: [Hash: [UInt8]] = [:]
+            func commit(_ value: [UInt8], version: UInt64, every step: Int) throws {
+                let changes = Swift.stride(from: 0, to: keys.count, by: step).map { SparseChange(keyHash: keys[$0], value: value) }
+                for c in changes { map[c.keyHash] = c.value }
+                _ = try store.write { try SparseMerkleTree.apply(changes, version: version, writer: $0, snapshot: store) }
+            }
+            try commit([0], version: 1, every: 1)
+            let done = ManagedAtomicFlag(), failures = FailureLog()
+            let readers = DispatchGroup()
+            for t in 0..<3 {
+                readers.enter()
+                Thread.detachNewThread {
+                    defer { readers.leave() }
+                    var rng = SplitMix64(seed: UInt64(t) + 0xf111)
+                    while !done.isSet {
+                        do {
+                            try store.read { view in
+                                let version = try #require(try view.latestVersion())
+                                let root = try SparseMerkleTree.root(version: version, reader: view)
+                                let proof = try SparseMerkleTree.proof(keyHash: keys[Int(rng.next() % UInt64(keys.count))], version: version, reader: view)
+                                try proof.verify(root: root.hash)
+                                if proof.value == nil { failures.add("a key is absent at version \(version)") }
+                            }
+                        } catch { failures.add("\(error)") }
+                    }
+                }
+            }
+            var version: UInt64 = 1
+            for round in 1...12 {
+                version += 1
+                if round % 3 == 0 {
+                    let abandoned = keys.map { SparseChange(keyHash: $0, value: [UInt8(round), 0xab]) }
+                    #expect(throws: Abort.self) {
+                        try store.write { view -> Void in
+                            _ = try SparseMerkleTree.apply(abandoned, version: version, writer: view, snapshot: store)
+                            throw Abort()
+                        }
+                    }
+                }
+                try commit([UInt8(round)], version: version, every: round % 2 == 0 ? 1 : 3)
+            }
+            done.set()
+            readers.wait()
+            #expect(failures.all.isEmpty, "\(failures.all.prefix(3))")
+            let root = NaiveSparse.root(map)
+            let reopened = try LMDBSparseStore(environment: store.environment)
+            for i in Swift.stride(from: 0, to: keys.count, by: 29) {
+                let cached = try store.read { try SparseMerkleTree.proof(keyHash: keys[i], version: version, reader: $0) }
+                let cold = try reopened.read { try SparseMerkleTree.proof(keyHash: keys[i], version: version, reader: $0) }
+                #expect(cached == cold)
+                #expect(cached.value == map[keys[i]])
+                try cached.verify(root: root)
+            }
+        }
+    }
+
+    /// A parallel apply whose task meets a missing page fails as a whole with `missingData`,
+    /// and the outputs it gave back serve later applies that match the reference.
+    @Test func aFailedParallelTaskFailsTheApplyAndLaterAppliesStillMatch() throws {
+        let keys = (0..<4000).map { keyHash("task\($0)") }
+        try withLMDBSparseStore("task-failure") { store in
+            _ = try store.write { try SparseMerkleTree.apply(keys.map { SparseChange(keyHash: $0, value: [1]) }, version: 1, writer: $0, snapshot: store) }
+            let victim = PageID(version: 1, depth: 4, prefix: extend(.zero, depth: 0, nibble: 5))
+            #expect(try store.environment.write { try $0.unsafeView.delete(store.pagesDatabase, key: victim.storageKey) })
+            // A store over the same files with a cold cache reads the page from disk.
+            let cold = try LMDBSparseStore(environment: store.environment)
+            let error = #expect(throws: SparseMerkleError.self) {
+                _ = try cold.write { try SparseMerkleTree.apply(keys.map { SparseChange(keyHash: $0, value: [2]) }, version: 2, writer: $0, snapshot: cold) }
+            }
+            #expect(error?.code == .missingData)
+        }
+        try withLMDBSparseStore("task-after-failure") { store in
+            var map: [Hash: [UInt8]] = [:]
+            for version in 1...3 {
+                let changes = keys.map { SparseChange(keyHash: $0, value: [UInt8(version)]) }
+                for c in changes { map[c.keyHash] = c.value }
+                let root = try store.write { try SparseMerkleTree.apply(changes, version: UInt64(version), writer: $0, snapshot: store) }
+                #expect(root.hash == NaiveSparse.root(map))
+            }
+        }
+    }
+}
+
 @Suite struct PageRecordEncoding {
     /// A full record and a delta over it, made by the engine from two small batches.
     static func records() throws -> (full: [UInt8], delta: [UInt8], fullID: PageID, deltaID: PageID) {
