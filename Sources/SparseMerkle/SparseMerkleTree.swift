@@ -669,47 +669,53 @@ public enum SparseMerkleTree {
         case next(PageID, Hash)
     }
 
-    /// The walk from `id` down to `k`'s terminal, one page at a time: each page is read
-    /// through ``SparseReader/peekPage(_:hash:_:)`` (a cached page in place, without a copy)
-    /// and the walk moves to the next page after the read returns.
+    /// Walks down from page `id`, one page at a time: each page is read through
+    /// ``SparseReader/peekPage(_:hash:_:)`` (a cached page in place, without a copy), and the
+    /// walk moves to the page `step` names only after that read returns.
+    static func walk<R: SparseReader, T>(
+        from id: PageID, hash: Hash, reader: R, _ step: (PageID, LentPage) throws -> WalkStep<T>
+    ) throws -> T {
+        var (id, hash) = (id, hash)
+        while true {
+            switch try reader.peekPage(id, hash: hash, { try step(id, $0) }) {
+            case .done(let answer): return answer
+            case .next(let child, let childHash): (id, hash) = (child, childHash)
+            }
+        }
+    }
+
+    /// The walk from `id` down to `k`'s terminal.
     static func proof<R: SparseReader>(
         _ k: Hash, page id: PageID, hash: Hash, reader: R, siblings: inout [Hash]
     ) throws -> SparseProof {
-        var (id, hash) = (id, hash)
-        while true {
-            let step = try reader.peekPage(id, hash: hash) { lent -> WalkStep<SparseProof> in
-                guard let view = PageSlots(lent) else { throw damagedPage(id) }
-                var lo = 0, hi = 16
-                for step in 0..<4 {
-                    if step > 0 {
-                        // Stop early where the range holds no key or a single leaf.
-                        let inRange = view.occupied & PageHashing.mask(lo, hi)
-                        if inRange == 0 { return .done(SparseProof(keyHash: k, terminal: .empty, siblings: siblings.reversed())) }
-                        if inRange.nonzeroBitCount == 1, view.leaves & inRange != 0 {
-                            let leaf = view.slot(inRange.trailingZeroBitCount)
-                            return .done(terminalProof(k, other: leaf.keyHash, value: leaf.value, siblings: &siblings))
-                        }
-                    }
-                    let mid = (lo + hi) / 2
-                    if keyBit(k, id.depth + step) == 0 {
-                        siblings.append(view.rangeHash(mid, hi, tree: lent.tree))
-                        hi = mid
-                    } else {
-                        siblings.append(view.rangeHash(lo, mid, tree: lent.tree))
-                        lo = mid
+        try walk(from: id, hash: hash, reader: reader) { id, lent -> WalkStep<SparseProof> in
+            guard let view = PageSlots(lent) else { throw damagedPage(id) }
+            var lo = 0, hi = 16
+            for step in 0..<4 {
+                if step > 0 {
+                    // Stop early where the range holds no key or a single leaf.
+                    let inRange = view.occupied & PageHashing.mask(lo, hi)
+                    if inRange == 0 { return .done(SparseProof(keyHash: k, terminal: .empty, siblings: siblings.reversed())) }
+                    if inRange.nonzeroBitCount == 1, view.leaves & inRange != 0 {
+                        let leaf = view.slot(inRange.trailingZeroBitCount)
+                        return .done(terminalProof(k, other: leaf.keyHash, value: leaf.value, siblings: &siblings))
                     }
                 }
-                let slot = view.slot(lo)
-                switch slot.kind {
-                case .empty: return .done(SparseProof(keyHash: k, terminal: .empty, siblings: siblings.reversed()))
-                case .leaf: return .done(terminalProof(k, other: slot.keyHash, value: slot.value, siblings: &siblings))
-                case .page:
-                    return .next(PageID(version: slot.version, depth: id.depth + 4, prefix: extend(id.prefix, depth: id.depth, nibble: lo)), slot.hash)
+                let mid = (lo + hi) / 2
+                if keyBit(k, id.depth + step) == 0 {
+                    siblings.append(view.rangeHash(mid, hi, tree: lent.tree))
+                    hi = mid
+                } else {
+                    siblings.append(view.rangeHash(lo, mid, tree: lent.tree))
+                    lo = mid
                 }
             }
-            switch step {
-            case .done(let proof): return proof
-            case .next(let child, let childHash): (id, hash) = (child, childHash)
+            let slot = view.slot(lo)
+            switch slot.kind {
+            case .empty: return .done(SparseProof(keyHash: k, terminal: .empty, siblings: siblings.reversed()))
+            case .leaf: return .done(terminalProof(k, other: slot.keyHash, value: slot.value, siblings: &siblings))
+            case .page:
+                return .next(PageID(version: slot.version, depth: id.depth + 4, prefix: extend(id.prefix, depth: id.depth, nibble: lo)), slot.hash)
             }
         }
     }
@@ -728,22 +734,15 @@ public enum SparseMerkleTree {
     }
 
     static func value<R: SparseReader>(_ k: Hash, page id: PageID, hash: Hash, reader: R) throws -> [UInt8]? {
-        var (id, hash) = (id, hash)
-        while true {
-            let step = try reader.peekPage(id, hash: hash) { lent -> WalkStep<[UInt8]?> in
-                guard let view = PageSlots(lent) else { throw damagedPage(id) }
-                let n = nibble(k, at: id.depth)
-                let slot = view.slot(n)
-                switch slot.kind {
-                case .empty: return .done(nil)
-                case .leaf: return .done(slot.keyHash == k ? Array(slot.value) : nil)
-                case .page:
-                    return .next(PageID(version: slot.version, depth: id.depth + 4, prefix: extend(id.prefix, depth: id.depth, nibble: n)), slot.hash)
-                }
-            }
-            switch step {
-            case .done(let value): return value
-            case .next(let child, let childHash): (id, hash) = (child, childHash)
+        try walk(from: id, hash: hash, reader: reader) { id, lent -> WalkStep<[UInt8]?> in
+            guard let view = PageSlots(lent) else { throw damagedPage(id) }
+            let n = nibble(k, at: id.depth)
+            let slot = view.slot(n)
+            switch slot.kind {
+            case .empty: return .done(nil)
+            case .leaf: return .done(slot.keyHash == k ? Array(slot.value) : nil)
+            case .page:
+                return .next(PageID(version: slot.version, depth: id.depth + 4, prefix: extend(id.prefix, depth: id.depth, nibble: n)), slot.hash)
             }
         }
     }

@@ -117,19 +117,15 @@ public final class NewPages: @unchecked Sendable {
     /// Number of pages.
     public var count: Int { owners.reduce(0) { $0 + $1.pageCount } }
 
+    /// Per output, its pages at the cached levels: those that enter the cache once the
+    /// batch commits (each has its merged record).
+    private var cachedLevels: [ArraySlice<[NewPage]>] { owners.map { $0.newPages.prefix(HotPageCache.levels) } }
+
     /// How many pages enter the cache once the batch commits.
-    var cachedCount: Int {
-        owners.reduce(0) { total, owner in
-            owner.newPages.prefix(HotPageCache.depth / 4 + 1).reduce(total) { $0 + $1.count }
-        }
-    }
+    var cachedCount: Int { cachedLevels.joined().reduce(0) { $0 + $1.count } }
 
     /// The pages that enter the cache once the batch commits.
-    func cachedPages() -> [NewPage] {
-        var cached: [NewPage] = []
-        forEach { if $0.merged != nil { cached.append($0) } }
-        return cached
-    }
+    func cachedPages() -> [NewPage] { Array(cachedLevels.joined().joined()) }
 
     /// Calls `body` with each page in key order (``PageID`` order: by depth, then prefix).
     public func forEach(_ body: (NewPage) throws -> Void) rethrows {
@@ -544,8 +540,10 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
     /// that has not committed. If the transaction does not commit, the cache is emptied.
     func stage(_ batch: NewPages?) {
         let (dropped, pending) = takeStaged()
-        if let pending { pending.wait() }
-        if pending != nil { forgetUncommittedFill() }
+        if let pending {
+            pending.wait()
+            forgetUncommittedFill()
+        }
         withExtendedLifetime(dropped) {}  // released outside the lock
         guard let batch else { return }
         var group: DispatchGroup?
@@ -672,7 +670,8 @@ final class HotPageCache: @unchecked Sendable {
     /// Pages whose merged record is larger are not cached (with 40-byte values a page is at
     /// most 1,701 bytes).
     static let maxRecord = 4096
-    private static let levels = depth / 4 + 1
+    /// Page levels cached: depths 0, 4, ..., `depth`.
+    static let levels = depth / 4 + 1
     private static let stripes = 64
 
     /// An entry's fixed part.
@@ -776,10 +775,7 @@ final class HotPageCache: @unchecked Sendable {
     /// `committedVersion`.
     func reset(generation: UInt64, committedVersion: UInt64) {
         withAllLocks {
-            for level in 0..<Self.levels {
-                for i in 0..<(1 << (4 * level)) { headers[level][i].present = false }
-            }
-            currentEpoch &+= 1
+            forgetEntries()
             currentGeneration = generation
             committed = committedVersion
         }
@@ -787,12 +783,15 @@ final class HotPageCache: @unchecked Sendable {
 
     /// Empties the cache, keeping its generation and committed version.
     func clearEntries() {
-        withAllLocks {
-            for level in 0..<Self.levels {
-                for i in 0..<(1 << (4 * level)) { headers[level][i].present = false }
-            }
-            currentEpoch &+= 1
+        withAllLocks { forgetEntries() }
+    }
+
+    /// Marks every entry absent and starts a new epoch; the caller holds every lock.
+    private func forgetEntries() {
+        for level in 0..<Self.levels {
+            for i in 0..<(1 << (4 * level)) { headers[level][i].present = false }
         }
+        currentEpoch &+= 1
     }
 
     /// Records that `version` committed.
