@@ -56,13 +56,19 @@ public enum AESGCM {
     ///   associated data differ from those sealed (no plaintext is returned), `.invalidInput`
     ///   for a box shorter than nonce and tag.
     public static func open(_ sealed: [UInt8], key: SecureBytes, associatedData: [UInt8]) throws -> [UInt8] {
-        guard sealed.count >= overhead else { throw CryptoError(code: .invalidInput, operation: "AES-GCM box of \(sealed.count) bytes") }
-        var out = [UInt8](repeating: 0, count: sealed.count - overhead)
-        try sealed.withUnsafeBytes { box in
-            try out.withUnsafeMutableBytes { out in
+        try sealed.withUnsafeBytes { try open(sealed: $0, key: key, associatedData: associatedData) }
+    }
+
+    /// ``open(_:key:associatedData:)`` of a box in borrowed memory (a value in a read
+    /// transaction), without copying it first.
+    public static func open(sealed box: UnsafeRawBufferPointer, key: SecureBytes, associatedData: [UInt8]) throws -> [UInt8] {
+        guard box.count >= overhead else { throw CryptoError(code: .invalidInput, operation: "AES-GCM box of \(box.count) bytes") }
+        var out = [UInt8](repeating: 0, count: box.count - overhead)
+        try out.withUnsafeMutableBytes { out in
+            try associatedData.withUnsafeBytes { aad in
                 // The detached open zeroes `out` when authentication fails.
-                try open(UnsafeRawBufferPointer(rebasing: box[nonceByteCount...]), into: out, key: key,
-                         nonce: Array(box[0..<nonceByteCount]), associatedData: associatedData)
+                try openDetached(UnsafeRawBufferPointer(rebasing: box[nonceByteCount...]), into: out, key: key,
+                                 nonce: UnsafeRawBufferPointer(rebasing: box[0..<nonceByteCount]), aad: aad)
             }
         }
         return out
@@ -102,30 +108,39 @@ public enum AESGCM {
     /// - Throws: ``CryptoError`` `.authenticationFailure`, `.invalidInput` for wrong sizes.
     public static func open(_ box: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer, key: SecureBytes,
                             nonce: [UInt8], associatedData: [UInt8]) throws {
+        try nonce.withUnsafeBytes { nonce in
+            try associatedData.withUnsafeBytes { aad in
+                try openDetached(box, into: output, key: key, nonce: nonce, aad: aad)
+            }
+        }
+    }
+
+    private static func openDetached(_ box: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer, key: SecureBytes,
+                                     nonce: UnsafeRawBufferPointer, aad: UnsafeRawBufferPointer) throws {
         guard nonce.count == nonceByteCount else { throw CryptoError(code: .invalidInput, operation: "AES-GCM nonce length") }
         guard box.count >= tagByteCount, output.count == box.count - tagByteCount, output.count <= maxPlaintextByteCount else {
             throw CryptoError(code: .invalidInput, operation: "AES-GCM detached box of \(box.count) bytes into \(output.count)")
         }
         let textCount = output.count
         do {
-            try nonce.withUnsafeBytes { nonce in
-                try associatedData.withUnsafeBytes { aad in
-                    try withContext(encrypt: false, key: key, nonce: nonce) { ctx in
-                        try update(ctx, encrypt: false, aad: aad)
-                        var written: Int32 = 0
-                        if textCount > 0 {
-                            guard EVP_DecryptUpdate(ctx, output.baseAddress!.assumingMemoryBound(to: UInt8.self), &written,
-                                                    box.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(textCount)) == 1,
-                                  Int(written) == textCount else { throw CryptoError.openSSL("EVP_DecryptUpdate") }
-                        }
-                        var tag = [UInt8](box[textCount...])
-                        guard CCrypto_GCM_SetTag(ctx, &tag, Int32(tagByteCount)) == 1 else { throw CryptoError.openSSL("AES-GCM set tag") }
-                        var tail: Int32 = 0
-                        guard EVP_DecryptFinal_ex(ctx, nil, &tail) == 1 else {
-                            ERR_clear_error()
-                            throw CryptoError(code: .authenticationFailure, operation: "AES-GCM open")
-                        }
-                    }
+            try withContext(encrypt: false, key: key, nonce: nonce) { ctx in
+                try update(ctx, encrypt: false, aad: aad)
+                var written: Int32 = 0
+                if textCount > 0 {
+                    guard EVP_DecryptUpdate(ctx, output.baseAddress!.assumingMemoryBound(to: UInt8.self), &written,
+                                            box.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(textCount)) == 1,
+                          Int(written) == textCount else { throw CryptoError.openSSL("EVP_DecryptUpdate") }
+                }
+                // OpenSSL takes the expected tag through a mutable pointer: a stack copy.
+                var tag: (UInt64, UInt64) = (0, 0)
+                try withUnsafeMutableBytes(of: &tag) { tag in
+                    tag.copyMemory(from: UnsafeRawBufferPointer(rebasing: box[textCount...]))
+                    guard CCrypto_GCM_SetTag(ctx, tag.baseAddress, Int32(tagByteCount)) == 1 else { throw CryptoError.openSSL("AES-GCM set tag") }
+                }
+                var tail: Int32 = 0
+                guard EVP_DecryptFinal_ex(ctx, nil, &tail) == 1 else {
+                    ERR_clear_error()
+                    throw CryptoError(code: .authenticationFailure, operation: "AES-GCM open")
                 }
             }
         } catch {

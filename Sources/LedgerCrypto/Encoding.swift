@@ -2,15 +2,17 @@ import Foundation
 
 /// Lowercase hexadecimal encoding.
 public enum Hex {
-    private static let digits: [UInt8] = Array("0123456789abcdef".utf8)
+    /// The lowercase hex digit of a nibble, computed (no table to load).
+    @inline(__always)
+    static func digit(_ nibble: UInt8) -> UInt8 { nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") - 10 + nibble }
 
     /// Encodes bytes as lowercase hex.
     public static func encode(_ bytes: UnsafeRawBufferPointer) -> String {
         String(unsafeUninitializedCapacity: bytes.count * 2) { out in
             var i = 0
             for b in bytes {
-                out[i] = digits[Int(b >> 4)]
-                out[i + 1] = digits[Int(b & 0x0f)]
+                out[i] = digit(b >> 4)
+                out[i + 1] = digit(b & 0x0f)
                 i += 2
             }
             return i
@@ -19,10 +21,22 @@ public enum Hex {
 
     /// Appends the lowercase hex of `bytes` to `out`.
     public static func append(_ bytes: UnsafeRawBufferPointer, to out: inout [UInt8]) {
+        // Through a 64-byte stack buffer, 32 input bytes at a time: one append per chunk
+        // rather than a capacity check per digit (names and labels hex-encode hashes per request).
         out.reserveCapacity(out.count + 2 * bytes.count)
-        for b in bytes {
-            out.append(digits[Int(b >> 4)])
-            out.append(digits[Int(b & 0x0f)])
+        var chunk: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
+        var at = 0
+        while at < bytes.count {
+            let n = min(32, bytes.count - at)
+            withUnsafeMutableBytes(of: &chunk) { buffer in
+                for i in 0..<n {
+                    let b = bytes[at + i]
+                    buffer[2 * i] = digit(b >> 4)
+                    buffer[2 * i + 1] = digit(b & 0x0f)
+                }
+                out.append(contentsOf: buffer[0..<(2 * n)])
+            }
+            at += n
         }
     }
 

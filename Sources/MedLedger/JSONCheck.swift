@@ -168,6 +168,17 @@ enum JSONCheck {
                 var i = at
                 let end = bytes.count
                 let base = bytes.baseAddress!
+                // Eight bytes at a time while none of them ends the run: a byte of 0x80 or
+                // more, below 0x20, a quote or a backslash (exact "any byte" tests; the byte
+                // loop below then finds which one).
+                while i + 8 <= end {
+                    let w = base.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+                    let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
+                    let quote = w ^ (ones &* 0x22), backslash = w ^ (ones &* 0x5c)
+                    let stop = w | ((w &- ones &* 0x20) & ~w) | ((quote &- ones) & ~quote) | ((backslash &- ones) & ~backslash)
+                    guard stop & highs == 0 else { break }
+                    i += 8
+                }
                 while i < end {
                     let c = base.load(fromByteOffset: i, as: UInt8.self)
                     guard c >= 0x20 && c < 0x80 && c != UInt8(ascii: "\"") && c != UInt8(ascii: "\\") else { break }

@@ -194,25 +194,37 @@ enum PatientPayload {
 
     /// The `record` payload (FORMATS.md 10.3), written directly: the bytes `encode` makes of
     /// the same object, keys in UTF-8 order.
-    static func recordPayload(patient: String, record: String, version: UInt32, ciphertextHash: Hash, ciphertextSize: Int,
+    static func recordPayload(p: Hash, r: Hash, version: UInt32, ciphertextHash: Hash, ciphertextSize: Int,
                               keyEpoch: UInt32) -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(300)
-        out += Array(#"{"ciphertext_hash":""#.utf8)
+        out.reserveCapacity(320)
+        func literal(_ text: StaticString) { out.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount)) }
+        literal(#"{"ciphertext_hash":""#)
         ciphertextHash.appendHex(to: &out)
-        out += Array(#"","ciphertext_size":"#.utf8) + Array(String(ciphertextSize).utf8)
-        out += Array(#","key_epoch":"#.utf8) + Array(String(keyEpoch).utf8)
-        out += Array(#","patient":"#.utf8)
-        writeString(patient, into: &out)
-        out += Array(#","record":"#.utf8)
-        writeString(record, into: &out)
-        out += Array(#","type":"record","v":1,"version":"#.utf8) + Array(String(version).utf8)
+        literal(#"","ciphertext_size":"#)
+        out.append(contentsOf: String(ciphertextSize).utf8)
+        literal(#","key_epoch":"#)
+        out.append(contentsOf: String(keyEpoch).utf8)
+        // Hex names need no escaping.
+        literal(#","patient":""#)
+        p.appendHex(to: &out)
+        literal(#"","record":""#)
+        r.appendHex(to: &out)
+        literal(#"","type":"record","v":1,"version":"#)
+        out.append(contentsOf: String(version).utf8)
         out.append(UInt8(ascii: "}"))
         return out
     }
 
     static func patientKey(_ p: Hash) -> String { "patient/" + p.hex }
-    static func recordKey(_ p: Hash, _ r: Hash) -> String { "record/\(p.hex)/\(r.hex)" }
+    static func recordKey(_ p: Hash, _ r: Hash) -> String {
+        var bytes: [UInt8] = Array("record/".utf8)
+        bytes.reserveCapacity(136)
+        p.appendHex(to: &bytes)
+        bytes.append(UInt8(ascii: "/"))
+        r.appendHex(to: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
+    }
     static func grantKey(_ p: Hash, _ grantee: String) -> String { "grant/\(p.hex)/\(grantee)" }
 }
 

@@ -47,6 +47,9 @@ public final class PatientRecords: @unchecked Sendable {
     /// Serializes writes, rotations and exports.
     let writeLock = NSLock()
     private(set) var auditCommitter: AuditCommitter!
+    /// Tests only: runs between a put's read snapshot and its write transaction, to commit
+    /// what another process might commit there.
+    var afterPutSnapshot: (() throws -> Void)?
 
     /// Opens the patient layer of `ledger` with `masterKey`, binding the key to the ledger on
     /// first use and finishing (or undoing) a key rotation an earlier process left half done.
@@ -109,16 +112,15 @@ public final class PatientRecords: @unchecked Sendable {
 
     /// The keyed pseudonym the log uses for a patient: HMAC-SHA-256 under the ledger secret.
     public func pseudonym(of externalId: String) throws -> Hash {
-        masterKey.pseudonymMAC.authenticationCode(utf8: "patient|\(externalId)")
+        masterKey.pseudonymMAC.authenticationCode(for: Self.pseudonymLabel(externalId))
     }
 
     func recordHash(_ pseudonym: Hash, _ recordId: String) throws -> Hash {
-        masterKey.pseudonymMAC.authenticationCode(utf8: "record|\(pseudonym.hex)|\(recordId)")
+        masterKey.pseudonymMAC.authenticationCode(for: Self.recordHashLabel(pseudonym, recordId))
     }
 
-    static func dataKeyAAD(_ p: Hash, _ generation: UInt64, _ epoch: UInt32) -> [UInt8] {
-        Array("medledger-data-key/1|\(p.hex)|\(generation)|\(epoch)".utf8)
-    }
+    /// A record version's associated data from the hex names an export carries; equal to
+    /// ``recordAAD(_:_:_:)`` for the hex of `p` and `r`.
     static func recordAAD(patient: String, record: String, version: UInt32) -> [UInt8] {
         Array("medledger-record/1|\(patient)|\(record)|\(version)".utf8)
     }
@@ -159,8 +161,8 @@ public final class PatientRecords: @unchecked Sendable {
         return state
     }
 
-    private static func recordStorageKey(_ p: Hash, _ r: Hash, _ version: UInt32) -> [UInt8] {
-        p.bytes + r.bytes + withUnsafeBytes(of: version.bigEndian) { Array($0) }
+    private static func recordStorageKey(_ p: Hash, _ r: Hash, _ version: UInt32) -> RecordStorageKey {
+        RecordStorageKey(p: p, r: r, version: version)
     }
 
     /// The newest stored version of a record (0 when none).
@@ -171,15 +173,12 @@ public final class PatientRecords: @unchecked Sendable {
     /// The newest version stored under `p || r || u32 version` keys of `db` (0 when none):
     /// `pl.records` and `pl.blobs` share that layout.
     static func lastVersion(_ view: TransactionView, in db: Database, _ p: Hash, _ r: Hash) throws -> UInt32 {
-        let prefix = p.bytes + r.bytes
+        let highest = RecordStorageKey(p: p, r: r, version: .max)
         return try view.withCursor(db) { cursor in
-            let found = try cursor.seek(atOrAfter: prefix + [0xff, 0xff, 0xff, 0xff])
-            if found, cursor.withCurrent({ key, _ in Array(key) == prefix + [0xff, 0xff, 0xff, 0xff] }) { return .max }
+            let found = try cursor.seek(atOrAfter: highest)
+            if found, cursor.withCurrent({ key, _ in highest.sameRecord(key) && Self.version(ofStorageKey: key) == .max }) { return .max }
             guard found ? try cursor.previous() : try cursor.last() else { return 0 }
-            return cursor.withCurrent { key, _ in
-                guard key.count == 68, Array(key[0..<64]) == prefix else { return 0 }
-                return Self.version(ofStorageKey: key)
-            }
+            return cursor.withCurrent { key, _ in highest.sameRecord(key) ? Self.version(ofStorageKey: key) : 0 }
         }
     }
 
@@ -214,8 +213,8 @@ public final class PatientRecords: @unchecked Sendable {
     /// Opens a stored version's box; nil when it fails authentication (a damaged store). The
     /// caller wipes the plaintext.
     private static func openRecord(_ box: [UInt8], dataKey: SecureBytes, p: Hash, r: Hash, version: UInt32) throws -> [UInt8]? {
-        let key = try recordKey(dataKey: dataKey, patient: p.hex, record: r.hex, version: version)
-        return try? AESGCM.open(box, key: key, associatedData: recordAAD(patient: p.hex, record: r.hex, version: version))
+        let key = try recordKey(dataKey: dataKey, p, r, version)
+        return try? AESGCM.open(box, key: key, associatedData: recordAAD(p, r, version))
     }
 
     /// The stored ciphertext of a record version and the key epoch that sealed it.
@@ -325,6 +324,14 @@ public final class PatientRecords: @unchecked Sendable {
         let p: Hash, r: Hash, version: UInt32, epoch: UInt32, box: [UInt8], boxHash: Hash, mediaType: String, recordId: String
     }
 
+    /// What a put learns about one input in its read snapshot.
+    struct Looked {
+        let p: Hash, r: Hash, resourceType: String?
+        /// The newest stored version (0 when none) and the patient's current key epoch.
+        let stored: UInt32, epoch: UInt32
+        let dataKey: SecureBytes
+    }
+
     /// `body(i)` for `i` in `0..<count`, in order; on two threads when `count` is large.
     static func inParallel<T>(_ count: Int, _ body: (Int) throws -> T) throws -> [T] {
         guard count >= 256 else { return try (0..<count).map(body) }
@@ -332,6 +339,28 @@ public final class PatientRecords: @unchecked Sendable {
             let job = ParallelMap(count: count, body: body)
             DispatchQueue.concurrentPerform(iterations: 2) { job.run($0) }
             return try job.results()
+        }
+    }
+
+    /// `body` over `0..<count` in a read snapshot, on two threads when `count` is large: each
+    /// half in its own read transaction, kept only when both saw the same snapshot (else the
+    /// whole range again on one). Returns the results in order and the snapshot's id.
+    func inSnapshot<T>(_ count: Int, _ body: (TransactionView, Range<Int>) throws -> [T]) throws -> (results: [T], snapshot: UInt64) {
+        func run(_ range: Range<Int>) throws -> (results: [T], snapshot: UInt64) {
+            try Ledger.storage {
+                try ledger.environment.read { txn in
+                    let view = txn.unsafeView
+                    return (try body(view, range), view.snapshotID)
+                }
+            }
+        }
+        guard count >= 256 else { return try run(0..<count) }
+        return try withoutActuallyEscaping(run) { run in
+            let job = ParallelMap(count: 2) { try run($0 == 0 ? 0..<(count / 2) : (count / 2)..<count) }
+            DispatchQueue.concurrentPerform(iterations: 2) { job.run($0) }
+            let halves = try job.results()
+            guard halves[0].snapshot == halves[1].snapshot else { return try run(0..<count) }
+            return (halves[0].results + halves[1].results, halves[0].snapshot)
         }
     }
 
@@ -343,64 +372,72 @@ public final class PatientRecords: @unchecked Sendable {
         guard !inputs.isEmpty else { return [] }
         writeLock.lock()
         defer { writeLock.unlock() }
-        // Names and shapes first, then what the snapshot says (keys, versions), then the
-        // sealing; the first and last run on two threads for large batches.
-        let named = try Self.inParallel(inputs.count) { i -> (p: Hash, r: Hash, resourceType: String?) in
-            let resourceType = try Self.validate(inputs[i])
-            let p = try pseudonym(of: inputs[i].patient)
-            return (p, try recordHash(p, inputs[i].recordId), resourceType)
-        }
-        let planned: [(version: UInt32, epoch: UInt32, dataKey: SecureBytes)] = try Ledger.storage {
-            try ledger.environment.read { txn in
-                let view = txn.unsafeView
-                var keys: [Hash: (epoch: UInt32, key: SecureBytes)] = [:]
-                var versions: [[UInt8]: UInt32] = [:]
-                return try named.map { item in
-                    let (epoch, dataKey): (UInt32, SecureBytes)
-                    if let cached = keys[item.p] { (epoch, dataKey) = cached } else {
-                        let state = try requirePatient(view, item.p)
-                        (epoch, dataKey) = (state.epoch, try unwrap(state, item.p))
-                        keys[item.p] = (epoch, dataKey)
-                    }
-                    let slot = item.p.bytes + item.r.bytes
-                    let last = try versions[slot] ?? lastVersion(view, item.p, item.r)
-                    guard last < UInt32.max else { throw LedgerError(.invalidArgument, "record has too many versions") }
-                    versions[slot] = last + 1
-                    return (last + 1, epoch, dataKey)
+        // Shapes, names, patient keys and stored versions in a read snapshot, then the versions
+        // in input order, then the sealing; the first and last on two threads for large batches.
+        let (looked, snapshot) = try inSnapshot(inputs.count) { view, range in
+            var keys: [Hash: (epoch: UInt32, key: SecureBytes)] = [:]
+            return try range.map { i -> Looked in
+                let resourceType = try Self.validate(inputs[i])
+                let p = try pseudonym(of: inputs[i].patient)
+                let r = try recordHash(p, inputs[i].recordId)
+                let (epoch, dataKey): (UInt32, SecureBytes)
+                if let cached = keys[p] { (epoch, dataKey) = cached } else {
+                    let state = try requirePatient(view, p)
+                    (epoch, dataKey) = (state.epoch, try unwrap(state, p))
+                    keys[p] = (epoch, dataKey)
                 }
+                return Looked(p: p, r: r, resourceType: resourceType, stored: try lastVersion(view, p, r), epoch: epoch, dataKey: dataKey)
             }
         }
+        // A batch may carry several versions of one record: each takes the next number.
+        var versions: [UInt32] = []
+        versions.reserveCapacity(looked.count)
+        var latest: [RecordSlot: UInt32] = [:]
+        latest.reserveCapacity(looked.count)
+        for item in looked {
+            let slot = RecordSlot(p: item.p, r: item.r)
+            let last = latest[slot] ?? item.stored
+            guard last < UInt32.max else { throw LedgerError(.invalidArgument, "record has too many versions") }
+            latest[slot] = last + 1
+            versions.append(last + 1)
+        }
         let sealed = try Self.inParallel(inputs.count) { i -> (Prepared, LedgerEntry) in
-            let input = inputs[i], (p, r, resourceType) = named[i], (version, epoch, dataKey) = planned[i]
-            let patient = p.hex, record = r.hex
+            let input = inputs[i], item = looked[i], version = versions[i]
             var plaintext = RecordPlaintext.encode(recordId: input.recordId, mediaType: input.mediaType,
-                                                   resourceType: resourceType, content: input.content)
+                                                   resourceType: item.resourceType, content: input.content)
             defer { secureZero(&plaintext) }
-            let key = try Self.recordKey(dataKey: dataKey, patient: patient, record: record, version: version)
-            let box = try AESGCM.seal(plaintext, key: key, associatedData: Self.recordAAD(patient: patient, record: record, version: version))
+            let key = try Self.recordKey(dataKey: item.dataKey, item.p, item.r, version)
+            let box = try AESGCM.seal(plaintext, key: key, associatedData: Self.recordAAD(item.p, item.r, version))
             let boxHash = SHA256.hash(box)
-            let payload = PatientPayload.recordPayload(patient: patient, record: record, version: version, ciphertextHash: boxHash,
-                                                       ciphertextSize: box.count, keyEpoch: epoch)
-            return (Prepared(p: p, r: r, version: version, epoch: epoch, box: box, boxHash: boxHash,
+            let payload = PatientPayload.recordPayload(p: item.p, r: item.r, version: version, ciphertextHash: boxHash,
+                                                       ciphertextSize: box.count, keyEpoch: item.epoch)
+            return (Prepared(p: item.p, r: item.r, version: version, epoch: item.epoch, box: box, boxHash: boxHash,
                              mediaType: input.mediaType, recordId: input.recordId),
-                    try LedgerEntry(set: PatientPayload.recordKey(p, r), payload: payload))
+                    try LedgerEntry(set: PatientPayload.recordKey(item.p, item.r), payload: payload))
         }
         let prepared = sealed.map(\.0)
         let entries = sealed.map(\.1)
+        try afterPutSnapshot?()
         let first = try ledger.append(entries) { view, first in
-            var checked = Set<[UInt8]>()
-            for (i, item) in prepared.enumerated() {
-                // Versions were chosen in a read snapshot; another process may have written since.
-                if checked.insert(item.p.bytes + item.r.bytes).inserted {
+            // Versions were chosen in a read snapshot; when another commit (another process's,
+            // or this one's audit entries) came between it and this transaction, check them again.
+            if view.snapshotID != snapshot + 1 {
+                var checked = Set<RecordSlot>()
+                for item in prepared where checked.insert(RecordSlot(p: item.p, r: item.r)).inserted {
                     guard try self.lastVersion(view, item.p, item.r) == item.version - 1,
                           let state = try self.patientState(view, item.p), state.status == .active, state.epoch == item.epoch else {
                         throw LedgerError(.conflict, "the record or patient changed during the write; retry")
                     }
                 }
-                var value = withUnsafeBytes(of: (first + UInt64(i)).bigEndian) { Array($0) }
-                value += withUnsafeBytes(of: item.epoch.bigEndian) { Array($0) }
-                value += item.box
-                try view.put(self.records, key: Self.recordStorageKey(item.p, item.r, item.version), value: value)
+            }
+            for (i, item) in prepared.enumerated() {
+                // u64 entry index || u32 key epoch || box, written in place.
+                try view.put(self.records, key: Self.recordStorageKey(item.p, item.r, item.version),
+                             reservingCapacity: 12 + item.box.count) { out in
+                    out.storeBytes(of: (first + UInt64(i)).bigEndian, toByteOffset: 0, as: UInt64.self)
+                    out.storeBytes(of: item.epoch.bigEndian, toByteOffset: 8, as: UInt32.self)
+                    item.box.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[12...]).copyMemory(from: $0) }
+                }
             }
         }
         return prepared.enumerated().map { i, item in
@@ -411,8 +448,9 @@ public final class PatientRecords: @unchecked Sendable {
 
     /// Checks a record's shape; returns its FHIR resource type.
     static func validate(_ input: RecordInput) throws -> String? {
+        // Byte-wise: a UTF-8 byte below 0x20 is always a control character of its own.
         guard !input.recordId.isEmpty, input.recordId.utf8.count <= 256,
-              !input.recordId.unicodeScalars.contains(where: { $0.value < 0x20 }) else {
+              !input.recordId.utf8.contains(where: { $0 < 0x20 }) else {
             throw LedgerError(.invalidArgument, "record id must be 1 to 256 bytes without control characters")
         }
         guard !input.mediaType.isEmpty, input.mediaType.utf8.count <= 255 else { throw LedgerError(.invalidArgument, "media type must be 1 to 255 bytes") }
@@ -432,11 +470,18 @@ public final class PatientRecords: @unchecked Sendable {
         guard !summary.duplicateResourceType else {
             throw LedgerError(.invalidRecord, "record \(input.recordId): resourceType appears more than once")
         }
-        guard let type = summary.resourceType, !type.isEmpty, type.utf8.count <= 64,
-              type.unicodeScalars.allSatisfy({ CharacterSet.alphanumerics.contains($0) }) else {
+        guard let type = summary.resourceType, !type.isEmpty, type.utf8.count <= 64, Self.isASCIIAlphanumeric(type) else {
             throw LedgerError(.invalidRecord, "record \(input.recordId): FHIR JSON needs a string resourceType")
         }
         return type
+    }
+
+    /// Whether `text` is made of ASCII letters and digits only, as FHIR resource type names
+    /// are (`CharacterSet` lookups cost more than the rest of a put's validation).
+    static func isASCIIAlphanumeric(_ text: String) -> Bool {
+        text.utf8.allSatisfy { b in
+            (b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9")) || (b | 0x20 >= UInt8(ascii: "a") && b | 0x20 <= UInt8(ascii: "z"))
+        }
     }
 
     static func isFHIR(_ mediaType: String) -> Bool {
@@ -567,11 +612,20 @@ public final class PatientRecords: @unchecked Sendable {
         guard state.status == .active else { return .failure(LedgerError(.erased, "the patient was erased")) }
         let wanted = try event.version ?? lastVersion(view, p, r)
         event.version = wanted
-        guard wanted > 0, let (index, epoch, box) = try view.value(records, key: Self.recordStorageKey(p, r, wanted)).flatMap(Self.splitStored) else {
+        // Opened where LMDB holds it: the box is not copied out of the map first.
+        let opened = wanted == 0 ? nil : try view.withValue(records, key: Self.recordStorageKey(p, r, wanted)) { stored -> (UInt64, [UInt8]?)? in
+            guard stored.count >= 12 + AESGCM.overhead else { return nil }
+            let index = UInt64(bigEndian: stored.loadUnaligned(as: UInt64.self))
+            let epoch = UInt32(bigEndian: stored.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+            let dataKey = try self.dataKey(state, p, epoch: epoch, cache: &dataKeys)
+            let key = try Self.recordKey(dataKey: dataKey, p, r, wanted)
+            return (index, try? AESGCM.open(sealed: UnsafeRawBufferPointer(rebasing: stored[12...]), key: key,
+                                            associatedData: Self.recordAAD(p, r, wanted)))
+        }
+        guard let (index, openedPlaintext) = opened ?? nil else {
             return .failure(LedgerError(.recordNotFound, "no such record version"))
         }
-        let dataKey = try self.dataKey(state, p, epoch: epoch, cache: &dataKeys)
-        guard var plaintext = try Self.openRecord(box, dataKey: dataKey, p: p, r: r, version: wanted) else {
+        guard var plaintext = openedPlaintext else {
             return .failure(LedgerError(.storage, "stored ciphertext of a record fails authentication (damaged store)"))
         }
         defer { secureZero(&plaintext) }
@@ -719,7 +773,7 @@ public final class PatientRecords: @unchecked Sendable {
             throw LedgerError(.invalidArgument, "grantee id must be 1 to 256 bytes without control characters")
         }
         for type in scope.resourceTypes where type.isEmpty || type.utf8.count > 64
-            || !type.unicodeScalars.allSatisfy({ CharacterSet.alphanumerics.contains($0) && $0.isASCII }) {
+            || !Self.isASCIIAlphanumeric(type) {
             throw LedgerError(.invalidArgument, "scope resource types must be FHIR type names (ASCII letters and digits)")
         }
         for id in scope.recordIds where id.isEmpty || id.unicodeScalars.contains(where: { $0.value < 0x20 }) {
@@ -948,7 +1002,7 @@ public final class PatientRecords: @unchecked Sendable {
         try ledger.append(entries) { view, first in
             for (i, event) in events.enumerated() {
                 let index = first + UInt64(i)
-                try view.put(self.audits, key: event.patient.bytes + withUnsafeBytes(of: index.bigEndian) { Array($0) }, value: [UInt8]())
+                try view.put(self.audits, key: AuditStorageKey(p: event.patient, index: index), value: UnsafeRawBufferPointer(start: nil, count: 0))
                 if event.breakGlass != nil { try view.put(self.breakGlass, key: index, value: event.patient.bytes, flags: .append) }
             }
         }

@@ -124,3 +124,23 @@ import LedgerCrypto
     }
 }
 
+
+@Suite struct HexTests {
+    @Test func encodesEveryByteAndEveryLength() {
+        let all = (0...255).map(UInt8.init)
+        let expected = all.map { b -> String in
+            let d = Array("0123456789abcdef")
+            return String([d[Int(b >> 4)], d[Int(b & 15)]])
+        }.joined()
+        #expect(all.withUnsafeBytes { Hex.encode($0) } == expected)
+        // Appending crosses the 32-byte chunks at every length, after existing bytes.
+        for length in [0, 1, 31, 32, 33, 64, 65, 256] {
+            var out: [UInt8] = Array("x|".utf8)
+            let input = Array(all.prefix(length).reversed())
+            input.withUnsafeBytes { Hex.append($0, to: &out) }
+            #expect(out == Array("x|".utf8) + Array(input.withUnsafeBytes { Hex.encode($0) }.utf8))
+            #expect(Hex.decode(String(decoding: out.dropFirst(2), as: UTF8.self)) == input)
+        }
+        #expect(Hex.encode([0x00, 0xff, 0x10, 0xab]) == "00ff10ab")
+    }
+}

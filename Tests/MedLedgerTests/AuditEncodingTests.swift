@@ -37,8 +37,42 @@ import LedgerCrypto
             let epoch = UInt32(truncatingIfNeeded: rng.next() % 9 + 1)
             let general = PatientPayload.encode(["type": "record", "v": 1, "patient": p.hex, "record": r.hex, "version": Int(version),
                                                  "ciphertext_hash": h.hex, "ciphertext_size": size, "key_epoch": Int(epoch)])
-            #expect(PatientPayload.recordPayload(patient: p.hex, record: r.hex, version: version, ciphertextHash: h,
+            #expect(PatientPayload.recordPayload(p: p, r: r, version: version, ciphertextHash: h,
                                                  ciphertextSize: size, keyEpoch: epoch) == general)
         }
+    }
+}
+
+@Suite struct LabelEncodingTests {
+    /// The builders behind every MAC input and associated data of the patient layer produce
+    /// the bytes of the `String` forms FORMATS.md gives (stored records open only if they do).
+    @Test func labelBuildersMatchTheirStringForms() {
+        var rng = SplitMix64(seed: 0x1abe1)
+        let ids = ["Patient/1", "obs-0", "", "ünïcødé/記録", "a|b", String(repeating: "x", count: 300)]
+        for i in 0..<300 {
+            let p = SHA256.hash(Array("p\(i)".utf8)), r = SHA256.hash(Array("r\(i)".utf8))
+            let versions: [UInt32] = [0, 1, 9, 10, UInt32.max, UInt32(truncatingIfNeeded: rng.next())]
+            let version = versions[i % versions.count]
+            let generation = i % 3 == 0 ? UInt64.max : rng.next() % 1_000_000
+            let id = ids[i % ids.count]
+            #expect(PatientRecords.recordAAD(p, r, version) == Array("medledger-record/1|\(p.hex)|\(r.hex)|\(version)".utf8))
+            #expect(PatientRecords.recordAAD(p, r, version) == PatientRecords.recordAAD(patient: p.hex, record: r.hex, version: version))
+            #expect(PatientRecords.recordKeyLabel(p, r, version) == Array("medledger-record-key/1|\(p.hex)|\(r.hex)|\(version)".utf8))
+            #expect(PatientRecords.dataKeyAAD(p, generation, version) == Array("medledger-data-key/1|\(p.hex)|\(generation)|\(version)".utf8))
+            #expect(PatientRecords.pseudonymLabel(id) == Array("patient|\(id)".utf8))
+            #expect(PatientRecords.recordHashLabel(p, id) == Array("record|\(p.hex)|\(id)".utf8))
+            #expect(PatientPayload.recordKey(p, r) == "record/\(p.hex)/\(r.hex)")
+        }
+    }
+
+    /// A record key derived from hashes equals the one an export's checker derives from hex names.
+    @Test func recordKeysAgreeAcrossForms() throws {
+        let dataKey = Array(0..<32).map(UInt8.init).withUnsafeBytes { SecureBytes(copying: $0) }
+        let p = SHA256.hash(Array("p".utf8)), r = SHA256.hash(Array("r".utf8))
+        let a = try PatientRecords.recordKey(dataKey: dataKey, p, r, 7)
+        let b = try PatientRecords.recordKey(dataKey: dataKey, patient: p.hex, record: r.hex, version: 7)
+        #expect(a.withUnsafeBytes { Array($0) } == b.withUnsafeBytes { Array($0) })
+        let c = try PatientRecords.recordKey(dataKey: dataKey, p, r, 8)
+        #expect(a.withUnsafeBytes { Array($0) } != c.withUnsafeBytes { Array($0) })
     }
 }

@@ -59,6 +59,32 @@ import TestSupport
     /// sample: whenever Foundation parses a mutant to an object, so must the checker, with the
     /// same resourceType; whenever Foundation refuses one, so must the checker. The one known
     /// difference is Foundation's leniency for trailing commas, which the checker refuses.
+    /// Strings are scanned eight bytes at a time: a byte that ends the fast run (control,
+    /// quote, backslash, non-ASCII) must be found at every offset within a word and near the end.
+    @Test func stringBytesAreCheckedAtEveryOffset() throws {
+        let cases: [(bytes: [UInt8], valid: Bool)] = [
+            ([0x00], false), ([0x1f], false), ([0x09], false), ([0x20], true), ([0x7f], true),
+            ([0x5c, 0x6e], true), ([0x5c, 0x71], false), ([0x5c, 0x22], true),
+            ([0x80], false), ([0xc3, 0xa9], true), ([0xc3], false), ([0xed, 0xa0, 0x80], false), ([0xf0, 0x9f, 0x98, 0x80], true),
+        ]
+        for length in [0, 1, 7, 8, 9, 15, 16, 17, 31] {
+            for at in 0...length {
+                for (bytes, valid) in cases {
+                    var text = [UInt8](repeating: UInt8(ascii: "a"), count: length)
+                    text.insert(contentsOf: bytes, at: at)
+                    let document = Array(#"{"resourceType":"Patient","s":""#.utf8) + text + Array(#""}"#.utf8)
+                    let accepted = (try? JSONCheck.check(document)) != nil
+                    #expect(accepted == valid, "bytes \(bytes) at \(at) of \(length)")
+                    if valid { #expect(try JSONCheck.check(document).resourceType == "Patient") }
+                }
+                // A quote inside the string ends it early: what follows is not valid JSON.
+                var quoted = [UInt8](repeating: UInt8(ascii: "a"), count: length)
+                quoted.insert(UInt8(ascii: "\""), at: at)
+                #expect((try? JSONCheck.check(Array(#"{"s":""#.utf8) + quoted + Array(#""}"#.utf8))) == nil)
+            }
+        }
+    }
+
     @Test func agreesWithFoundationOnMutants() throws {
         var rng = SplitMix64(seed: 0x15a)
         let punctuation = Array(#"{}[]:,"\ 0-.eE+tfnu"#.utf8)

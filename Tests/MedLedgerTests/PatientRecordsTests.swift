@@ -511,6 +511,36 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
 
     /// A batch large enough to be read on two threads gives each request its own result and
     /// audit entry, in request order, as reading them one by one would.
+    /// A put chooses versions in a read snapshot; a commit that lands before its write (another
+    /// process's) makes it check them again: a version written there is a conflict, an
+    /// unrelated commit is not, and a conflicting put writes nothing.
+    @Test func putsCheckVersionsAgainWhenACommitCameBetween() throws {
+        let f = try PatientFixture("put-conflict")
+        let records = f.records
+        try records.addPatient(externalId: "Patient/1")
+        let p = try records.pseudonym(of: "Patient/1")
+        let inputs = (0..<300).map { PatientRecords.RecordInput(patient: "Patient/1", recordId: "obs-\($0)", content: observation("m\($0)")) }
+        try records.putRecords(inputs)
+        // An unrelated commit (an audited read) in between: the versions still hold.
+        records.afterPutSnapshot = { _ = try? records.read(patient: "Patient/1", recordId: "obs-1", as: .custodian("test")) }
+        let second = try records.putRecords(inputs)
+        #expect(second.allSatisfy { $0.version == 2 })
+        // Version 3 of obs-7 written in between, as another process would: the put is refused.
+        let sizeBefore = try f.ledger.size
+        records.afterPutSnapshot = {
+            let r = try records.recordHash(p, "obs-7")
+            try f.ledger.environment.write { txn in
+                try txn.put(records.records, key: RecordStorageKey(p: p, r: r, version: 3), value: [UInt8](repeating: 0, count: 40))
+            }
+        }
+        let error = #expect(throws: LedgerError.self) { try records.putRecords(inputs) }
+        #expect(error?.code == .conflict)
+        records.afterPutSnapshot = nil
+        #expect(try f.ledger.size == sizeBefore)
+        let latest = try records.read(patient: "Patient/1", recordId: "obs-8", as: .custodian("test"))
+        #expect(latest.version == 2)
+    }
+
     @Test func largeBatchReadsMatchSingleReadsInOrder() throws {
         let f = try PatientFixture("batchread-large")
         let patients = (0..<40).map { "Patient/\($0)" }
