@@ -39,6 +39,9 @@ public final class PatientRecords: @unchecked Sendable {
     let records: Database
     let grants: Database
     let audits: Database
+    /// `pl.audit.recent`: audit events not yet folded into `pl.audit`; nil only in a read-only
+    /// ledger written before it existed.
+    let auditRecent: Database?
     let breakGlass: Database
     /// `pl.blobs`; nil only in a read-only ledger written before blobs existed.
     let blobs: Database?
@@ -50,6 +53,8 @@ public final class PatientRecords: @unchecked Sendable {
     /// Tests only: runs between a put's read snapshot and its write transaction, to commit
     /// what another process might commit there.
     var afterPutSnapshot: (() throws -> Void)?
+    /// The fewest staged audit rows that are folded into `pl.audit` (tests lower it).
+    var minimumAuditFold = 65_536
 
     /// Opens the patient layer of `ledger` with `masterKey`, binding the key to the ledger on
     /// first use and finishing (or undoing) a key rotation an earlier process left half done.
@@ -65,6 +70,7 @@ public final class PatientRecords: @unchecked Sendable {
         guard let tables else { throw LedgerError(.ledgerNotFound, "\(ledger.path) holds no patient records") }
         (meta, patients, records, grants, audits, breakGlass) = (tables.meta, tables.patients, tables.records, tables.grants, tables.audit, tables.breakGlass)
         blobs = tables.blobs
+        auditRecent = tables.auditRecent
         segmentReaders = SegmentReaders(ledgerPath: ledger.path)
         auditCommitter = AuditCommitter(records: self)
         try bindMasterKey()
@@ -966,6 +972,17 @@ public final class PatientRecords: @unchecked Sendable {
                         more = try cursor.next()
                     }
                 }
+                // Events not folded yet are all newer than the folded ones, in log order.
+                guard let auditRecent else { return }
+                try txn.withCursor(auditRecent) { cursor in
+                    var more = try cursor.first()
+                    while more {
+                        if let i = cursor.withCurrent({ key, value in value.count == 32 && Hash(unchecked: value, at: 0) == p ? UInt64(bigEndianBytes: key) : nil }) {
+                            indexes.append(i)
+                        }
+                        more = try cursor.next()
+                    }
+                }
             }
         }
         return try indexes.map(auditRecord)
@@ -999,13 +1016,48 @@ public final class PatientRecords: @unchecked Sendable {
     /// Commits audit events (group commit).
     fileprivate func appendAudit(_ events: [AuditEvent]) throws {
         let entries = try events.map { try LedgerEntry(set: "", payload: $0.encoded()) }
+        guard let recent = auditRecent else { throw LedgerError(.storage, "audit entries cannot be written: the ledger is open read-only") }
         try ledger.append(entries) { view, first in
+            // Each event's row goes to the end of `pl.audit.recent` (sequential pages); rows
+            // reach the patient-ordered `pl.audit` in folds of many (section 10 of DESIGN.md).
             for (i, event) in events.enumerated() {
                 let index = first + UInt64(i)
-                try view.put(self.audits, key: AuditStorageKey(p: event.patient, index: index), value: UnsafeRawBufferPointer(start: nil, count: 0))
+                try view.put(recent, key: index, value: event.patient.bytes, flags: .append)
                 if event.breakGlass != nil { try view.put(self.breakGlass, key: index, value: event.patient.bytes, flags: .append) }
             }
+            let staged = try view.count(recent)
+            if staged >= Self.auditFoldThreshold(folded: try view.count(self.audits), minimum: self.minimumAuditFold) {
+                try self.foldAuditRows(view, recent: recent)
+            }
         }
+    }
+
+    /// Rows `pl.audit.recent` gathers before they are folded into `pl.audit`: at least 65,536,
+    /// and an eighth of the rows already folded, so that a fold dirties each of `pl.audit`'s
+    /// leaf pages for several rows rather than about one page per row as direct inserts did,
+    /// while a patient's audit trail scans at most that many staged rows.
+    static func auditFoldThreshold(folded: Int, minimum: Int) -> Int { max(minimum, folded / 8) }
+
+    /// Moves every staged audit row into `pl.audit`, in key order, inside the write `view`.
+    private func foldAuditRows(_ view: TransactionView, recent: Database) throws {
+        var rows: [(p: Hash, index: UInt64)] = []
+        rows.reserveCapacity(try view.count(recent))
+        try view.withCursor(recent) { cursor in
+            var more = try cursor.first()
+            while more {
+                let row = cursor.withCurrent { key, value -> (Hash, UInt64)? in
+                    guard value.count == 32, let index = UInt64(bigEndianBytes: key) else { return nil }
+                    return (Hash(unchecked: value, at: 0), index)
+                }
+                guard let row else { throw LedgerError(.storage, "malformed pl.audit.recent row") }
+                rows.append(row)
+                more = try cursor.next()
+            }
+        }
+        rows.sort { $0.p != $1.p ? $0.p < $1.p : $0.index < $1.index }
+        let empty = UnsafeRawBufferPointer(start: nil, count: 0)
+        for row in rows { try view.put(audits, key: AuditStorageKey(p: row.p, index: row.index), value: empty) }
+        try view.clear(recent)
     }
 
     // MARK: - Erasure
@@ -1144,6 +1196,8 @@ struct PatientTables {
     let breakGlass: Database
     /// `pl.blobs`, absent from ledgers written before blobs existed until a writer opens them.
     let blobs: Database?
+    /// `pl.audit.recent`, absent from ledgers written before it existed until a writer opens it.
+    let auditRecent: Database?
 
     /// Opens them in `view`; nil when a ledger has none and `create` is false.
     init?(_ view: TransactionView, create: Bool) throws {
@@ -1154,9 +1208,10 @@ struct PatientTables {
         }
         (meta, patients, records, grants, audit, breakGlass) = (handles[0], handles[1], handles[2], handles[3], handles[4], handles[5])
         blobs = try view.openDatabase("pl.blobs", create: create)
+        auditRecent = try view.openDatabase("pl.audit.recent", create: create)
     }
 
-    var all: [Database] { [meta, patients, records, grants, audit, breakGlass] + (blobs.map { [$0] } ?? []) }
+    var all: [Database] { [meta, patients, records, grants, audit, breakGlass] + [blobs, auditRecent].compactMap { $0 } }
 
     /// The stored state of patient `p`, nil when unknown or unreadable.
     func state(_ view: TransactionView, _ p: Hash) throws -> PatientState? {

@@ -631,9 +631,13 @@ extension LedgerVerifier {
                       let event = PatientPayload.decode(entry.payload), event["type"] as? String == "audit",
                       let patient = (event["patient"] as? String).flatMap({ Hash(hex: $0) }) else { return }
                 patientCounts.auditEvents += 1
-                let key = patient.bytes + withUnsafeBytes(of: index.bigEndian) { Array($0) }
-                if try view.withValue(tables.audit, key: key, { $0.isEmpty }) != true {
-                    report.add(.audit, where_, "audit event missing from pl.audit (the patient's accounting of disclosures), or its row has a value")
+                // Its row is in pl.audit once folded, else still in pl.audit.recent.
+                let folded = try view.withValue(tables.audit, key: AuditStorageKey(p: patient, index: index), { $0.isEmpty })
+                let staged = try tables.auditRecent.flatMap { try view.withValue($0, key: index) { $0.count == 32 && Hash(unchecked: $0, at: 0) == patient } }
+                if folded != nil && staged != nil {
+                    report.add(.audit, where_, "audit event both in pl.audit and in pl.audit.recent")
+                } else if (folded ?? staged) != true {
+                    report.add(.audit, where_, "audit event missing from pl.audit and pl.audit.recent (the patient's accounting of disclosures), or its row is malformed")
                 }
                 if event["break_glass"] as? Bool == true {
                     patientCounts.breakGlassEvents += 1
@@ -936,12 +940,18 @@ extension LedgerVerifier {
                 }
             }
         }
-        let auditRows = try view.count(tables.audit)
+        let stagedRows = try tables.auditRecent.map { try view.count($0) } ?? 0
+        let auditRows = try view.count(tables.audit) + stagedRows
         report.auditEvents = UInt64(counts.auditEvents)
         if auditRows != counts.auditEvents {
-            report.add(.audit, "pl.audit", "holds \(auditRows) rows, the log has \(counts.auditEvents) audit events")
+            report.add(.audit, "pl.audit", "pl.audit and pl.audit.recent hold \(auditRows) rows, the log has \(counts.auditEvents) audit events")
             try scanIndex(view, tables.audit, keyBytes: 40, name: "pl.audit", entry: entry) { key in
                 key.withUnsafeBytes { UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: $0[32..<40])) } ?? .max
+            }
+            if let recent = tables.auditRecent {
+                try scanIndex(view, recent, keyBytes: 8, name: "pl.audit.recent", entry: entry) { key in
+                    key.withUnsafeBytes { UInt64(bigEndianBytes: $0) } ?? .max
+                }
             }
         }
         let breakGlassRows = try view.count(tables.breakGlass)

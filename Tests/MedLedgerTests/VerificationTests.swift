@@ -2,7 +2,7 @@ import Foundation
 import Testing
 import LMDBKit
 import LedgerCrypto
-import MedLedger
+@testable import MedLedger
 import MerkleLog
 import SparseMerkle
 import TestSupport
@@ -44,8 +44,11 @@ final class VerifyFixture: @unchecked Sendable {
         try records.grant(patient: "Patient/a", to: "dr-sealed", granteeKey: doctor,
                           granteeEncryptionKey: try X25519PrivateKey().publicKey, notAfter: later)
         try records.grant(patient: "Patient/b", to: "dr-lee", granteeKey: doctor, notAfter: later)
+        // Two audit events folded into pl.audit, the third still staged in pl.audit.recent.
+        records.minimumAuditFold = 2
         _ = try records.read(patient: "Patient/a", recordId: "obs-1", as: .grantee("dr-lee"))
         _ = try records.read(patient: "Patient/a", recordId: "obs-1", as: .grantee("dr-who"), breakGlass: "unconscious")
+        _ = try records.read(patient: "Patient/a", recordId: "obs-1", as: .grantee("dr-lee"))
         try records.revoke(patient: "Patient/a", grantee: "dr-kim")
         try records.erase(patient: "Patient/b")
         checkpoints.append(try ledger.signedCheckpoint())
@@ -97,11 +100,11 @@ func flipLastByte(_ view: TransactionView, _ db: Database, key: [UInt8]) throws 
         #expect(report.mapRoot == checkpoint.mapRoot)
         #expect(report.checkpoint == (try f.ledger.signedCheckpoint()))
         #expect(report.checkpointsChecked == f.checkpoints.count)
-        // Versions: one per append (4 raw batches, 2 registrations, 3 puts, 4 grants, 2 reads,
+        // Versions: one per append (4 raw batches, 2 registrations, 3 puts, 4 grants, 3 reads,
         // a revocation, an erasure).
-        #expect(report.mapVersions == 17)
+        #expect(report.mapVersions == 18)
         #expect(report.mapPages > 0 && report.storedHashes > report.entries)
-        #expect(report.patients == 2 && report.records == 2 && report.grants == 3 && report.auditEvents == 2)
+        #expect(report.patients == 2 && report.records == 2 && report.grants == 3 && report.auditEvents == 3)
 
         var withKey = VerificationOptions()
         withKey.masterKey = try MasterKeyFile(path: f.patients.keyPath)
@@ -152,7 +155,7 @@ func flipLastByte(_ view: TransactionView, _ db: Database, key: [UInt8]) throws 
     /// Each change to stored data is found, and named where it is.
     @Test(arguments: [
         "entry", "leaf", "subtree", "missing-subtree", "pending-tile", "size", "missing-entry",
-        "page", "root", "missing-root", "stale", "box", "missing-record", "audit", "breakglass",
+        "page", "root", "missing-root", "stale", "box", "missing-record", "audit", "audit-staged", "audit-twice", "breakglass",
         "patient", "grant", "wrapped-key", "sealed-key",
     ])
     func tamperingIsDetectedAndLocated(_ what: String) throws {
@@ -235,6 +238,19 @@ func flipLastByte(_ view: TransactionView, _ db: Database, key: [UInt8]) throws 
         case "audit":
             let db = try f.database("pl.audit")
             try f.tamper { view in _ = try view.delete(db, key: try nthKey(view, db, 0)) }
+            expected = (.audit, "entry")
+        case "audit-staged":
+            let db = try f.database("pl.audit.recent")
+            try f.tamper { view in _ = try view.delete(db, key: try nthKey(view, db, 0)) }
+            expected = (.audit, "entry")
+        case "audit-twice":
+            // A staged event's row also in pl.audit.
+            let recent = try f.database("pl.audit.recent"), audit = try f.database("pl.audit")
+            try f.tamper { view in
+                let index = try nthKey(view, recent, 0)
+                let p = try #require(try view.value(recent, key: index))
+                try view.put(audit, key: p + index, value: [UInt8]())
+            }
             expected = (.audit, "entry")
         case "breakglass":
             let db = try f.database("pl.breakglass")
