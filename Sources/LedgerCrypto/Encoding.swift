@@ -4,7 +4,7 @@ import Foundation
 public enum Hex {
     /// The lowercase hex digit of a nibble, computed (no table to load).
     @inline(__always)
-    static func digit(_ nibble: UInt8) -> UInt8 { nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") - 10 + nibble }
+    public static func digit(_ nibble: UInt8) -> UInt8 { nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") - 10 + nibble }
 
     /// Encodes bytes as lowercase hex.
     public static func encode(_ bytes: UnsafeRawBufferPointer) -> String {
@@ -21,22 +21,17 @@ public enum Hex {
 
     /// Appends the lowercase hex of `bytes` to `out`.
     public static func append(_ bytes: UnsafeRawBufferPointer, to out: inout [UInt8]) {
-        // Through a 64-byte stack buffer, 32 input bytes at a time: one append per chunk
-        // rather than a capacity check per digit (names and labels hex-encode hashes per request).
-        out.reserveCapacity(out.count + 2 * bytes.count)
-        var chunk: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
-        var at = 0
-        while at < bytes.count {
-            let n = min(32, bytes.count - at)
-            withUnsafeMutableBytes(of: &chunk) { buffer in
-                for i in 0..<n {
-                    let b = bytes[at + i]
-                    buffer[2 * i] = digit(b >> 4)
-                    buffer[2 * i + 1] = digit(b & 0x0f)
-                }
-                out.append(contentsOf: buffer[0..<(2 * n)])
+        // Grow once, then write the digits through a pointer (names and labels hex-encode
+        // hashes per request; a checked append per digit cost more than the hashing).
+        let start = out.count
+        out.append(contentsOf: repeatElement(0, count: 2 * bytes.count))
+        out.withUnsafeMutableBufferPointer { buffer in
+            let digits = buffer.baseAddress! + start
+            for i in 0..<bytes.count {
+                let b = bytes.load(fromByteOffset: i, as: UInt8.self)
+                digits[2 * i] = digit(b >> 4)
+                digits[2 * i + 1] = digit(b & 0x0f)
             }
-            at += n
         }
     }
 

@@ -169,9 +169,16 @@ enum PatientPayload {
 
     static func writeString(_ s: String, into out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
-        // Most strings (hex names, ids, timestamps) need no escaping: copy them whole.
-        if !s.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
-            out.append(contentsOf: s.utf8)
+        // Most strings (hex names, ids, timestamps) need no escaping: copy them whole, checked
+        // and copied from their contiguous UTF-8 (the generic view's iteration cost more than
+        // the rest of an audit payload).
+        var s = s
+        let plain = s.withUTF8 { utf8 -> Bool in
+            for b in utf8 where b < 0x20 || b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") { return false }
+            out.append(contentsOf: utf8)
+            return true
+        }
+        if plain {
             out.append(UInt8(ascii: "\""))
             return
         }
@@ -234,29 +241,36 @@ enum PatientPayload {
 enum RecordPlaintext {
     static func encode(recordId: String, mediaType: String, resourceType: String?, content: [UInt8]) -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(content.count + 64)
-        for field in [recordId, mediaType, resourceType ?? ""] {
-            let bytes = Array(field.utf8)
-            out.append(UInt8(bytes.count >> 8))
-            out.append(UInt8(bytes.count & 0xff))
-            out += bytes
+        out.reserveCapacity(content.count + 6 + recordId.utf8.count + mediaType.utf8.count + (resourceType?.utf8.count ?? 0))
+        func field(_ text: String) {
+            var text = text
+            text.withUTF8 { utf8 in
+                out.append(UInt8(utf8.count >> 8))
+                out.append(UInt8(utf8.count & 0xff))
+                out.append(contentsOf: utf8)
+            }
         }
+        field(recordId)
+        field(mediaType)
+        field(resourceType ?? "")
         out += content
         return out
     }
 
     static func decode(_ bytes: [UInt8]) -> (recordId: String, mediaType: String, resourceType: String?, content: [UInt8])? {
-        var at = 0
-        var fields: [String] = []
-        for _ in 0..<3 {
-            guard at + 2 <= bytes.count else { return nil }
-            let n = Int(bytes[at]) << 8 | Int(bytes[at + 1])
-            at += 2
-            guard at + n <= bytes.count else { return nil }
-            fields.append(String(decoding: bytes[at..<(at + n)], as: UTF8.self))
-            at += n
+        bytes.withUnsafeBufferPointer { buffer in
+            var at = 0
+            func field() -> String? {
+                guard at + 2 <= buffer.count else { return nil }
+                let n = Int(buffer[at]) << 8 | Int(buffer[at + 1])
+                at += 2
+                guard at + n <= buffer.count else { return nil }
+                defer { at += n }
+                return String(decoding: UnsafeBufferPointer(rebasing: buffer[at..<(at + n)]), as: UTF8.self)
+            }
+            guard let recordId = field(), let mediaType = field(), let resourceType = field() else { return nil }
+            return (recordId, mediaType, resourceType.isEmpty ? nil : resourceType, Array(buffer[at...]))
         }
-        return (fields[0], fields[1], fields[2].isEmpty ? nil : fields[2], Array(bytes[at...]))
     }
 }
 

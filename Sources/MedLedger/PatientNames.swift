@@ -4,68 +4,95 @@ import LedgerCrypto
 /// The byte strings the patient layer MACs and binds as associated data, assembled directly.
 ///
 /// Each is the UTF-8 of a `|`-separated label such as `medledger-record/1|<hex p>|<hex r>|7`
-/// (FORMATS.md section 10). A put builds four of them per record; building them through
-/// `String` interpolation and `Hash.hex` cost more than the AES-GCM seal of a 2 KB record.
-/// The `String` forms stay the reference: a test holds every builder equal to them.
-struct LabelBytes {
-    private(set) var bytes: [UInt8] = []
+/// (FORMATS.md section 10). A read builds three of them and a put four per record; building
+/// them through `String` interpolation and `Hash.hex` cost more than the AES-GCM of a 2 KB
+/// record. The `String` forms stay the reference: a test holds every builder equal to them.
+struct LabelWriter {
+    private var at: UnsafeMutablePointer<UInt8>
+    private let end: UnsafeMutablePointer<UInt8>
 
-    init(_ prefix: StaticString, capacity: Int = 192) {
-        bytes.reserveCapacity(capacity)
-        bytes.append(contentsOf: UnsafeBufferPointer(start: prefix.utf8Start, count: prefix.utf8CodeUnitCount))
+    /// The bytes `body` writes, into one allocation of `capacity` bytes (a bound the caller
+    /// computes from the parts: 65 per hash field, 21 per number field).
+    static func build(capacity: Int, _ body: (inout LabelWriter) -> Void) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: capacity) { buffer, count in
+            var writer = LabelWriter(at: buffer.baseAddress!, end: buffer.baseAddress! + capacity)
+            body(&writer)
+            count = writer.at - buffer.baseAddress!
+        }
+    }
+
+    private init(at: UnsafeMutablePointer<UInt8>, end: UnsafeMutablePointer<UInt8>) {
+        self.at = at
+        self.end = end
+    }
+
+    private mutating func reserve(_ n: Int) -> UnsafeMutablePointer<UInt8> {
+        precondition(end - at >= n, "label longer than its computed capacity")
+        defer { at += n }
+        return at
+    }
+
+    /// Appends `text`'s bytes with no separator.
+    mutating func literal(_ text: StaticString) {
+        reserve(text.utf8CodeUnitCount).update(from: text.utf8Start, count: text.utf8CodeUnitCount)
     }
 
     /// Appends `|` and the 64 hex characters of `hash`.
-    @inline(__always)
     mutating func field(_ hash: Hash) {
-        bytes.append(UInt8(ascii: "|"))
-        hash.appendHex(to: &bytes)
+        let out = reserve(65)
+        out[0] = UInt8(ascii: "|")
+        hash.withUnsafeBytes { raw in
+            for i in 0..<32 {
+                let b = raw.load(fromByteOffset: i, as: UInt8.self)
+                out[1 + 2 * i] = Hex.digit(b >> 4)
+                out[2 + 2 * i] = Hex.digit(b & 0x0f)
+            }
+        }
     }
 
     /// Appends `|` and `value` in decimal.
     mutating func field(_ value: UInt64) {
-        bytes.append(UInt8(ascii: "|"))
-        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: UInt64.max has 20 digits
-        withUnsafeMutableBytes(of: &digits) { buffer in
-            var v = value, at = buffer.count
-            repeat {
-                at -= 1
-                buffer[at] = UInt8(ascii: "0") + UInt8(v % 10)
-                v /= 10
-            } while v > 0
-            bytes.append(contentsOf: buffer[at...])
+        var digits = 1, rest = value / 10
+        while rest > 0 { digits += 1; rest /= 10 }
+        let out = reserve(1 + digits)
+        out[0] = UInt8(ascii: "|")
+        var v = value
+        for i in stride(from: digits, through: 1, by: -1) {
+            out[i] = UInt8(ascii: "0") + UInt8(v % 10)
+            v /= 10
         }
     }
 
     /// Appends `|` and the UTF-8 of `text`.
     mutating func field(_ text: String) {
-        bytes.append(UInt8(ascii: "|"))
-        bytes.append(contentsOf: text.utf8)
-    }
-
-    /// Appends the UTF-8 of `text` with no separator.
-    mutating func text(_ text: String) {
-        bytes.append(contentsOf: text.utf8)
+        var text = text
+        text.withUTF8 { utf8 in
+            let out = reserve(1 + utf8.count)
+            out[0] = UInt8(ascii: "|")
+            if let base = utf8.baseAddress { (out + 1).update(from: base, count: utf8.count) }
+        }
     }
 }
 
 extension PatientRecords {
     /// `medledger-record/1|<hex p>|<hex r>|<version>`: a record version's associated data.
     static func recordAAD(_ p: Hash, _ r: Hash, _ version: UInt32) -> [UInt8] {
-        var label = LabelBytes("medledger-record/1")
-        label.field(p)
-        label.field(r)
-        label.field(UInt64(version))
-        return label.bytes
+        LabelWriter.build(capacity: 18 + 130 + 21) { label in
+            label.literal("medledger-record/1")
+            label.field(p)
+            label.field(r)
+            label.field(UInt64(version))
+        }
     }
 
     /// `medledger-record-key/1|<hex p>|<hex r>|<version>`: the MAC input of a version's key.
     static func recordKeyLabel(_ p: Hash, _ r: Hash, _ version: UInt32) -> [UInt8] {
-        var label = LabelBytes("medledger-record-key/1")
-        label.field(p)
-        label.field(r)
-        label.field(UInt64(version))
-        return label.bytes
+        LabelWriter.build(capacity: 22 + 130 + 21) { label in
+            label.literal("medledger-record-key/1")
+            label.field(p)
+            label.field(r)
+            label.field(UInt64(version))
+        }
     }
 
     /// The key of one record version: HMAC-SHA-256(data key, ``recordKeyLabel(_:_:_:)``).
@@ -76,26 +103,29 @@ extension PatientRecords {
 
     /// `medledger-data-key/1|<hex p>|<generation>|<epoch>`: a wrapped data key's associated data.
     static func dataKeyAAD(_ p: Hash, _ generation: UInt64, _ epoch: UInt32) -> [UInt8] {
-        var label = LabelBytes("medledger-data-key/1")
-        label.field(p)
-        label.field(generation)
-        label.field(UInt64(epoch))
-        return label.bytes
+        LabelWriter.build(capacity: 20 + 65 + 42) { label in
+            label.literal("medledger-data-key/1")
+            label.field(p)
+            label.field(generation)
+            label.field(UInt64(epoch))
+        }
     }
 
     /// `patient|<external id>`: the pseudonym's MAC input.
     static func pseudonymLabel(_ externalId: String) -> [UInt8] {
-        var label = LabelBytes("patient", capacity: 8 + externalId.utf8.count)
-        label.field(externalId)
-        return label.bytes
+        LabelWriter.build(capacity: 8 + externalId.utf8.count) { label in
+            label.literal("patient")
+            label.field(externalId)
+        }
     }
 
     /// `record|<hex p>|<record id>`: the record hash's MAC input.
     static func recordHashLabel(_ p: Hash, _ recordId: String) -> [UInt8] {
-        var label = LabelBytes("record", capacity: 72 + recordId.utf8.count)
-        label.field(p)
-        label.field(recordId)
-        return label.bytes
+        LabelWriter.build(capacity: 6 + 65 + 1 + recordId.utf8.count) { label in
+            label.literal("record")
+            label.field(p)
+            label.field(recordId)
+        }
     }
 }
 

@@ -564,9 +564,8 @@ public final class PatientRecords: @unchecked Sendable {
         } else {
             parts = [try part(0..<requests.count)]
         }
-        var events = parts.flatMap(\.events)
+        let events = parts.flatMap(\.events)
         let outcomes = parts.flatMap(\.outcomes)
-        for (i, outcome) in outcomes.enumerated() { events[i].settle(outcome) }
         try auditCommitter.record(events)
         return outcomes
     }
@@ -603,7 +602,11 @@ public final class PatientRecords: @unchecked Sendable {
                 // A batch usually reads several records of one patient: unwrap each data key once.
                 var dataKeys: [EpochKey: SecureBytes] = [:]
                 let outcomes = try events.indices.map { i in
-                    try readOne(view, &events[i], r: recordHashes[i], accessor: accessor, breakGlass: breakGlass, dataKeys: &dataKeys)
+                    let outcome = try readOne(view, &events[i], r: recordHashes[i], accessor: accessor, breakGlass: breakGlass, dataKeys: &dataKeys)
+                    // Settled and encoded here, on the part's thread, rather than by the committer.
+                    events[i].settle(outcome)
+                    events[i].payload = events[i].encoded()
+                    return outcome
                 }
                 return BatchReadPart(events: events, outcomes: outcomes, snapshot: view.snapshotID)
             }
@@ -1015,7 +1018,7 @@ public final class PatientRecords: @unchecked Sendable {
 
     /// Commits audit events (group commit).
     fileprivate func appendAudit(_ events: [AuditEvent]) throws {
-        let entries = try events.map { try LedgerEntry(set: "", payload: $0.encoded()) }
+        let entries = try events.map { try LedgerEntry(set: "", payload: $0.payload ?? $0.encoded()) }
         guard let recent = auditRecent else { throw LedgerError(.storage, "audit entries cannot be written: the ledger is open read-only") }
         try ledger.append(entries) { view, first in
             // Each event's row goes to the end of `pl.audit.recent` (sequential pages); rows
@@ -1255,11 +1258,14 @@ struct AuditEvent {
     var time: Date
     var outcome = "success"
     var detail: String?
+    /// ``encoded()`` made ahead by a batch read's thread once the event is settled.
+    var payload: [UInt8]?
 
     var agent: String
 
     /// Records how the access ended: `success`, or `refused` with the error code.
     mutating func settle<T>(_ result: Result<T, LedgerError>) {
+        payload = nil
         switch result {
         case .success: outcome = "success"
         case .failure(let error):
@@ -1289,7 +1295,8 @@ struct AuditEvent {
             if !first { out.append(UInt8(ascii: ",")) }
             out.append(UInt8(ascii: "\""))
             out.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
-            out.append(contentsOf: [UInt8(ascii: "\""), UInt8(ascii: ":")])
+            out.append(UInt8(ascii: "\""))
+            out.append(UInt8(ascii: ":"))
         }
         func string(_ s: String) { PatientPayload.writeString(s, into: &out) }
         out.append(UInt8(ascii: "{"))

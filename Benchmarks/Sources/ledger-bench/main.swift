@@ -396,6 +396,7 @@ if patientRecords > 0 {
         putTimes.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
         written += n
     }
+    log(String(format: "patient layer: record put %.0f records/s (median of %d batches)", Double(putBatch) / Stats(putTimes).median, putTimes.count))
     rows.append(Row(name: "record put, 2 KB FHIR JSON (batch 1000, durable, \(patientRecords) records, \(patients) patients)",
                     value: Double(putBatch) / Stats(putTimes).median, unit: "records/s",
                     limitName: "log append 2,120 B, batch 1000", limit: recordSizedAppend,
