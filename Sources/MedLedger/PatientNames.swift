@@ -74,6 +74,98 @@ struct LabelWriter {
     }
 }
 
+/// Writes compact JSON into one allocation of a computed capacity, for payloads written once
+/// per request (an audited read's event): `[UInt8]` appends checked capacity and uniqueness
+/// per byte, which cost more than the rest of encoding the event.
+struct JSONWriter {
+    private var at: UnsafeMutablePointer<UInt8>
+    private let end: UnsafeMutablePointer<UInt8>
+
+    /// The capacity a string field needs at most: quotes, and six bytes (`\u00XX`) per byte.
+    static func bound(_ text: String) -> Int { 2 + 6 * text.utf8.count }
+
+    static func build(capacity: Int, _ body: (inout JSONWriter) -> Void) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: capacity) { buffer, count in
+            var writer = JSONWriter(at: buffer.baseAddress!, end: buffer.baseAddress! + capacity)
+            body(&writer)
+            count = writer.at - buffer.baseAddress!
+        }
+    }
+
+    private init(at: UnsafeMutablePointer<UInt8>, end: UnsafeMutablePointer<UInt8>) {
+        self.at = at
+        self.end = end
+    }
+
+    private mutating func reserve(_ n: Int) -> UnsafeMutablePointer<UInt8> {
+        precondition(end - at >= n, "JSON longer than its computed capacity")
+        defer { at += n }
+        return at
+    }
+
+    /// Bytes written as they are (punctuation, member names with their quotes, literals).
+    mutating func raw(_ text: StaticString) {
+        reserve(text.utf8CodeUnitCount).update(from: text.utf8Start, count: text.utf8CodeUnitCount)
+    }
+
+    /// A JSON string, escaped as ``PatientPayload/writeString(_:into:)`` escapes it.
+    mutating func string(_ text: String) {
+        var text = text
+        text.withUTF8 { utf8 in
+            reserve(1)[0] = UInt8(ascii: "\"")
+            defer { reserve(1)[0] = UInt8(ascii: "\"") }
+            // Nearly every string needs no escaping: one copy.
+            if !utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+                if let base = utf8.baseAddress { reserve(utf8.count).update(from: base, count: utf8.count) }
+                return
+            }
+            for b in utf8 {
+                switch b {
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"):
+                    let out = reserve(2)
+                    out[0] = UInt8(ascii: "\\")
+                    out[1] = b
+                case 0..<0x20:
+                    let out = reserve(6)
+                    out.update(from: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0")], count: 4)
+                    out[4] = Hex.digit(b >> 4)
+                    out[5] = Hex.digit(b & 0x0f)
+                default:
+                    reserve(1)[0] = b
+                }
+            }
+        }
+    }
+
+    /// The hex of `hash` as a JSON string (66 bytes).
+    mutating func hexString(_ hash: Hash) {
+        let out = reserve(66)
+        out[0] = UInt8(ascii: "\"")
+        hash.withUnsafeBytes { raw in
+            for i in 0..<32 {
+                let b = raw.load(fromByteOffset: i, as: UInt8.self)
+                out[1 + 2 * i] = Hex.digit(b >> 4)
+                out[2 + 2 * i] = Hex.digit(b & 0x0f)
+            }
+        }
+        out[65] = UInt8(ascii: "\"")
+    }
+
+    /// A decimal integer (at most 20 bytes).
+    mutating func integer(_ value: Int64) {
+        if value < 0 { reserve(1)[0] = UInt8(ascii: "-") }
+        let magnitude = value.magnitude
+        var digits = 1, rest = magnitude / 10
+        while rest > 0 { digits += 1; rest /= 10 }
+        let out = reserve(digits)
+        var v = magnitude
+        for i in stride(from: digits - 1, through: 0, by: -1) {
+            out[i] = UInt8(ascii: "0") + UInt8(v % 10)
+            v /= 10
+        }
+    }
+}
+
 extension PatientRecords {
     /// `medledger-record/1|<hex p>|<hex r>|<version>`: a record version's associated data.
     static func recordAAD(_ p: Hash, _ r: Hash, _ version: UInt32) -> [UInt8] {

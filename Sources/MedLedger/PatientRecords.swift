@@ -1289,36 +1289,26 @@ struct AuditEvent {
     /// The payload of the event's log entry: the bytes `PatientPayload.encode(json)` makes (keys
     /// in UTF-8 order), written directly; an audited read writes one per request.
     func encoded() -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(320 + (record?.utf8.count ?? 0) + agent.utf8.count + (breakGlass?.utf8.count ?? 0))
-        func key(_ name: StaticString, first: Bool = false) {
-            if !first { out.append(UInt8(ascii: ",")) }
-            out.append(UInt8(ascii: "\""))
-            out.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
-            out.append(UInt8(ascii: "\""))
-            out.append(UInt8(ascii: ":"))
+        let role = accessor.role.rawValue
+        let capacity = 200 + 66 + 2 * 21 + JSONWriter.bound(action) + JSONWriter.bound(agent) + JSONWriter.bound(outcome)
+            + JSONWriter.bound(purpose) + JSONWriter.bound(role) + (detail.map(JSONWriter.bound) ?? 0)
+            + (breakGlass.map(JSONWriter.bound) ?? 0) + (record.map(JSONWriter.bound) ?? 0)
+        return JSONWriter.build(capacity: capacity) { out in
+            out.raw(#"{"action":"#); out.string(action)
+            out.raw(#","agent":"#); out.string(agent)
+            out.raw(breakGlass != nil ? #","break_glass":true"# : #","break_glass":false"#)
+            if let detail { out.raw(#","detail":"#); out.string(detail) }
+            out.raw(#","outcome":"#); out.string(outcome)
+            out.raw(#","patient":"#); out.hexString(patient)
+            out.raw(#","purpose":"#); out.string(purpose)
+            if let breakGlass { out.raw(#","reason":"#); out.string(breakGlass) }
+            if let record { out.raw(#","record":"#); out.string(record) }
+            out.raw(#","recorded_ms":"#); out.integer(Int64(time.timeIntervalSince1970 * 1000))
+            out.raw(#","role":"#); out.string(role)
+            out.raw(#","type":"audit","v":1"#)
+            if let version, version > 0 { out.raw(#","version":"#); out.integer(Int64(version)) }
+            out.raw("}")
         }
-        func string(_ s: String) { PatientPayload.writeString(s, into: &out) }
-        out.append(UInt8(ascii: "{"))
-        key("action", first: true); string(action)
-        key("agent"); string(agent)
-        key("break_glass"); out.append(contentsOf: (breakGlass != nil ? "true" : "false").utf8)
-        if let detail { key("detail"); string(detail) }
-        key("outcome"); string(outcome)
-        key("patient")
-        out.append(UInt8(ascii: "\""))
-        patient.appendHex(to: &out)
-        out.append(UInt8(ascii: "\""))
-        key("purpose"); string(purpose)
-        if let breakGlass { key("reason"); string(breakGlass) }
-        if let record { key("record"); string(record) }
-        key("recorded_ms"); out.append(contentsOf: String(Int64(time.timeIntervalSince1970 * 1000)).utf8)
-        key("role"); string(accessor.role.rawValue)
-        key("type"); out.append(contentsOf: "\"audit\"".utf8)
-        key("v"); out.append(UInt8(ascii: "1"))
-        if let version, version > 0 { key("version"); out.append(contentsOf: String(version).utf8) }
-        out.append(UInt8(ascii: "}"))
-        return out
     }
 
     var json: [String: Any] {
