@@ -3,7 +3,7 @@ import Foundation
 /// Lowercase hexadecimal encoding.
 public enum Hex {
     /// The lowercase hex digit of a nibble, computed (no table to load).
-    @inline(__always)
+    @inlinable
     public static func digit(_ nibble: UInt8) -> UInt8 { nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") - 10 + nibble }
 
     /// Encodes bytes as lowercase hex.
@@ -23,6 +23,7 @@ public enum Hex {
     public static func append(_ bytes: UnsafeRawBufferPointer, to out: inout [UInt8]) {
         // Grow once, then write the digits through a pointer (names and labels hex-encode
         // hashes per request; a checked append per digit cost more than the hashing).
+        guard bytes.count > 0 else { return }
         let start = out.count
         out.append(contentsOf: repeatElement(0, count: 2 * bytes.count))
         out.withUnsafeMutableBufferPointer { buffer in

@@ -34,19 +34,17 @@ struct LabelWriter {
 
     /// Appends `text`'s bytes with no separator.
     mutating func literal(_ text: StaticString) {
-        reserve(text.utf8CodeUnitCount).update(from: text.utf8Start, count: text.utf8CodeUnitCount)
+        reserve(text.utf8CodeUnitCount).initialize(from: text.utf8Start, count: text.utf8CodeUnitCount)
     }
 
     /// Appends `|` and the 64 hex characters of `hash`.
     mutating func field(_ hash: Hash) {
         let out = reserve(65)
         out[0] = UInt8(ascii: "|")
-        hash.withUnsafeBytes { raw in
-            for i in 0..<32 {
-                let b = raw.load(fromByteOffset: i, as: UInt8.self)
-                out[1 + 2 * i] = Hex.digit(b >> 4)
-                out[2 + 2 * i] = Hex.digit(b & 0x0f)
-            }
+        for i in 0..<32 {
+            let b = hash.byte(at: i)
+            out[1 + 2 * i] = Hex.digit(b >> 4)
+            out[2 + 2 * i] = Hex.digit(b & 0x0f)
         }
     }
 
@@ -69,7 +67,7 @@ struct LabelWriter {
         text.withUTF8 { utf8 in
             let out = reserve(1 + utf8.count)
             out[0] = UInt8(ascii: "|")
-            if let base = utf8.baseAddress { (out + 1).update(from: base, count: utf8.count) }
+            if let base = utf8.baseAddress { (out + 1).initialize(from: base, count: utf8.count) }
         }
     }
 }
@@ -105,7 +103,7 @@ struct JSONWriter {
 
     /// Bytes written as they are (punctuation, member names with their quotes, literals).
     mutating func raw(_ text: StaticString) {
-        reserve(text.utf8CodeUnitCount).update(from: text.utf8Start, count: text.utf8CodeUnitCount)
+        reserve(text.utf8CodeUnitCount).initialize(from: text.utf8Start, count: text.utf8CodeUnitCount)
     }
 
     /// A JSON string, escaped as ``PatientPayload/writeString(_:into:)`` escapes it.
@@ -116,7 +114,7 @@ struct JSONWriter {
             defer { reserve(1)[0] = UInt8(ascii: "\"") }
             // Nearly every string needs no escaping: one copy.
             if !utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
-                if let base = utf8.baseAddress { reserve(utf8.count).update(from: base, count: utf8.count) }
+                if let base = utf8.baseAddress { reserve(utf8.count).initialize(from: base, count: utf8.count) }
                 return
             }
             for b in utf8 {
@@ -127,7 +125,10 @@ struct JSONWriter {
                     out[1] = b
                 case 0..<0x20:
                     let out = reserve(6)
-                    out.update(from: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0")], count: 4)
+                    out[0] = UInt8(ascii: "\\")
+                    out[1] = UInt8(ascii: "u")
+                    out[2] = UInt8(ascii: "0")
+                    out[3] = UInt8(ascii: "0")
                     out[4] = Hex.digit(b >> 4)
                     out[5] = Hex.digit(b & 0x0f)
                 default:
@@ -141,12 +142,10 @@ struct JSONWriter {
     mutating func hexString(_ hash: Hash) {
         let out = reserve(66)
         out[0] = UInt8(ascii: "\"")
-        hash.withUnsafeBytes { raw in
-            for i in 0..<32 {
-                let b = raw.load(fromByteOffset: i, as: UInt8.self)
-                out[1 + 2 * i] = Hex.digit(b >> 4)
-                out[2 + 2 * i] = Hex.digit(b & 0x0f)
-            }
+        for i in 0..<32 {
+            let b = hash.byte(at: i)
+            out[1 + 2 * i] = Hex.digit(b >> 4)
+            out[2 + 2 * i] = Hex.digit(b & 0x0f)
         }
         out[65] = UInt8(ascii: "\"")
     }
@@ -232,8 +231,9 @@ struct RecordStorageKey: LMDBBytes {
 
     func withLMDBBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         // A tuple's elements lie in order at their natural alignment: 32 + 32 + 4 = 68 bytes.
-        var storage: (Hash, Hash, UInt32) = (p, r, version.bigEndian)
-        return try withUnsafeBytes(of: &storage) { raw in
+        // By value: an optimized build once misread constant offsets through an inout copy.
+        let storage: (Hash, Hash, UInt32) = (p, r, version.bigEndian)
+        return try withUnsafeBytes(of: storage) { raw in
             assert(raw.count == Self.byteCount)
             return try body(raw)
         }
@@ -251,8 +251,8 @@ struct AuditStorageKey: LMDBBytes {
     let index: UInt64
 
     func withLMDBBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
-        var storage: (Hash, UInt64) = (p, index.bigEndian)
-        return try withUnsafeBytes(of: &storage) { raw in
+        let storage: (Hash, UInt64) = (p, index.bigEndian)
+        return try withUnsafeBytes(of: storage) { raw in
             assert(raw.count == 40)
             return try body(raw)
         }

@@ -40,8 +40,18 @@ public final class PatientRecords: @unchecked Sendable {
     let grants: Database
     let audits: Database
     /// `pl.audit.recent`: audit events not yet folded into `pl.audit`; nil only in a read-only
-    /// ledger written before it existed.
-    let auditRecent: Database?
+    /// ledger written before it existed, until a writer creates it (looked up again then).
+    var auditRecent: Database? {
+        auditRecentLock.withLock {
+            if auditRecentHandle == nil, let found = try? ledger.environment.openDatabase("pl.audit.recent", create: false) {
+                auditRecentHandle = found
+            }
+            return auditRecentHandle
+        }
+    }
+    private var auditRecentHandle: Database?
+    /// Guards `auditRecentHandle`; LMDB also forbids opening databases from two threads at once.
+    private let auditRecentLock = NSLock()
     let breakGlass: Database
     /// `pl.blobs`; nil only in a read-only ledger written before blobs existed.
     let blobs: Database?
@@ -70,7 +80,7 @@ public final class PatientRecords: @unchecked Sendable {
         guard let tables else { throw LedgerError(.ledgerNotFound, "\(ledger.path) holds no patient records") }
         (meta, patients, records, grants, audits, breakGlass) = (tables.meta, tables.patients, tables.records, tables.grants, tables.audit, tables.breakGlass)
         blobs = tables.blobs
-        auditRecent = tables.auditRecent
+        auditRecentHandle = tables.auditRecent
         segmentReaders = SegmentReaders(ledgerPath: ledger.path)
         auditCommitter = AuditCommitter(records: self)
         try bindMasterKey()
@@ -378,14 +388,20 @@ public final class PatientRecords: @unchecked Sendable {
         guard !inputs.isEmpty else { return [] }
         writeLock.lock()
         defer { writeLock.unlock() }
-        // Shapes, names, patient keys and stored versions in a read snapshot, then the versions
-        // in input order, then the sealing; the first and last on two threads for large batches.
+        // Shapes and names, then patient keys and stored versions in a read snapshot, then the
+        // versions in input order, then the sealing; all but the numbering on two threads for
+        // large batches.
+        // Shapes and names come first, outside any transaction (a record may be 16 MiB of
+        // JSON to check, and a read transaction keeps its snapshot's pages from reuse).
+        let named = try Self.inParallel(inputs.count) { i -> (p: Hash, r: Hash, resourceType: String?) in
+            let resourceType = try Self.validate(inputs[i])
+            let p = try pseudonym(of: inputs[i].patient)
+            return (p, try recordHash(p, inputs[i].recordId), resourceType)
+        }
         let (looked, snapshot) = try inSnapshot(inputs.count) { view, range in
             var keys: [Hash: (epoch: UInt32, key: SecureBytes)] = [:]
             return try range.map { i -> Looked in
-                let resourceType = try Self.validate(inputs[i])
-                let p = try pseudonym(of: inputs[i].patient)
-                let r = try recordHash(p, inputs[i].recordId)
+                let (p, r, resourceType) = named[i]
                 let (epoch, dataKey): (UInt32, SecureBytes)
                 if let cached = keys[p] { (epoch, dataKey) = cached } else {
                     let state = try requirePatient(view, p)
@@ -621,24 +637,26 @@ public final class PatientRecords: @unchecked Sendable {
         guard state.status == .active else { return .failure(LedgerError(.erased, "the patient was erased")) }
         let wanted = try event.version ?? lastVersion(view, p, r)
         event.version = wanted
-        // Opened where LMDB holds it: the box is not copied out of the map first.
-        let opened = wanted == 0 ? nil : try view.withValue(records, key: Self.recordStorageKey(p, r, wanted)) { stored -> (UInt64, [UInt8]?)? in
+        // Opened where LMDB holds it: the box is not copied out of the map first. `plaintext`
+        // is the decrypted buffer's only owner, so the wipe reaches it rather than a copy.
+        var plaintext: [UInt8]?
+        defer { if plaintext != nil { secureZero(&plaintext!) } }
+        let found = wanted == 0 ? nil : try view.withValue(records, key: Self.recordStorageKey(p, r, wanted)) { stored -> UInt64? in
             guard stored.count >= 12 + AESGCM.overhead else { return nil }
-            let index = UInt64(bigEndian: stored.loadUnaligned(as: UInt64.self))
             let epoch = UInt32(bigEndian: stored.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
             let dataKey = try self.dataKey(state, p, epoch: epoch, cache: &dataKeys)
             let key = try Self.recordKey(dataKey: dataKey, p, r, wanted)
-            return (index, try? AESGCM.open(sealed: UnsafeRawBufferPointer(rebasing: stored[12...]), key: key,
-                                            associatedData: Self.recordAAD(p, r, wanted)))
+            plaintext = try? AESGCM.open(sealed: UnsafeRawBufferPointer(rebasing: stored[12...]), key: key,
+                                         associatedData: Self.recordAAD(p, r, wanted))
+            return UInt64(bigEndian: stored.loadUnaligned(as: UInt64.self))
         }
-        guard let (index, openedPlaintext) = opened ?? nil else {
+        guard let index = found ?? nil else {
             return .failure(LedgerError(.recordNotFound, "no such record version"))
         }
-        guard var plaintext = openedPlaintext else {
+        guard plaintext != nil else {
             return .failure(LedgerError(.storage, "stored ciphertext of a record fails authentication (damaged store)"))
         }
-        defer { secureZero(&plaintext) }
-        guard let parts = RecordPlaintext.decode(plaintext) else { return .failure(LedgerError(.storage, "malformed record plaintext")) }
+        guard let parts = RecordPlaintext.decode(plaintext!) else { return .failure(LedgerError(.storage, "malformed record plaintext")) }
         if let refusal = try refusal(accessor, p: p, r: r, resourceType: parts.resourceType, view: view, breakGlass: breakGlass) {
             return .failure(LedgerError(.accessDenied, refusal))
         }
@@ -962,6 +980,7 @@ public final class PatientRecords: @unchecked Sendable {
     /// The audit entries about a patient (accounting of disclosures), oldest first.
     public func auditTrail(patient: String) throws -> [AuditRecord] {
         let p = try pseudonym(of: patient)
+        let auditRecent = self.auditRecent  // before the transaction: finding it may open one
         var indexes: [UInt64] = []
         try Ledger.storage {
             try ledger.environment.read { txn in
@@ -988,6 +1007,9 @@ public final class PatientRecords: @unchecked Sendable {
                 }
             }
         }
+        // Staged rows are newer than folded ones as this layer writes them; sorting also
+        // keeps log order for a ledger another writer indexed differently.
+        indexes.sort()
         return try indexes.map(auditRecord)
     }
 
@@ -1018,7 +1040,10 @@ public final class PatientRecords: @unchecked Sendable {
 
     /// Commits audit events (group commit).
     fileprivate func appendAudit(_ events: [AuditEvent]) throws {
-        let entries = try events.map { try LedgerEntry(set: "", payload: $0.payload ?? $0.encoded()) }
+        let entries = try events.map { event in
+            assert(event.payload == nil || event.payload == event.encoded(), "an audit event changed after its payload was encoded")
+            return try LedgerEntry(set: "", payload: event.payload ?? event.encoded())
+        }
         guard let recent = auditRecent else { throw LedgerError(.storage, "audit entries cannot be written: the ledger is open read-only") }
         try ledger.append(entries) { view, first in
             // Each event's row goes to the end of `pl.audit.recent` (sequential pages); rows
@@ -1035,11 +1060,13 @@ public final class PatientRecords: @unchecked Sendable {
         }
     }
 
-    /// Rows `pl.audit.recent` gathers before they are folded into `pl.audit`: at least 65,536,
-    /// and an eighth of the rows already folded, so that a fold dirties each of `pl.audit`'s
-    /// leaf pages for several rows rather than about one page per row as direct inserts did,
-    /// while a patient's audit trail scans at most that many staged rows.
-    static func auditFoldThreshold(folded: Int, minimum: Int) -> Int { max(minimum, folded / 8) }
+    /// Rows `pl.audit.recent` gathers before they are folded into `pl.audit`: an eighth of the
+    /// rows already folded, at least 65,536 and at most 262,144, so that a fold dirties each of
+    /// `pl.audit`'s leaf pages for several rows rather than about one page per row as direct
+    /// inserts did, while a patient's audit trail scans at most that many staged rows (10 MB).
+    /// A malformed staged row fails the folding commit and so every audited read after it
+    /// (fail closed: reads are not served without their audit) until `verify` names the row.
+    static func auditFoldThreshold(folded: Int, minimum: Int) -> Int { max(minimum, min(folded / 8, 262_144)) }
 
     /// Moves every staged audit row into `pl.audit`, in key order, inside the write `view`.
     private func foldAuditRows(_ view: TransactionView, recent: Database) throws {

@@ -133,7 +133,7 @@ import LedgerCrypto
             return String([d[Int(b >> 4)], d[Int(b & 15)]])
         }.joined()
         #expect(all.withUnsafeBytes { Hex.encode($0) } == expected)
-        // Appending crosses the 32-byte chunks at every length, after existing bytes.
+        // Appending at short and long lengths, after existing bytes.
         for length in [0, 1, 31, 32, 33, 64, 65, 256] {
             var out: [UInt8] = Array("x|".utf8)
             let input = Array(all.prefix(length).reversed())

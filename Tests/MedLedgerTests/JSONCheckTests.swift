@@ -55,10 +55,6 @@ import TestSupport
         return out
     }
 
-    /// 20,000 mutants (byte flips, insertions of JSON punctuation, deletions, truncations) of the
-    /// sample: whenever Foundation parses a mutant to an object, so must the checker, with the
-    /// same resourceType; whenever Foundation refuses one, so must the checker. The one known
-    /// difference is Foundation's leniency for trailing commas, which the checker refuses.
     /// Strings are scanned eight bytes at a time: a byte that ends the fast run (control,
     /// quote, backslash, non-ASCII) must be found at every offset within a word and near the end.
     @Test func stringBytesAreCheckedAtEveryOffset() throws {
@@ -85,6 +81,10 @@ import TestSupport
         }
     }
 
+    /// 20,000 mutants (byte flips, insertions of JSON punctuation, deletions, truncations) of the
+    /// sample: whenever Foundation parses a mutant to an object, so must the checker, with the
+    /// same resourceType; whenever Foundation refuses one, so must the checker. The one known
+    /// difference is Foundation's leniency for trailing commas, which the checker refuses.
     @Test func agreesWithFoundationOnMutants() throws {
         var rng = SplitMix64(seed: 0x15a)
         let punctuation = Array(#"{}[]:,"\ 0-.eE+tfnu"#.utf8)

@@ -509,8 +509,6 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         #expect(try f.ledger.verify().isValid)
     }
 
-    /// A batch large enough to be read on two threads gives each request its own result and
-    /// audit entry, in request order, as reading them one by one would.
     /// A put chooses versions in a read snapshot; a commit that lands before its write (another
     /// process's) makes it check them again: a version written there is a conflict, an
     /// unrelated commit is not, and a conflicting put writes nothing.
@@ -586,6 +584,8 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         #expect(report.problems.isEmpty, "\(report.problems)")
     }
 
+    /// A batch large enough to be read on two threads gives each request its own result and
+    /// audit entry, in request order, as reading them one by one would.
     @Test func largeBatchReadsMatchSingleReadsInOrder() throws {
         let f = try PatientFixture("batchread-large")
         let patients = (0..<40).map { "Patient/\($0)" }
