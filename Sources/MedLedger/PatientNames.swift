@@ -1,21 +1,24 @@
 import LMDBKit
 import LedgerCrypto
 
-/// The byte strings the patient layer MACs and binds as associated data, assembled directly.
+/// Writes bytes into one allocation of a computed capacity, for what the patient layer builds
+/// per request: the labels it MACs or binds as associated data, and audit payload JSON.
 ///
-/// Each is the UTF-8 of a `|`-separated label such as `medledger-record/1|<hex p>|<hex r>|7`
-/// (FORMATS.md section 10). A read builds three of them and a put four per record; building
-/// them through `String` interpolation and `Hash.hex` cost more than the AES-GCM of a 2 KB
-/// record. The `String` forms stay the reference: a test holds every builder equal to them.
-struct LabelWriter {
+/// A label is the UTF-8 of a `|`-separated string such as `medledger-record/1|<hex p>|<hex r>|7`
+/// (FORMATS.md section 10); a read builds three and a put four per record. Built through
+/// `String` interpolation and `Hash.hex`, or through `[UInt8]` appends (which check capacity and
+/// uniqueness per byte), they cost more than the AES-GCM of a 2 KB record. The `String` forms
+/// and the general JSON encoder stay the reference: tests hold every builder equal to them.
+struct ByteWriter {
     private var at: UnsafeMutablePointer<UInt8>
     private let end: UnsafeMutablePointer<UInt8>
 
-    /// The bytes `body` writes, into one allocation of `capacity` bytes (a bound the caller
-    /// computes from the parts: 65 per hash field, 21 per number field).
-    static func build(capacity: Int, _ body: (inout LabelWriter) -> Void) -> [UInt8] {
+    /// The bytes `body` writes, into one allocation of `capacity` bytes: a bound the caller
+    /// computes from the parts (65 per label hash field, 21 per number, ``jsonBound(_:)`` per
+    /// JSON string).
+    static func build(capacity: Int, _ body: (inout ByteWriter) -> Void) -> [UInt8] {
         [UInt8](unsafeUninitializedCapacity: capacity) { buffer, count in
-            var writer = LabelWriter(at: buffer.baseAddress!, end: buffer.baseAddress! + capacity)
+            var writer = ByteWriter(at: buffer.baseAddress!, end: buffer.baseAddress! + capacity)
             body(&writer)
             count = writer.at - buffer.baseAddress!
         }
@@ -27,112 +30,99 @@ struct LabelWriter {
     }
 
     private mutating func reserve(_ n: Int) -> UnsafeMutablePointer<UInt8> {
-        precondition(end - at >= n, "label longer than its computed capacity")
+        precondition(end - at >= n, "bytes longer than their computed capacity")
         defer { at += n }
         return at
     }
 
-    /// Appends `text`'s bytes with no separator.
-    mutating func literal(_ text: StaticString) {
+    private mutating func byte(_ b: UInt8) { reserve(1).initialize(to: b) }
+
+    /// `text`'s bytes as they are (label prefixes, JSON punctuation and member names).
+    mutating func raw(_ text: StaticString) {
         reserve(text.utf8CodeUnitCount).initialize(from: text.utf8Start, count: text.utf8CodeUnitCount)
     }
 
-    /// Appends `|` and the 64 hex characters of `hash`.
-    mutating func field(_ hash: Hash) {
-        let out = reserve(65)
-        out[0] = UInt8(ascii: "|")
+    private mutating func bytes(_ utf8: UnsafeBufferPointer<UInt8>) {
+        if let base = utf8.baseAddress { reserve(utf8.count).initialize(from: base, count: utf8.count) }
+    }
+
+    /// The 64 hex characters of `hash`, its bytes read arithmetically (an optimized build once
+    /// misread constant offsets through a copied hash's bytes).
+    private mutating func hex(_ hash: Hash) {
+        let out = reserve(64)
         for i in 0..<32 {
             let b = hash.byte(at: i)
-            out[1 + 2 * i] = Hex.digit(b >> 4)
-            out[2 + 2 * i] = Hex.digit(b & 0x0f)
+            out[2 * i] = Hex.digit(b >> 4)
+            out[2 * i + 1] = Hex.digit(b & 0x0f)
         }
     }
 
-    /// Appends `|` and `value` in decimal.
-    mutating func field(_ value: UInt64) {
+    /// `value` in decimal (at most 20 bytes).
+    private mutating func decimal(_ value: UInt64) {
         var digits = 1, rest = value / 10
         while rest > 0 { digits += 1; rest /= 10 }
-        let out = reserve(1 + digits)
-        out[0] = UInt8(ascii: "|")
+        let out = reserve(digits)
         var v = value
-        for i in stride(from: digits, through: 1, by: -1) {
+        for i in stride(from: digits - 1, through: 0, by: -1) {
             out[i] = UInt8(ascii: "0") + UInt8(v % 10)
             v /= 10
         }
     }
 
-    /// Appends `|` and the UTF-8 of `text`.
+    /// `value` in decimal, with a sign when negative (at most 20 bytes).
+    mutating func integer(_ value: Int64) {
+        if value < 0 { byte(UInt8(ascii: "-")) }
+        decimal(value.magnitude)
+    }
+
+    // Label fields.
+
+    /// `|` and the 64 hex characters of `hash`.
+    mutating func field(_ hash: Hash) {
+        byte(UInt8(ascii: "|"))
+        hex(hash)
+    }
+
+    /// `|` and `value` in decimal.
+    mutating func field(_ value: UInt64) {
+        byte(UInt8(ascii: "|"))
+        decimal(value)
+    }
+
+    /// `|` and the UTF-8 of `text`.
     mutating func field(_ text: String) {
+        byte(UInt8(ascii: "|"))
         var text = text
-        text.withUTF8 { utf8 in
-            let out = reserve(1 + utf8.count)
-            out[0] = UInt8(ascii: "|")
-            if let base = utf8.baseAddress { (out + 1).initialize(from: base, count: utf8.count) }
-        }
-    }
-}
-
-/// Writes compact JSON into one allocation of a computed capacity, for payloads written once
-/// per request (an audited read's event): `[UInt8]` appends checked capacity and uniqueness
-/// per byte, which cost more than the rest of encoding the event.
-struct JSONWriter {
-    private var at: UnsafeMutablePointer<UInt8>
-    private let end: UnsafeMutablePointer<UInt8>
-
-    /// The capacity a string field needs at most: quotes, and six bytes (`\u00XX`) per byte.
-    static func bound(_ text: String) -> Int { 2 + 6 * text.utf8.count }
-
-    static func build(capacity: Int, _ body: (inout JSONWriter) -> Void) -> [UInt8] {
-        [UInt8](unsafeUninitializedCapacity: capacity) { buffer, count in
-            var writer = JSONWriter(at: buffer.baseAddress!, end: buffer.baseAddress! + capacity)
-            body(&writer)
-            count = writer.at - buffer.baseAddress!
-        }
+        text.withUTF8 { bytes($0) }
     }
 
-    private init(at: UnsafeMutablePointer<UInt8>, end: UnsafeMutablePointer<UInt8>) {
-        self.at = at
-        self.end = end
-    }
+    // JSON values.
 
-    private mutating func reserve(_ n: Int) -> UnsafeMutablePointer<UInt8> {
-        precondition(end - at >= n, "JSON longer than its computed capacity")
-        defer { at += n }
-        return at
-    }
-
-    /// Bytes written as they are (punctuation, member names with their quotes, literals).
-    mutating func raw(_ text: StaticString) {
-        reserve(text.utf8CodeUnitCount).initialize(from: text.utf8Start, count: text.utf8CodeUnitCount)
-    }
+    /// The capacity a JSON string needs at most: quotes, and six bytes (`\u00XX`) per byte.
+    static func jsonBound(_ text: String) -> Int { 2 + 6 * text.utf8.count }
 
     /// A JSON string, escaped as ``PatientPayload/writeString(_:into:)`` escapes it.
     mutating func string(_ text: String) {
         var text = text
         text.withUTF8 { utf8 in
-            reserve(1)[0] = UInt8(ascii: "\"")
-            defer { reserve(1)[0] = UInt8(ascii: "\"") }
+            byte(UInt8(ascii: "\""))
+            defer { byte(UInt8(ascii: "\"")) }
             // Nearly every string needs no escaping: one copy.
-            if !utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
-                if let base = utf8.baseAddress { reserve(utf8.count).initialize(from: base, count: utf8.count) }
+            guard utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) else {
+                bytes(utf8)
                 return
             }
             for b in utf8 {
                 switch b {
                 case UInt8(ascii: "\""), UInt8(ascii: "\\"):
-                    let out = reserve(2)
-                    out[0] = UInt8(ascii: "\\")
-                    out[1] = b
+                    byte(UInt8(ascii: "\\"))
+                    byte(b)
                 case 0..<0x20:
-                    let out = reserve(6)
-                    out[0] = UInt8(ascii: "\\")
-                    out[1] = UInt8(ascii: "u")
-                    out[2] = UInt8(ascii: "0")
-                    out[3] = UInt8(ascii: "0")
-                    out[4] = Hex.digit(b >> 4)
-                    out[5] = Hex.digit(b & 0x0f)
+                    raw("\\u00")
+                    byte(Hex.digit(b >> 4))
+                    byte(Hex.digit(b & 0x0f))
                 default:
-                    reserve(1)[0] = b
+                    byte(b)
                 }
             }
         }
@@ -140,46 +130,27 @@ struct JSONWriter {
 
     /// The hex of `hash` as a JSON string (66 bytes).
     mutating func hexString(_ hash: Hash) {
-        let out = reserve(66)
-        out[0] = UInt8(ascii: "\"")
-        for i in 0..<32 {
-            let b = hash.byte(at: i)
-            out[1 + 2 * i] = Hex.digit(b >> 4)
-            out[2 + 2 * i] = Hex.digit(b & 0x0f)
-        }
-        out[65] = UInt8(ascii: "\"")
-    }
-
-    /// A decimal integer (at most 20 bytes).
-    mutating func integer(_ value: Int64) {
-        if value < 0 { reserve(1)[0] = UInt8(ascii: "-") }
-        let magnitude = value.magnitude
-        var digits = 1, rest = magnitude / 10
-        while rest > 0 { digits += 1; rest /= 10 }
-        let out = reserve(digits)
-        var v = magnitude
-        for i in stride(from: digits - 1, through: 0, by: -1) {
-            out[i] = UInt8(ascii: "0") + UInt8(v % 10)
-            v /= 10
-        }
+        byte(UInt8(ascii: "\""))
+        hex(hash)
+        byte(UInt8(ascii: "\""))
     }
 }
 
 extension PatientRecords {
     /// `medledger-record/1|<hex p>|<hex r>|<version>`: a record version's associated data.
     static func recordAAD(_ p: Hash, _ r: Hash, _ version: UInt32) -> [UInt8] {
-        LabelWriter.build(capacity: 18 + 130 + 21) { label in
-            label.literal("medledger-record/1")
-            label.field(p)
-            label.field(r)
-            label.field(UInt64(version))
-        }
+        versionLabel("medledger-record/1", p, r, version)
     }
 
     /// `medledger-record-key/1|<hex p>|<hex r>|<version>`: the MAC input of a version's key.
     static func recordKeyLabel(_ p: Hash, _ r: Hash, _ version: UInt32) -> [UInt8] {
-        LabelWriter.build(capacity: 22 + 130 + 21) { label in
-            label.literal("medledger-record-key/1")
+        versionLabel("medledger-record-key/1", p, r, version)
+    }
+
+    /// `<prefix>|<hex p>|<hex r>|<version>`.
+    private static func versionLabel(_ prefix: StaticString, _ p: Hash, _ r: Hash, _ version: UInt32) -> [UInt8] {
+        ByteWriter.build(capacity: prefix.utf8CodeUnitCount + 130 + 21) { label in
+            label.raw(prefix)
             label.field(p)
             label.field(r)
             label.field(UInt64(version))
@@ -194,8 +165,8 @@ extension PatientRecords {
 
     /// `medledger-data-key/1|<hex p>|<generation>|<epoch>`: a wrapped data key's associated data.
     static func dataKeyAAD(_ p: Hash, _ generation: UInt64, _ epoch: UInt32) -> [UInt8] {
-        LabelWriter.build(capacity: 20 + 65 + 42) { label in
-            label.literal("medledger-data-key/1")
+        ByteWriter.build(capacity: 20 + 65 + 42) { label in
+            label.raw("medledger-data-key/1")
             label.field(p)
             label.field(generation)
             label.field(UInt64(epoch))
@@ -204,16 +175,16 @@ extension PatientRecords {
 
     /// `patient|<external id>`: the pseudonym's MAC input.
     static func pseudonymLabel(_ externalId: String) -> [UInt8] {
-        LabelWriter.build(capacity: 8 + externalId.utf8.count) { label in
-            label.literal("patient")
+        ByteWriter.build(capacity: 8 + externalId.utf8.count) { label in
+            label.raw("patient")
             label.field(externalId)
         }
     }
 
     /// `record|<hex p>|<record id>`: the record hash's MAC input.
     static func recordHashLabel(_ p: Hash, _ recordId: String) -> [UInt8] {
-        LabelWriter.build(capacity: 6 + 65 + 1 + recordId.utf8.count) { label in
-            label.literal("record")
+        ByteWriter.build(capacity: 6 + 65 + 1 + recordId.utf8.count) { label in
+            label.raw("record")
             label.field(p)
             label.field(recordId)
         }

@@ -1317,10 +1317,10 @@ struct AuditEvent {
     /// in UTF-8 order), written directly; an audited read writes one per request.
     func encoded() -> [UInt8] {
         let role = accessor.role.rawValue
-        let capacity = 200 + 66 + 2 * 21 + JSONWriter.bound(action) + JSONWriter.bound(agent) + JSONWriter.bound(outcome)
-            + JSONWriter.bound(purpose) + JSONWriter.bound(role) + (detail.map(JSONWriter.bound) ?? 0)
-            + (breakGlass.map(JSONWriter.bound) ?? 0) + (record.map(JSONWriter.bound) ?? 0)
-        return JSONWriter.build(capacity: capacity) { out in
+        let capacity = 200 + 66 + 2 * 21 + ByteWriter.jsonBound(action) + ByteWriter.jsonBound(agent) + ByteWriter.jsonBound(outcome)
+            + ByteWriter.jsonBound(purpose) + ByteWriter.jsonBound(role) + (detail.map(ByteWriter.jsonBound) ?? 0)
+            + (breakGlass.map(ByteWriter.jsonBound) ?? 0) + (record.map(ByteWriter.jsonBound) ?? 0)
+        return ByteWriter.build(capacity: capacity) { out in
             out.raw(#"{"action":"#); out.string(action)
             out.raw(#","agent":"#); out.string(agent)
             out.raw(breakGlass != nil ? #","break_glass":true"# : #","break_glass":false"#)
