@@ -541,7 +541,7 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
 
     /// Audit rows are staged in log order and folded into the patient-ordered index in bulk:
     /// every patient's trail lists exactly its events in log order before, across and after
-    /// folds, and verification finds every event indexed once.
+    /// folds and an erasure, and verification finds every event indexed once.
     @Test func auditRowsFoldWithoutLosingOrDuplicatingEvents() throws {
         let f = try PatientFixture("audit-fold")
         let records = f.records
@@ -554,6 +554,8 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         var rng = SplitMix64(seed: 0xf01d)
         var folds = 0
         for round in 0..<40 {
+            // An erasure midway: the patient's later reads are refused, and audited as such.
+            if round == 20 { try records.erase(patient: patients[2]) }
             let requests = (0..<Int(rng.next() % 12 + 1)).map { _ in
                 PatientRecords.ReadRequest(patient: patients[Int(rng.next() % 3)], recordId: "obs")
             }
