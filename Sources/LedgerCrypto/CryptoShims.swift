@@ -81,6 +81,11 @@ public final class SecureBytes: @unchecked Sendable, CustomStringConvertible {
     public var description: String { "SecureBytes(\(count) bytes, redacted)" }
 }
 
+/// Wipes a hash used as key material (a derived key) in place (`OPENSSL_cleanse`).
+public func secureZero(_ hash: inout Hash) {
+    withUnsafeMutableBytes(of: &hash.words) { CryptoShims.cleanse($0.baseAddress!, $0.count) }
+}
+
 /// Wipes an array's bytes in place (`OPENSSL_cleanse`); for secrets that passed through arrays.
 public func secureZero(_ bytes: inout [UInt8]) {
     bytes.withUnsafeMutableBytes { buffer in

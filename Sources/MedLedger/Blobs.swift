@@ -102,8 +102,9 @@ enum BlobCrypto {
     /// K_blob = HMAC-SHA-256(D_e, "medledger-blob-key/1|p|b|v|salt"): the random salt makes
     /// every upload's keys new, so a retried upload of the same version never reuses a key.
     static func blobKey(dataKey: SecureBytes, p: Hash, b: Hash, version: UInt32, salt: [UInt8]) throws -> HMACSHA256.Key {
-        let derived = try HMACSHA256.authenticationCode(
+        var derived = try HMACSHA256.authenticationCode(
             for: Array("medledger-blob-key/1|\(p.hex)|\(b.hex)|\(version)|\(Hex.encode(salt))".utf8), key: dataKey)
+        defer { secureZero(&derived) }
         return try HMACSHA256.Key(derived.withUnsafeBytes { SecureBytes(copying: $0) })
     }
 

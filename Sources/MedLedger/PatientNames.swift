@@ -159,7 +159,8 @@ extension PatientRecords {
 
     /// The key of one record version: HMAC-SHA-256(data key, ``recordKeyLabel(_:_:_:)``).
     static func recordKey(dataKey: SecureBytes, _ p: Hash, _ r: Hash, _ version: UInt32) throws -> SecureBytes {
-        let derived = try HMACSHA256.authenticationCode(for: recordKeyLabel(p, r, version), key: dataKey)
+        var derived = try HMACSHA256.authenticationCode(for: recordKeyLabel(p, r, version), key: dataKey)
+        defer { secureZero(&derived) }
         return derived.withUnsafeBytes { SecureBytes(copying: $0) }
     }
 

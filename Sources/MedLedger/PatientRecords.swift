@@ -161,7 +161,8 @@ public final class PatientRecords: @unchecked Sendable {
     /// The key of one record version: HMAC-SHA-256(data key, label). Exports hand it out to
     /// let a recipient check that version alone.
     static func recordKey(dataKey: SecureBytes, patient: String, record: String, version: UInt32) throws -> SecureBytes {
-        let derived = try HMACSHA256.authenticationCode(for: Array("medledger-record-key/1|\(patient)|\(record)|\(version)".utf8), key: dataKey)
+        var derived = try HMACSHA256.authenticationCode(for: Array("medledger-record-key/1|\(patient)|\(record)|\(version)".utf8), key: dataKey)
+        defer { secureZero(&derived) }
         return derived.withUnsafeBytes { SecureBytes(copying: $0) }
     }
 

@@ -144,3 +144,12 @@ import LedgerCrypto
         #expect(Hex.encode([0x00, 0xff, 0x10, 0xab]) == "00ff10ab")
     }
 }
+
+@Suite struct SecureZeroTests {
+    @Test func wipesAHashInPlace() {
+        var key = SHA256.hash(Array("derived key".utf8))
+        #expect(key != Hash.zero)
+        secureZero(&key)
+        #expect(key == Hash.zero)
+    }
+}
