@@ -386,6 +386,8 @@ if patientRecords > 0 {
     var putTimes: [Double] = []
     let putBatch = 1000
     var written = 0
+    // CPU time (all threads) is steadier than wall time on this shared machine.
+    let putCPUStart = cpuSeconds(process: true)
     while written < patientRecords {
         let n = min(putBatch, patientRecords - written)
         let inputs = (written..<(written + n)).map { i in
@@ -396,7 +398,8 @@ if patientRecords > 0 {
         putTimes.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
         written += n
     }
-    log(String(format: "patient layer: record put %.0f records/s (median of %d batches)", Double(putBatch) / Stats(putTimes).median, putTimes.count))
+    log(String(format: "patient layer: record put %.0f records/s (median of %d batches), %.1f µs of CPU per record (all threads; inputs included)",
+               Double(putBatch) / Stats(putTimes).median, putTimes.count, (cpuSeconds(process: true) - putCPUStart) * 1e6 / Double(patientRecords)))
     rows.append(Row(name: "record put, 2 KB FHIR JSON (batch 1000, durable, \(patientRecords) records, \(patients) patients)",
                     value: Double(putBatch) / Stats(putTimes).median, unit: "records/s",
                     limitName: "log append 2,120 B, batch 1000", limit: recordSizedAppend,
@@ -427,6 +430,11 @@ if patientRecords > 0 {
             return PatientRecords.ReadRequest(patient: "Patient/\(i % patients)", recordId: "obs-\(i / patients)")
         }
         var times: [Double] = []
+        let readCPUStart = cpuSeconds(process: true)
+        defer {
+            log(String(format: "patient layer: batch reads of %d, %.1f µs of CPU per read (all threads)", batch,
+                       (cpuSeconds(process: true) - readCPUStart) * 1e6 / Double(reads)))
+        }
         for start in stride(from: 0, to: reads, by: batch) {
             let t0 = DispatchTime.now().uptimeNanoseconds
             let results = try store.readRecords(Array(requests[start..<(start + batch)]), as: .custodian("bench"))
