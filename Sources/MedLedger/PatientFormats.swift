@@ -168,31 +168,7 @@ enum PatientPayload {
     }
 
     static func writeString(_ s: String, into out: inout [UInt8]) {
-        out.append(UInt8(ascii: "\""))
-        // Most strings (hex names, ids, timestamps) need no escaping: copy them whole, checked
-        // and copied from their contiguous UTF-8 (the generic view's iteration cost more than
-        // the rest of an audit payload).
-        var s = s
-        let plain = s.withUTF8 { utf8 -> Bool in
-            for b in utf8 where b < 0x20 || b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") { return false }
-            out.append(contentsOf: utf8)
-            return true
-        }
-        if plain {
-            out.append(UInt8(ascii: "\""))
-            return
-        }
-        for byte in s.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""): out += [UInt8(ascii: "\\"), UInt8(ascii: "\"")]
-            case UInt8(ascii: "\\"): out += [UInt8(ascii: "\\"), UInt8(ascii: "\\")]
-            case 0..<0x20:
-                let hex = Array("0123456789abcdef".utf8)
-                out += [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(byte >> 4)], hex[Int(byte & 15)]]
-            default: out.append(byte)
-            }
-        }
-        out.append(UInt8(ascii: "\""))
+        out += ByteWriter.build(capacity: ByteWriter.jsonBound(s)) { $0.string(s) }
     }
 
     static func decode(_ payload: [UInt8]) -> [String: Any]? {
@@ -203,34 +179,22 @@ enum PatientPayload {
     /// the same object, keys in UTF-8 order.
     static func recordPayload(p: Hash, r: Hash, version: UInt32, ciphertextHash: Hash, ciphertextSize: Int,
                               keyEpoch: UInt32) -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(320)
-        func literal(_ text: StaticString) { out.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount)) }
-        literal(#"{"ciphertext_hash":""#)
-        ciphertextHash.appendHex(to: &out)
-        literal(#"","ciphertext_size":"#)
-        out.append(contentsOf: String(ciphertextSize).utf8)
-        literal(#","key_epoch":"#)
-        out.append(contentsOf: String(keyEpoch).utf8)
-        // Hex names need no escaping.
-        literal(#","patient":""#)
-        p.appendHex(to: &out)
-        literal(#"","record":""#)
-        r.appendHex(to: &out)
-        literal(#"","type":"record","v":1,"version":"#)
-        out.append(contentsOf: String(version).utf8)
-        out.append(UInt8(ascii: "}"))
-        return out
+        ByteWriter.build(capacity: 128 + 3 * 66 + 3 * 21) { out in
+            out.raw(#"{"ciphertext_hash":"#); out.hexString(ciphertextHash)
+            out.raw(#","ciphertext_size":"#); out.integer(Int64(ciphertextSize))
+            out.raw(#","key_epoch":"#); out.integer(Int64(keyEpoch))
+            out.raw(#","patient":"#); out.hexString(p)
+            out.raw(#","record":"#); out.hexString(r)
+            out.raw(#","type":"record","v":1,"version":"#); out.integer(Int64(version))
+            out.raw("}")
+        }
     }
 
     static func patientKey(_ p: Hash) -> String { "patient/" + p.hex }
     static func recordKey(_ p: Hash, _ r: Hash) -> String {
-        var bytes: [UInt8] = Array("record/".utf8)
-        bytes.reserveCapacity(136)
-        p.appendHex(to: &bytes)
-        bytes.append(UInt8(ascii: "/"))
-        r.appendHex(to: &bytes)
-        return String(decoding: bytes, as: UTF8.self)
+        String(decoding: ByteWriter.build(capacity: 136) { out in
+            out.raw("record/"); out.hex(p); out.raw("/"); out.hex(r)
+        }, as: UTF8.self)
     }
     static func grantKey(_ p: Hash, _ grantee: String) -> String { "grant/\(p.hex)/\(grantee)" }
 }

@@ -48,7 +48,7 @@ struct ByteWriter {
 
     /// The 64 hex characters of `hash`, its bytes read arithmetically (an optimized build once
     /// misread constant offsets through a copied hash's bytes).
-    private mutating func hex(_ hash: Hash) {
+    mutating func hex(_ hash: Hash) {
         let out = reserve(64)
         for i in 0..<32 {
             let b = hash.byte(at: i)
@@ -101,7 +101,7 @@ struct ByteWriter {
     /// The capacity a JSON string needs at most: quotes, and six bytes (`\u00XX`) per byte.
     static func jsonBound(_ text: String) -> Int { 2 + 6 * text.utf8.count }
 
-    /// A JSON string, escaped as ``PatientPayload/writeString(_:into:)`` escapes it.
+    /// A JSON string: quote, backslash and control bytes escaped (`\u00XX`), all else as is.
     mutating func string(_ text: String) {
         var text = text
         text.withUTF8 { utf8 in

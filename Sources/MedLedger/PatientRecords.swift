@@ -351,7 +351,7 @@ public final class PatientRecords: @unchecked Sendable {
 
     /// `body(i)` for `i` in `0..<count`, in order; on two threads when `count` is large.
     static func inParallel<T>(_ count: Int, _ body: (Int) throws -> T) throws -> [T] {
-        guard count >= 256 else { return try (0..<count).map(body) }
+        guard count >= parallelReadThreshold else { return try (0..<count).map(body) }
         return try withoutActuallyEscaping(body) { body in
             let job = ParallelMap(count: count, body: body)
             DispatchQueue.concurrentPerform(iterations: 2) { job.run($0) }
@@ -371,7 +371,7 @@ public final class PatientRecords: @unchecked Sendable {
                 }
             }
         }
-        guard count >= 256 else { return try run(0..<count) }
+        guard count >= Self.parallelReadThreshold else { return try run(0..<count) }
         return try withoutActuallyEscaping(run) { run in
             let job = ParallelMap(count: 2) { try run($0 == 0 ? 0..<(count / 2) : (count / 2)..<count) }
             DispatchQueue.concurrentPerform(iterations: 2) { job.run($0) }
@@ -389,11 +389,10 @@ public final class PatientRecords: @unchecked Sendable {
         guard !inputs.isEmpty else { return [] }
         writeLock.lock()
         defer { writeLock.unlock() }
-        // Shapes and names, then patient keys and stored versions in a read snapshot, then the
-        // versions in input order, then the sealing; all but the numbering on two threads for
-        // large batches.
-        // Shapes and names come first, outside any transaction (a record may be 16 MiB of
-        // JSON to check, and a read transaction keeps its snapshot's pages from reuse).
+        // Shapes and names first, outside any transaction (a record may be 16 MiB of JSON to
+        // check, and a read transaction keeps its snapshot's pages from reuse); then patient
+        // keys and stored versions in a read snapshot; the versions in input order; the
+        // sealing. All but the numbering run on two threads for large batches.
         let named = try Self.inParallel(inputs.count) { i -> (p: Hash, r: Hash, resourceType: String?) in
             let resourceType = try Self.validate(inputs[i])
             let p = try pseudonym(of: inputs[i].patient)
@@ -566,40 +565,20 @@ public final class PatientRecords: @unchecked Sendable {
                             breakGlass: String? = nil) throws -> [Result<RecordContent, LedgerError>] {
         let agent = try auditAgent(accessor)
         let time = clock()
-        func part(_ range: Range<Int>) throws -> BatchReadPart {
-            try readPart(requests[range], accessor: accessor, agent: agent, purpose: purpose, breakGlass: breakGlass, time: time)
+        let (read, _) = try inSnapshot(requests.count) { view, range in
+            try readPart(requests[range], view: view, accessor: accessor, agent: agent, purpose: purpose, breakGlass: breakGlass, time: time)
         }
-        var parts: [BatchReadPart]
-        if requests.count >= Self.parallelReadThreshold {
-            // Two threads read one half each, each in its own read transaction; the halves
-            // are used only if both transactions saw the same snapshot.
-            let half = requests.count / 2
-            let job = ParallelMap(count: 2) { try part($0 == 0 ? 0..<half : half..<requests.count) }
-            DispatchQueue.concurrentPerform(iterations: 2) { job.run($0) }
-            parts = try job.results()
-            if parts[0].snapshot != parts[1].snapshot { parts = [try part(0..<requests.count)] }
-        } else {
-            parts = [try part(0..<requests.count)]
-        }
-        let events = parts.flatMap(\.events)
-        let outcomes = parts.flatMap(\.outcomes)
-        try auditCommitter.record(events)
-        return outcomes
+        try auditCommitter.record(read.map(\.event))
+        return read.map(\.outcome)
     }
 
-    /// Batch reads of at least this many requests read on two threads.
+    /// Batches of at least this many requests (reads, puts) run on two threads.
     static let parallelReadThreshold = 256
 
-    /// Part of a batch read: its audit events, outcomes, and the snapshot it read.
-    struct BatchReadPart {
-        var events: [AuditEvent]
-        var outcomes: [Result<RecordContent, LedgerError>]
-        var snapshot: UInt64
-    }
-
-    /// Reads `requests` in one read transaction.
-    private func readPart(_ requests: ArraySlice<ReadRequest>, accessor: Accessor, agent: String, purpose: String,
-                          breakGlass: String?, time: Date) throws -> BatchReadPart {
+    /// Reads `requests` in `view`; each outcome comes with its settled, encoded audit event.
+    private func readPart(_ requests: ArraySlice<ReadRequest>, view: TransactionView, accessor: Accessor, agent: String,
+                          purpose: String, breakGlass: String?,
+                          time: Date) throws -> [(event: AuditEvent, outcome: Result<RecordContent, LedgerError>)] {
         var names: [String: Hash] = [:]
         var events: [AuditEvent] = []
         var recordHashes: [Hash] = []
@@ -613,20 +592,14 @@ public final class PatientRecords: @unchecked Sendable {
             events.append(AuditEvent(action: "read", accessor: accessor, agent: agent, patient: p, record: r.hex,
                                      version: request.version, purpose: purpose, breakGlass: breakGlass, time: time))
         }
-        return try Ledger.storage {
-            try ledger.environment.read { txn in
-                let view = txn.unsafeView
-                // A batch usually reads several records of one patient: unwrap each data key once.
-                var dataKeys: [EpochKey: SecureBytes] = [:]
-                let outcomes = try events.indices.map { i in
-                    let outcome = try readOne(view, &events[i], r: recordHashes[i], accessor: accessor, breakGlass: breakGlass, dataKeys: &dataKeys)
-                    // Settled and encoded here, on the part's thread, rather than by the committer.
-                    events[i].settle(outcome)
-                    events[i].payload = events[i].encoded()
-                    return outcome
-                }
-                return BatchReadPart(events: events, outcomes: outcomes, snapshot: view.snapshotID)
-            }
+        // A batch usually reads several records of one patient: unwrap each data key once.
+        var dataKeys: [EpochKey: SecureBytes] = [:]
+        return try events.indices.map { i in
+            let outcome = try readOne(view, &events[i], r: recordHashes[i], accessor: accessor, breakGlass: breakGlass, dataKeys: &dataKeys)
+            // Settled and encoded here, on the part's thread, rather than by the committer.
+            events[i].settle(outcome)
+            events[i].payload = events[i].encoded()
+            return (events[i], outcome)
         }
     }
 
