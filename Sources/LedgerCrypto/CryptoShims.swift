@@ -86,6 +86,11 @@ public func secureZero(_ hash: inout Hash) {
     withUnsafeMutableBytes(of: &hash.words) { CryptoShims.cleanse($0.baseAddress!, $0.count) }
 }
 
+/// Wipes `bytes` in place (`OPENSSL_cleanse`).
+public func secureZero(_ bytes: UnsafeMutableRawBufferPointer) {
+    if let base = bytes.baseAddress, bytes.count > 0 { CryptoShims.cleanse(base, bytes.count) }
+}
+
 /// Wipes an array's bytes in place (`OPENSSL_cleanse`); for secrets that passed through arrays.
 public func secureZero(_ bytes: inout [UInt8]) {
     bytes.withUnsafeMutableBytes { buffer in

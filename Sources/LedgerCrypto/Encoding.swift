@@ -6,6 +6,42 @@ public enum Hex {
     @inlinable
     public static func digit(_ nibble: UInt8) -> UInt8 { nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") - 10 + nibble }
 
+    /// The 16 hex digits of `word`'s 8 bytes in memory order, as the little-endian value of
+    /// the 16 bytes they occupy: lanes of arithmetic, no branch or table per digit (names,
+    /// labels and audit entries hex-encode several hashes per request).
+    @inlinable
+    public static func digits(ofWord word: UInt64) -> (low: UInt64, high: UInt64) {
+        let value = UInt64(littleEndian: word)
+        return (digits(ofHalf: value & 0xffff_ffff), digits(ofHalf: value >> 32))
+    }
+
+    /// The 8 digits of the 4 bytes in `half`'s low 32 bits (byte 0 lowest).
+    @inlinable
+    static func digits(ofHalf half: UInt64) -> UInt64 {
+        // Each byte to its own 16-bit lane, then its high nibble to the lane's first byte
+        // (lower address) and its low nibble to the second.
+        var s = (half | half << 16) & 0x0000_ffff_0000_ffff
+        s = (s | s << 8) & 0x00ff_00ff_00ff_00ff
+        let nibbles = (s >> 4) & 0x000f_000f_000f_000f | (s & 0x000f_000f_000f_000f) << 8
+        // Bytes of 10 or more carry into bit 4 when 6 is added: those take 'a' - 10, others '0'.
+        let letters = ((nibbles &+ 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101
+        return (nibbles &+ 0x3030_3030_3030_3030 &+ letters &* 0x27).littleEndian
+    }
+
+    /// Writes the 64 lowercase hex digits of the 32 bytes held in `words` (memory order) to `out`.
+    @inlinable
+    public static func write(words: (UInt64, UInt64, UInt64, UInt64), to out: UnsafeMutableRawPointer) {
+        func put(_ word: UInt64, at offset: Int) {
+            let d = digits(ofWord: word)
+            out.storeBytes(of: d.low, toByteOffset: offset, as: UInt64.self)
+            out.storeBytes(of: d.high, toByteOffset: offset + 8, as: UInt64.self)
+        }
+        put(words.0, at: 0)
+        put(words.1, at: 16)
+        put(words.2, at: 32)
+        put(words.3, at: 48)
+    }
+
     /// Encodes bytes as lowercase hex.
     public static func encode(_ bytes: UnsafeRawBufferPointer) -> String {
         String(unsafeUninitializedCapacity: bytes.count * 2) { out in

@@ -97,10 +97,23 @@ public struct Hash: Sendable, Hashable, Comparable, CustomStringConvertible {
     public var bytes: [UInt8] { withUnsafeBytes { Array($0) } }
 
     /// Lowercase hex, 64 characters.
-    public var hex: String { withUnsafeBytes { Hex.encode($0) } }
+    public var hex: String {
+        String(unsafeUninitializedCapacity: 64) { out in
+            writeHex(to: UnsafeMutableRawPointer(out.baseAddress!))
+            return 64
+        }
+    }
+
+    /// Writes the 64 characters of ``hex`` at `out`, which has room for them.
+    @inlinable
+    public func writeHex(to out: UnsafeMutableRawPointer) { Hex.write(words: words, to: out) }
 
     /// Appends the 64 characters of ``hex`` to `out`.
-    public func appendHex(to out: inout [UInt8]) { withUnsafeBytes { Hex.append($0, to: &out) } }
+    public func appendHex(to out: inout [UInt8]) {
+        let start = out.count
+        out.append(contentsOf: repeatElement(0, count: 64))
+        out.withUnsafeMutableBytes { writeHex(to: $0.baseAddress! + start) }
+    }
 
     /// Standard base64 (44 characters).
     public var base64: String { withUnsafeBytes { Base64.encode($0) } }

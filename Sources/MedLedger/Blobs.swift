@@ -624,7 +624,7 @@ extension PatientRecords {
         let agent = try auditAgent(accessor)
         let p = try pseudonym(of: patient)
         let b = try recordHash(p, blobId)
-        var event = AuditEvent(action: "read-blob", accessor: accessor, agent: agent, patient: p, record: b.hex, version: version,
+        var event = AuditEvent(action: "read-blob", accessor: accessor, agent: agent, patient: p, record: b, version: version,
                                purpose: purpose, breakGlass: breakGlass, time: clock())
         let outcome: Result<(BlobRow, SecureBytes), LedgerError> = try Ledger.storage {
             try ledger.environment.read { txn in

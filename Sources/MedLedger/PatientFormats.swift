@@ -223,18 +223,43 @@ enum RecordPlaintext {
 
     static func decode(_ bytes: [UInt8]) -> (recordId: String, mediaType: String, resourceType: String?, content: [UInt8])? {
         bytes.withUnsafeBufferPointer { buffer in
-            var at = 0
-            func field() -> String? {
-                guard at + 2 <= buffer.count else { return nil }
-                let n = Int(buffer[at]) << 8 | Int(buffer[at + 1])
-                at += 2
-                guard at + n <= buffer.count else { return nil }
-                defer { at += n }
-                return String(decoding: UnsafeBufferPointer(rebasing: buffer[at..<(at + n)]), as: UTF8.self)
-            }
-            guard let recordId = field(), let mediaType = field(), let resourceType = field() else { return nil }
-            return (recordId, mediaType, resourceType.isEmpty ? nil : resourceType, Array(buffer[at...]))
+            header(buffer).map { ($0.recordId, $0.mediaType, $0.resourceType, Array(buffer[$0.contentStart...])) }
         }
+    }
+
+    /// The media type nearly every record has, shared rather than decoded per read.
+    private static let fhirJSON = "application/fhir+json"
+
+    /// The fields before the content, and the content's offset.
+    static func header(_ buffer: UnsafeBufferPointer<UInt8>) -> (recordId: String, mediaType: String, resourceType: String?, contentStart: Int)? {
+        var at = 0
+        func field() -> UnsafeBufferPointer<UInt8>? {
+            guard at + 2 <= buffer.count else { return nil }
+            let n = Int(buffer[at]) << 8 | Int(buffer[at + 1])
+            at += 2
+            guard at + n <= buffer.count else { return nil }
+            defer { at += n }
+            return UnsafeBufferPointer(rebasing: buffer[at..<(at + n)])
+        }
+        guard let recordId = field(), let mediaType = field(), let resourceType = field() else { return nil }
+        let media = mediaType.elementsEqual(fhirJSON.utf8) ? fhirJSON : String(decoding: mediaType, as: UTF8.self)
+        return (String(decoding: recordId, as: UTF8.self), media,
+                resourceType.isEmpty ? nil : String(decoding: resourceType, as: UTF8.self), at)
+    }
+
+    /// Turns a plaintext into its content in place, from offset `start` on: the content moves to
+    /// the front and the bytes it leaves behind are zeroed, so the buffer handed out is the only
+    /// copy of the content and holds nothing past it.
+    static func takeContent(_ plaintext: inout [UInt8], from start: Int) -> [UInt8] {
+        let count = plaintext.count - start
+        plaintext.withUnsafeMutableBytes { raw in
+            guard start > 0, let base = raw.baseAddress else { return }
+            memmove(base, base + start, count)
+            secureZero(UnsafeMutableRawBufferPointer(start: base + count, count: start))
+        }
+        plaintext.removeLast(start)
+        defer { plaintext = [] }
+        return plaintext
     }
 }
 

@@ -46,16 +46,8 @@ struct ByteWriter {
         if let base = utf8.baseAddress { reserve(utf8.count).initialize(from: base, count: utf8.count) }
     }
 
-    /// The 64 hex characters of `hash`, its bytes read arithmetically (an optimized build once
-    /// misread constant offsets through a copied hash's bytes).
-    mutating func hex(_ hash: Hash) {
-        let out = reserve(64)
-        for i in 0..<32 {
-            let b = hash.byte(at: i)
-            out[2 * i] = Hex.digit(b >> 4)
-            out[2 * i + 1] = Hex.digit(b & 0x0f)
-        }
-    }
+    /// The 64 hex characters of `hash`.
+    mutating func hex(_ hash: Hash) { hash.writeHex(to: UnsafeMutableRawPointer(reserve(64))) }
 
     /// `value` in decimal (at most 20 bytes).
     private mutating func decimal(_ value: UInt64) {

@@ -214,17 +214,14 @@ public final class PatientRecords: @unchecked Sendable {
     }
 
     /// Identifies one unwrapped data key in a per-call cache.
-    private struct EpochKey: Hashable {
+    private struct EpochKey: Equatable {
         let p: Hash
         let epoch: UInt32
     }
 
-    /// The data key of `epoch`, unwrapped once per call that passes the same `cache`.
-    private func dataKey(_ state: PatientState, _ p: Hash, epoch: UInt32, cache: inout [EpochKey: SecureBytes]) throws -> SecureBytes {
-        if let cached = cache[EpochKey(p: p, epoch: epoch)] { return cached }
-        let key = try unwrap(state, p, epoch: epoch)
-        cache[EpochKey(p: p, epoch: epoch)] = key
-        return key
+    /// The data key of `epoch`, unwrapped once while it stays among the `cache`'s recent keys.
+    private func dataKey(_ state: PatientState, _ p: Hash, epoch: UInt32, cache: inout RecentValues<EpochKey, SecureBytes>) throws -> SecureBytes {
+        try cache.value(for: EpochKey(p: p, epoch: epoch)) { try unwrap(state, p, epoch: epoch) }
     }
 
     /// Opens a stored version's box; nil when it fails authentication (a damaged store). The
@@ -579,21 +576,21 @@ public final class PatientRecords: @unchecked Sendable {
     private func readPart(_ requests: ArraySlice<ReadRequest>, view: TransactionView, accessor: Accessor, agent: String,
                           purpose: String, breakGlass: String?,
                           time: Date) throws -> [(event: AuditEvent, outcome: Result<RecordContent, LedgerError>)] {
-        var names: [String: Hash] = [:]
+        var names = RecentValues<String, Hash>()
         var events: [AuditEvent] = []
         var recordHashes: [Hash] = []
         events.reserveCapacity(requests.count)
         recordHashes.reserveCapacity(requests.count)
         for request in requests {
-            let p = try names[request.patient] ?? pseudonym(of: request.patient)
-            names[request.patient] = p
+            let p = try names.value(for: request.patient) { try pseudonym(of: request.patient) }
             let r = try recordHash(p, request.recordId)
             recordHashes.append(r)
-            events.append(AuditEvent(action: "read", accessor: accessor, agent: agent, patient: p, record: r.hex,
+            events.append(AuditEvent(action: "read", accessor: accessor, agent: agent, patient: p, record: r,
                                      version: request.version, purpose: purpose, breakGlass: breakGlass, time: time))
         }
-        // A batch usually reads several records of one patient: unwrap each data key once.
-        var dataKeys: [EpochKey: SecureBytes] = [:]
+        // A batch usually reads several records of one patient in a row: unwrap each data key
+        // once while it is among the recent ones.
+        var dataKeys = RecentValues<EpochKey, SecureBytes>()
         return try events.indices.map { i in
             let outcome = try readOne(view, &events[i], r: recordHashes[i], accessor: accessor, breakGlass: breakGlass, dataKeys: &dataKeys)
             // Settled and encoded here, on the part's thread, rather than by the committer.
@@ -605,7 +602,7 @@ public final class PatientRecords: @unchecked Sendable {
 
     /// One read inside a snapshot; fills in the version the event reads.
     private func readOne(_ view: TransactionView, _ event: inout AuditEvent, r: Hash, accessor: Accessor, breakGlass: String?,
-                         dataKeys: inout [EpochKey: SecureBytes]) throws -> Result<RecordContent, LedgerError> {
+                         dataKeys: inout RecentValues<EpochKey, SecureBytes>) throws -> Result<RecordContent, LedgerError> {
         let p = event.patient
         guard let state = try patientState(view, p) else { return .failure(LedgerError(.patientNotFound, "no such patient")) }
         guard state.status == .active else { return .failure(LedgerError(.erased, "the patient was erased")) }
@@ -630,12 +627,16 @@ public final class PatientRecords: @unchecked Sendable {
         guard plaintext != nil else {
             return .failure(LedgerError(.storage, "stored ciphertext of a record fails authentication (damaged store)"))
         }
-        guard let parts = RecordPlaintext.decode(plaintext!) else { return .failure(LedgerError(.storage, "malformed record plaintext")) }
+        guard let parts = plaintext!.withUnsafeBufferPointer(RecordPlaintext.header) else {
+            return .failure(LedgerError(.storage, "malformed record plaintext"))
+        }
         if let refusal = try refusal(accessor, p: p, r: r, resourceType: parts.resourceType, view: view, breakGlass: breakGlass) {
             return .failure(LedgerError(.accessDenied, refusal))
         }
+        // The decrypted buffer becomes the content: no second copy of it is made.
+        let content = RecordPlaintext.takeContent(&plaintext!, from: parts.contentStart)
         return .success(RecordContent(recordId: parts.recordId, version: wanted, mediaType: parts.mediaType,
-                                      resourceType: parts.resourceType, content: parts.content, index: index))
+                                      resourceType: parts.resourceType, content: content, index: index))
     }
 
     /// Commits the audit entry of a finished access, then returns its result or throws its refusal.
@@ -690,14 +691,14 @@ public final class PatientRecords: @unchecked Sendable {
     }
 
     private func listing(p: Hash, r: Hash?, action: String, accessor: Accessor, purpose: String, latestOnly: Bool) throws -> [RecordVersionInfo] {
-        let event = AuditEvent(action: action, accessor: accessor, agent: try auditAgent(accessor), patient: p, record: r?.hex, version: nil,
+        let event = AuditEvent(action: action, accessor: accessor, agent: try auditAgent(accessor), patient: p, record: r, version: nil,
                                purpose: purpose, breakGlass: nil, time: clock())
         let outcome: Result<[RecordVersionInfo], LedgerError> = try Ledger.storage {
             try ledger.environment.read { txn -> Result<[RecordVersionInfo], LedgerError> in
                 let view = txn.unsafeView
                 guard let state = try patientState(view, p) else { return .failure(LedgerError(.patientNotFound, "no such patient")) }
                 guard state.status == .active else { return .failure(LedgerError(.erased, "the patient was erased")) }
-                var dataKeys: [EpochKey: SecureBytes] = [:]
+                var dataKeys = RecentValues<EpochKey, SecureBytes>()
                 let prefix = p.bytes + (r?.bytes ?? [])
                 var rows: [(r: Hash, version: UInt32, value: [UInt8])] = []
                 try view.withCursor(records) { cursor in
@@ -1252,7 +1253,8 @@ struct AuditEvent {
     var action: String
     var accessor: Accessor
     var patient: Hash
-    var record: String?
+    /// The record (or blob) name hash the access concerns; written as hex.
+    var record: Hash?
     var version: UInt32?
     var purpose: String
     var breakGlass: String?
@@ -1275,7 +1277,7 @@ struct AuditEvent {
         }
     }
 
-    init(action: String, accessor: Accessor, agent: String, patient: Hash, record: String?, version: UInt32?, purpose: String, breakGlass: String?, time: Date) {
+    init(action: String, accessor: Accessor, agent: String, patient: Hash, record: Hash?, version: UInt32?, purpose: String, breakGlass: String?, time: Date) {
         self.action = action
         self.accessor = accessor
         self.agent = agent
@@ -1293,7 +1295,7 @@ struct AuditEvent {
         let role = accessor.role.rawValue
         let capacity = 200 + 66 + 2 * 21 + ByteWriter.jsonBound(action) + ByteWriter.jsonBound(agent) + ByteWriter.jsonBound(outcome)
             + ByteWriter.jsonBound(purpose) + ByteWriter.jsonBound(role) + (detail.map(ByteWriter.jsonBound) ?? 0)
-            + (breakGlass.map(ByteWriter.jsonBound) ?? 0) + (record.map(ByteWriter.jsonBound) ?? 0)
+            + (breakGlass.map(ByteWriter.jsonBound) ?? 0) + (record == nil ? 0 : 66)
         return ByteWriter.build(capacity: capacity) { out in
             out.raw(#"{"action":"#); out.string(action)
             out.raw(#","agent":"#); out.string(agent)
@@ -1303,7 +1305,7 @@ struct AuditEvent {
             out.raw(#","patient":"#); out.hexString(patient)
             out.raw(#","purpose":"#); out.string(purpose)
             if let breakGlass { out.raw(#","reason":"#); out.string(breakGlass) }
-            if let record { out.raw(#","record":"#); out.string(record) }
+            if let record { out.raw(#","record":"#); out.hexString(record) }
             out.raw(#","recorded_ms":"#); out.integer(Int64(time.timeIntervalSince1970 * 1000))
             out.raw(#","role":"#); out.string(role)
             out.raw(#","type":"audit","v":1"#)
@@ -1318,7 +1320,7 @@ struct AuditEvent {
             "patient": patient.hex, "purpose": purpose, "outcome": outcome,
             "recorded_ms": Int64(time.timeIntervalSince1970 * 1000), "break_glass": breakGlass != nil,
         ]
-        if let record { out["record"] = record }
+        if let record { out["record"] = record.hex }
         if let version, version > 0 { out["version"] = Int(version) }
         if let breakGlass { out["reason"] = breakGlass }
         if let detail { out["detail"] = detail }
@@ -1378,5 +1380,32 @@ final class AuditCommitter: @unchecked Sendable {
         }
         condition.unlock()
         if let error = ticket.error { throw error }
+    }
+}
+
+/// The last few values a batch computed, by key: a batch usually reads several records of one
+/// patient in a row, and a scan of a handful of keys costs less than hashing each request into
+/// a dictionary (which a batch of distinct patients pays for nothing). Values beyond the last
+/// ``capacity`` are computed again.
+struct RecentValues<Key: Equatable, Value> {
+    static var capacity: Int { 8 }
+    private var keys: [Key] = []
+    private var values: [Value] = []
+    /// The slot the next new key replaces once full (oldest first).
+    private var next = 0
+
+    /// The value kept for `key`, or the one `make` computes (then kept).
+    mutating func value(for key: Key, _ make: () throws -> Value) rethrows -> Value {
+        if let i = keys.firstIndex(of: key) { return values[i] }
+        let value = try make()
+        if keys.count < Self.capacity {
+            keys.append(key)
+            values.append(value)
+        } else {
+            keys[next] = key
+            values[next] = value
+            next = (next + 1) % Self.capacity
+        }
+        return value
     }
 }

@@ -402,11 +402,13 @@ enum PageHashing {
 /// A bump allocator for one apply: new pages, copied values and node-hash trees live here
 /// until the batch is stored. Not thread-safe: each worker has its own.
 final class Arena {
-    private var chunks: [UnsafeMutableRawPointer] = []
-    private var large: [UnsafeMutableRawPointer] = []
-    private var current: UnsafeMutableRawPointer?
-    private var used = 0
-    private var capacity = 0
+    // One thread owns an arena while it writes (each apply thread has its own), so accesses
+    // never overlap: the runtime's exclusivity bookkeeping, paid per page, is turned off.
+    @exclusivity(unchecked) private var chunks: [UnsafeMutableRawPointer] = []
+    @exclusivity(unchecked) private var large: [UnsafeMutableRawPointer] = []
+    @exclusivity(unchecked) private var current: UnsafeMutableRawPointer?
+    @exclusivity(unchecked) private var used = 0
+    @exclusivity(unchecked) private var capacity = 0
 
     init() {}
 

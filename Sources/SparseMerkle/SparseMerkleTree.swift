@@ -109,20 +109,22 @@ public enum SparseMerkleTree {
     /// What one thread of an apply produces. Outputs are pooled (``OutputPool``) so that the
     /// scratch frames and the arrays' capacity carry over from batch to batch.
     final class Output {
-        private(set) var version: UInt64
-        private(set) var arena = Arena()
+        // An output belongs to one thread of an apply at a time and no access to these
+        // overlaps another: the runtime's exclusivity bookkeeping, paid per page, is off.
+        @exclusivity(unchecked) private(set) var version: UInt64
+        @exclusivity(unchecked) private(set) var arena = Arena()
         let frames = Frames()
         /// The frames' storage, read without touching `frames` on the hot path.
         let slotFrames: UnsafeMutablePointer<NodeRef>
         let treeFrames: UnsafeMutablePointer<Hash>
         /// Per depth / 4, the pages finished, in prefix order.
-        var newPages: [[NewPage]] = []
-        var stale: [PageID] = []
+        @exclusivity(unchecked) var newPages: [[NewPage]] = []
+        @exclusivity(unchecked) var stale: [PageID] = []
         /// The stale lists of all an apply's outputs merged, and scratch for the merge.
-        var mergedStale: [PageID] = []
-        var staleScratch: [PageID] = []
+        @exclusivity(unchecked) var mergedStale: [PageID] = []
+        @exclusivity(unchecked) var staleScratch: [PageID] = []
         /// Interior hashes computed, for the benchmarks' phase figures.
-        var hashes = 0
+        @exclusivity(unchecked) var hashes = 0
         init(version: UInt64) {
             self.version = version
             slotFrames = frames.slots
@@ -593,7 +595,8 @@ public enum SparseMerkleTree {
         let tree = output.tree(depth: depth)
         output.hashes += PageHashing.tree(slots, old: old, dirty: dirty, into: tree)
         let id = PageID(version: output.version, depth: depth, prefix: prefix)
-        let arena = output.arena
+        // The output holds its arena for the whole apply: no reference count per page.
+        unowned(unsafe) let arena = output.arena
         func full() -> UnsafeRawBufferPointer {
             let bytes = arena.allocate(fullSize)
             PageHashing.encodeFull(slots, into: bytes)

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import TestSupport
 import LedgerCrypto
@@ -67,6 +68,23 @@ import LedgerCrypto
             for i in [0, 1, 7, 8, 15, 16, 31] { #expect(h.byte(at: i) == bytes[i]) }
         }
         #expect(Set(hashes.map { $0.withUnsafeBytes { $0[0] } }).count > 1)
+    }
+
+    @Test func hexMatchesTheDigitByDigitEncoding() {
+        // The word-at-a-time encoder against the plain one, on every byte value in every
+        // position of a word and on random hashes.
+        var rng = SplitMix64(seed: 0x4845_58)
+        var hashes = (0..<256).map { b in Hash([UInt8](repeating: UInt8(b), count: 32))! }
+        hashes += (0..<32).map { i in Hash((0..<32).map { $0 == i ? 0xff : UInt8($0 * 8 + 1) })! }
+        hashes += (0..<200).map { _ in Hash((0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) })! }
+        for h in hashes {
+            let plain = h.withUnsafeBytes { raw in raw.map { String(format: "%02x", $0) }.joined() }
+            #expect(h.hex == plain)
+            var appended: [UInt8] = [7]
+            h.appendHex(to: &appended)
+            #expect(appended == [7] + Array(plain.utf8))
+        }
+        #expect(Hash.zero.hex == String(repeating: "0", count: 64))
     }
 
     @Test func base64IsStrict() {

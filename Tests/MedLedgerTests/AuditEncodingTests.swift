@@ -17,7 +17,7 @@ import LedgerCrypto
             let accessor = [Accessor.patient(pick()), .grantee(pick()), .custodian(pick())][Int(rng.next() % 3)]
             var event = AuditEvent(action: ["read", "history", "list", "read-blob"][Int(rng.next() % 4)], accessor: accessor,
                                    agent: pick(), patient: SHA256.hash(Array("p\(i)".utf8)),
-                                   record: rng.next() % 3 == 0 ? nil : pick(),
+                                   record: rng.next() % 3 == 0 ? nil : SHA256.hash(Array(pick().utf8)),
                                    version: rng.next() % 3 == 0 ? nil : UInt32(truncatingIfNeeded: rng.next() % 5),
                                    purpose: pick(), breakGlass: rng.next() % 2 == 0 ? nil : pick(),
                                    time: Date(timeIntervalSince1970: Double(rng.next() % 4_000_000_000) + 0.001 * Double(rng.next() % 1000)))
@@ -74,5 +74,34 @@ import LedgerCrypto
         #expect(a.withUnsafeBytes { Array($0) } == b.withUnsafeBytes { Array($0) })
         let c = try PatientRecords.recordKey(dataKey: dataKey, p, r, 8)
         #expect(a.withUnsafeBytes { Array($0) } != c.withUnsafeBytes { Array($0) })
+    }
+}
+
+@Suite struct RecordPlaintextTests {
+    /// Reads take the content out of the decrypted buffer in place; that must give what the
+    /// copying decoder gives, for any header and content length.
+    @Test func takingTheContentInPlaceMatchesTheCopyingDecoder() {
+        var rng = SplitMix64(seed: 0x9a7e)
+        let media = ["application/fhir+json", "application/fhir+jsoN", "text/plain", "", "application/fhir+json2"]
+        for i in 0..<300 {
+            let content = (0..<Int(rng.next() % 3000)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            let resourceType = i % 3 == 0 ? nil : "Observation\(i % 7)"
+            let mediaType = media[i % media.count]
+            var plaintext = RecordPlaintext.encode(recordId: "obs-\(i)", mediaType: mediaType, resourceType: resourceType, content: content)
+            let copied = RecordPlaintext.decode(plaintext)
+            let header = plaintext.withUnsafeBufferPointer(RecordPlaintext.header)
+            #expect(copied?.recordId == "obs-\(i)" && header?.recordId == "obs-\(i)")
+            #expect(copied?.mediaType == mediaType && header?.mediaType == mediaType)
+            #expect(copied?.resourceType == resourceType && header?.resourceType == resourceType)
+            guard let start = header?.contentStart else { continue }
+            let taken = RecordPlaintext.takeContent(&plaintext, from: start)
+            #expect(taken == content && copied?.content == content)
+            #expect(plaintext.isEmpty)
+        }
+        // Truncated headers are refused, not read past their end.
+        let whole = RecordPlaintext.encode(recordId: "r", mediaType: "text/plain", resourceType: nil, content: [1, 2, 3])
+        for cut in 0..<(whole.count - 3) {
+            #expect(Array(whole.prefix(cut)).withUnsafeBufferPointer(RecordPlaintext.header) == nil, "cut at \(cut)")
+        }
     }
 }
