@@ -685,13 +685,15 @@ final class HotPageCache: @unchecked Sendable {
         var hasBase: Bool
     }
 
-    /// Per level (depth / 4): headers, hashes (16 per entry) and record buffers, zeroed memory
-    /// from `calloc` so that positions never used cost no resident memory.
-    private let headers: [UnsafeMutablePointer<Header>]
-    private let trees: [UnsafeMutablePointer<Hash>]
-    private let buffers: [UnsafeMutablePointer<UnsafeMutableRawPointer?>]
-    /// Per entry, its record's slot offsets, parsed once when it is cached.
-    private let layouts: [UnsafeMutablePointer<InlineArray<16, UInt32>>]
+    /// Per level (depth / 4), per position, its entry or nil (zeroed memory from `calloc`, so
+    /// positions never used cost no resident memory). An entry is one block: the header, the
+    /// 16 hashes (heap positions 0...15, 0 unused), the record's slot offsets (parsed once, when
+    /// cached) and the merged record. A proof reads five cached pages and an update thousands:
+    /// one block per page means one region of memory to miss in rather than five arrays.
+    private let entries: [UnsafeMutablePointer<UnsafeMutableRawPointer?>]
+    private static let treeOffset = 32
+    private static let layoutOffset = treeOffset + 16 * MemoryLayout<Hash>.stride
+    private static let recordOffset = layoutOffset + MemoryLayout<InlineArray<16, UInt32>>.stride
     private let locks: [NSLock]
     /// Bumped by every reset, under all the stripe locks: an insert made for a view begun
     /// before a reset is dropped.
@@ -703,25 +705,28 @@ final class HotPageCache: @unchecked Sendable {
     private var committed: UInt64 = 0
 
     init() {
-        headers = (0..<Self.levels).map { calloc(1 << (4 * $0), MemoryLayout<Header>.stride)!.bindMemory(to: Header.self, capacity: 1 << (4 * $0)) }
-        trees = (0..<Self.levels).map { calloc(16 << (4 * $0), MemoryLayout<Hash>.stride)!.bindMemory(to: Hash.self, capacity: 16 << (4 * $0)) }
-        buffers = (0..<Self.levels).map {
+        precondition(MemoryLayout<Header>.stride <= Self.treeOffset && MemoryLayout<Hash>.alignment <= 8)
+        entries = (0..<Self.levels).map {
             calloc(1 << (4 * $0), MemoryLayout<UnsafeMutableRawPointer?>.stride)!.bindMemory(to: UnsafeMutableRawPointer?.self, capacity: 1 << (4 * $0))
-        }
-        layouts = (0..<Self.levels).map {
-            calloc(1 << (4 * $0), MemoryLayout<InlineArray<16, UInt32>>.stride)!.bindMemory(to: InlineArray<16, UInt32>.self, capacity: 1 << (4 * $0))
         }
         locks = (0..<Self.stripes).map { _ in NSLock() }
     }
 
     deinit {
-        for (level, b) in buffers.enumerated() {
-            for i in 0..<(1 << (4 * level)) { free(b[i]) }
-            free(b)
+        for (level, positions) in entries.enumerated() {
+            for i in 0..<(1 << (4 * level)) { positions[i]?.deallocate() }
+            free(positions)
         }
-        for h in headers { free(h) }
-        for l in layouts { free(l) }
-        for t in trees { free(t) }
+    }
+
+    /// The header of the entry at `entry`.
+    @inline(__always)
+    private static func header(_ entry: UnsafeMutableRawPointer) -> Header { entry.load(as: Header.self) }
+
+    /// The entry's 16 hashes (bound to `Hash` when the entry was made).
+    @inline(__always)
+    private static func hashes(_ entry: UnsafeMutableRawPointer) -> UnsafeMutablePointer<Hash> {
+        (entry + treeOffset).assumingMemoryBound(to: Hash.self)
     }
 
     /// The position's index within its level: the prefix's first `depth` bits.
@@ -789,7 +794,12 @@ final class HotPageCache: @unchecked Sendable {
     /// Marks every entry absent and starts a new epoch; the caller holds every lock.
     private func forgetEntries() {
         for level in 0..<Self.levels {
-            for i in 0..<(1 << (4 * level)) { headers[level][i].present = false }
+            for i in 0..<(1 << (4 * level)) {
+                guard let entry = entries[level][i] else { continue }
+                var header = Self.header(entry)
+                header.present = false
+                entry.storeBytes(of: header, as: Header.self)
+            }
         }
         currentEpoch &+= 1
     }
@@ -821,11 +831,13 @@ final class HotPageCache: @unchecked Sendable {
         let lock = lock(l, i)
         lock.lock()
         defer { lock.unlock() }
-        let header = headers[l][i]
-        let hashes = trees[l] + 16 * i
-        guard header.present, header.version == id.version, hashes[1] == hash, let buffer = buffers[l][i] else { return nil }
-        return try body(UnsafeRawBufferPointer(start: buffer, count: Int(header.length)), UnsafePointer(hashes),
-                        (header.hasBase ? header.baseVersion : nil, header.changed), layouts[l][i])
+        guard let entry = entries[l][i] else { return nil }
+        let header = Self.header(entry)
+        let hashes = Self.hashes(entry)
+        guard header.present, header.version == id.version, hashes[1] == hash else { return nil }
+        return try body(UnsafeRawBufferPointer(start: entry + Self.recordOffset, count: Int(header.length)), UnsafePointer(hashes),
+                        (header.hasBase ? header.baseVersion : nil, header.changed),
+                        (entry + Self.layoutOffset).load(as: InlineArray<16, UInt32>.self))
     }
 
     /// Whether page `id`, read by a view begun at `epoch`, would enter the cache: no reset
@@ -835,7 +847,8 @@ final class HotPageCache: @unchecked Sendable {
         let lock = lock(l, i)
         lock.lock()
         defer { lock.unlock() }
-        let header = headers[l][i]
+        guard let entry = entries[l][i] else { return epoch == currentEpoch }
+        let header = Self.header(entry)
         return epoch == currentEpoch && (!header.present || header.version <= id.version)
     }
 
@@ -850,29 +863,36 @@ final class HotPageCache: @unchecked Sendable {
         let lock = lock(l, i)
         lock.lock()
         defer { lock.unlock() }
-        var header = headers[l][i]
+        var entry = entries[l][i]
+        var header = entry.map(Self.header)
+            ?? Header(version: 0, baseVersion: 0, length: 0, capacity: 0, changed: 0, present: false, hasBase: false)
         if let epoch, epoch != currentEpoch { return }
         if keepingNewer, header.present, header.version > id.version { return }
         guard let table else {
-            headers[l][i].present = false
+            header.present = false
+            entry?.storeBytes(of: header, as: Header.self)
             return
         }
-        if buffers[l][i] == nil || Int(header.capacity) < page.count {
-            free(buffers[l][i])
+        if entry == nil || Int(header.capacity) < page.count {
+            entry?.deallocate()
             let capacity = max(page.count, 512)
-            buffers[l][i] = malloc(capacity)
+            let made = UnsafeMutableRawPointer.allocate(byteCount: Self.recordOffset + capacity, alignment: 64)
+            (made + Self.treeOffset).bindMemory(to: Hash.self, capacity: 16)
+            entries[l][i] = made
+            entry = made
             header.capacity = UInt32(capacity)
         }
-        buffers[l][i]!.copyMemory(from: page.baseAddress!, byteCount: page.count)
-        (trees[l] + 16 * i).update(from: tree, count: 16)
-        layouts[l][i] = table.slotOffsets
+        let block = entry!
+        (block + Self.recordOffset).copyMemory(from: page.baseAddress!, byteCount: page.count)
+        Self.hashes(block).update(from: tree, count: 16)
+        (block + Self.layoutOffset).storeBytes(of: table.slotOffsets, as: InlineArray<16, UInt32>.self)
         header.version = id.version
         header.baseVersion = baseVersion ?? 0
         header.hasBase = baseVersion != nil
         header.changed = changed
         header.length = UInt32(page.count)
         header.present = true
-        headers[l][i] = header
+        block.storeBytes(of: header, as: Header.self)
     }
 
     /// What ``merge(_:hash:tree:into:)`` made of a stored page.
