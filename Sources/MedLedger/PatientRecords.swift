@@ -576,13 +576,13 @@ public final class PatientRecords: @unchecked Sendable {
     private func readPart(_ requests: ArraySlice<ReadRequest>, view: TransactionView, accessor: Accessor, agent: String,
                           purpose: String, breakGlass: String?,
                           time: Date) throws -> [(event: AuditEvent, outcome: Result<RecordContent, LedgerError>)] {
-        var names = RecentValues<String, Hash>()
+        var names = RecentValues<ExternalID, Hash>()
         var events: [AuditEvent] = []
         var recordHashes: [Hash] = []
         events.reserveCapacity(requests.count)
         recordHashes.reserveCapacity(requests.count)
         for request in requests {
-            let p = try names.value(for: request.patient) { try pseudonym(of: request.patient) }
+            let p = try names.value(for: ExternalID(request.patient)) { try pseudonym(of: request.patient) }
             let r = try recordHash(p, request.recordId)
             recordHashes.append(r)
             events.append(AuditEvent(action: "read", accessor: accessor, agent: agent, patient: p, record: r,
@@ -724,7 +724,8 @@ public final class PatientRecords: @unchecked Sendable {
                         return .failure(LedgerError(.storage, "stored ciphertext of a record fails authentication (damaged store)"))
                     }
                     defer { secureZero(&plaintext) }
-                    guard let parts = RecordPlaintext.decode(plaintext) else { continue }
+                    // The header alone: a listing makes no copy of the content.
+                    guard let parts = plaintext.withUnsafeBufferPointer(RecordPlaintext.header) else { continue }
                     if try refusal(accessor, p: p, r: row.r, resourceType: parts.resourceType, view: view, breakGlass: nil) != nil {
                         // A grantee lists only what it may read; a listing with nothing readable is refused.
                         continue
@@ -1408,4 +1409,13 @@ struct RecentValues<Key: Equatable, Value> {
         }
         return value
     }
+}
+
+/// An external id compared by its UTF-8 bytes, as its pseudonym is computed: `String`'s `==`
+/// equates canonically equivalent spellings (a precomposed "é" and "e" with a combining
+/// accent), which name different patients.
+struct ExternalID: Equatable {
+    let id: String
+    init(_ id: String) { self.id = id }
+    static func == (a: ExternalID, b: ExternalID) -> Bool { a.id.utf8.elementsEqual(b.id.utf8) }
 }

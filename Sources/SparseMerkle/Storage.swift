@@ -884,7 +884,9 @@ final class HotPageCache: @unchecked Sendable {
         }
         let block = entry!
         (block + Self.recordOffset).copyMemory(from: page.baseAddress!, byteCount: page.count)
-        Self.hashes(block).update(from: tree, count: 16)
+        // Trivial values: initializing over earlier ones (a reused block) is as valid as over
+        // fresh memory.
+        Self.hashes(block).initialize(from: tree, count: 16)
         (block + Self.layoutOffset).storeBytes(of: table.slotOffsets, as: InlineArray<16, UInt32>.self)
         header.version = id.version
         header.baseVersion = baseVersion ?? 0

@@ -539,6 +539,22 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         #expect(latest.version == 2)
     }
 
+    /// Patient ids are names by their bytes: two canonically equivalent spellings are two
+    /// patients, also when one batch reads both (Swift's `String ==` would equate them).
+    @Test func aBatchTellsCanonicallyEquivalentIdsApart() throws {
+        let f = try PatientFixture("equivalent-ids")
+        let precomposed = "Patient/Jos\u{E9}", decomposed = "Patient/Jose\u{301}"
+        #expect(precomposed == decomposed && Array(precomposed.utf8) != Array(decomposed.utf8))
+        for patient in [precomposed, decomposed] {
+            try f.records.addPatient(externalId: patient)
+            try f.records.putRecord(patient: patient, recordId: "obs", content: observation(patient))
+        }
+        let results = try f.records.readRecords([.init(patient: precomposed, recordId: "obs"), .init(patient: decomposed, recordId: "obs"),
+                                                 .init(patient: precomposed, recordId: "obs")], as: .custodian("ops"))
+        let contents = try results.map { try $0.get().content }
+        #expect(contents == [observation(precomposed), observation(decomposed), observation(precomposed)])
+    }
+
     /// Audit rows are staged in log order and folded into the patient-ordered index in bulk:
     /// every patient's trail lists exactly its events in log order before, across and after
     /// folds and an erasure, and verification finds every event indexed once.
