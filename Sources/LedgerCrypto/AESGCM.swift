@@ -62,14 +62,17 @@ public enum AESGCM {
     /// ``open(_:key:associatedData:)`` of a box in borrowed memory (a value in a read
     /// transaction), without copying it first.
     public static func open(sealed box: UnsafeRawBufferPointer, key: SecureBytes, associatedData: [UInt8]) throws -> [UInt8] {
+        try associatedData.withUnsafeBytes { try open(sealed: box, key: key, associatedData: $0) }
+    }
+
+    /// ``open(sealed:key:associatedData:)`` with associated data in borrowed memory.
+    public static func open(sealed box: UnsafeRawBufferPointer, key: SecureBytes, associatedData aad: UnsafeRawBufferPointer) throws -> [UInt8] {
         guard box.count >= overhead else { throw CryptoError(code: .invalidInput, operation: "AES-GCM box of \(box.count) bytes") }
         var out = [UInt8](repeating: 0, count: box.count - overhead)
         try out.withUnsafeMutableBytes { out in
-            try associatedData.withUnsafeBytes { aad in
-                // The detached open zeroes `out` when authentication fails.
-                try openDetached(UnsafeRawBufferPointer(rebasing: box[nonceByteCount...]), into: out, key: key,
-                                 nonce: UnsafeRawBufferPointer(rebasing: box[0..<nonceByteCount]), aad: aad)
-            }
+            // The detached open zeroes `out` when authentication fails.
+            try openDetached(UnsafeRawBufferPointer(rebasing: box[nonceByteCount...]), into: out, key: key,
+                             nonce: UnsafeRawBufferPointer(rebasing: box[0..<nonceByteCount]), aad: aad)
         }
         return out
     }
@@ -220,26 +223,37 @@ public enum HMACSHA256 {
 
         /// Prepares `key` (any length; keys longer than the 64-byte block are hashed first).
         public init(_ key: SecureBytes) throws {
-            var block = [UInt8](repeating: 0, count: 64)
-            defer { secureZero(&block) }
-            key.withUnsafeBytes { k in
-                if k.count > 64 {
-                    var digest = SHA256.hash(k)
-                    digest.withUnsafeBytes { d in for i in 0..<32 { block[i] = d[i] } }
-                    withUnsafeMutableBytes(of: &digest) { CryptoShims.cleanse($0.baseAddress!, $0.count) }
-                } else {
-                    for i in 0..<k.count { block[i] = k[i] }
+            // The padded key block lives on the stack (a record read prepares one key) and is
+            // wiped before it is released.
+            var inner = SHA256_CTX(), outer = SHA256_CTX()
+            defer {
+                withUnsafeMutableBytes(of: &inner) { CryptoShims.cleanse($0.baseAddress!, $0.count) }
+                withUnsafeMutableBytes(of: &outer) { CryptoShims.cleanse($0.baseAddress!, $0.count) }
+            }
+            try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 64) { block in
+                block.initialize(repeating: 0)
+                defer { CryptoShims.cleanse(block.baseAddress!, 64) }
+                key.withUnsafeBytes { k in
+                    if k.count > 64 {
+                        var digest = SHA256.hash(k)
+                        digest.withUnsafeBytes { d in for i in 0..<32 { block[i] = d[i] } }
+                        withUnsafeMutableBytes(of: &digest) { CryptoShims.cleanse($0.baseAddress!, $0.count) }
+                    } else {
+                        for i in 0..<k.count { block[i] = k[i] }
+                    }
+                }
+                for i in 0..<64 { block[i] ^= 0x36 }
+                guard CCrypto_SHA256_Init(&inner) == 1, CCrypto_SHA256_Update(&inner, block.baseAddress, 64) == 1 else {
+                    throw CryptoError.openSSL("HMAC-SHA-256 inner key block")
+                }
+                // 0x36 ^ 0x5c turns the inner pad into the outer one.
+                for i in 0..<64 { block[i] ^= 0x36 ^ 0x5c }
+                guard CCrypto_SHA256_Init(&outer) == 1, CCrypto_SHA256_Update(&outer, block.baseAddress, 64) == 1 else {
+                    throw CryptoError.openSSL("HMAC-SHA-256 outer key block")
                 }
             }
-            for i in 0..<64 { block[i] ^= 0x36 }
-            guard CCrypto_SHA256_Init(&inner) == 1, CCrypto_SHA256_Update(&inner, block, 64) == 1 else {
-                throw CryptoError.openSSL("HMAC-SHA-256 inner key block")
-            }
-            // 0x36 ^ 0x5c turns the inner pad into the outer one.
-            for i in 0..<64 { block[i] ^= 0x36 ^ 0x5c }
-            guard CCrypto_SHA256_Init(&outer) == 1, CCrypto_SHA256_Update(&outer, block, 64) == 1 else {
-                throw CryptoError.openSSL("HMAC-SHA-256 outer key block")
-            }
+            self.inner = inner
+            self.outer = outer
         }
 
         deinit {

@@ -24,6 +24,17 @@ struct ByteWriter {
         }
     }
 
+    /// Lends `use` the bytes `body` writes into temporary memory of `capacity` bytes (on the
+    /// stack for a label of up to a kilobyte): a MAC input or associated data needs no array.
+    static func withBuilt<R>(capacity: Int, _ body: (inout ByteWriter) -> Void,
+                             _ use: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: capacity) { buffer in
+            var writer = ByteWriter(at: buffer.baseAddress!, end: buffer.baseAddress! + capacity)
+            body(&writer)
+            return try use(UnsafeRawBufferPointer(start: buffer.baseAddress!, count: writer.at - buffer.baseAddress!))
+        }
+    }
+
     private init(at: UnsafeMutablePointer<UInt8>, end: UnsafeMutablePointer<UInt8>) {
         self.at = at
         self.end = end
@@ -131,27 +142,34 @@ struct ByteWriter {
 extension PatientRecords {
     /// `medledger-record/1|<hex p>|<hex r>|<version>`: a record version's associated data.
     static func recordAAD(_ p: Hash, _ r: Hash, _ version: UInt32) -> [UInt8] {
-        versionLabel("medledger-record/1", p, r, version)
+        withRecordAAD(p, r, version) { Array($0) }
+    }
+
+    /// ``recordAAD(_:_:_:)`` lent to `use` without an array.
+    static func withRecordAAD<R>(_ p: Hash, _ r: Hash, _ version: UInt32, _ use: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try withVersionLabel("medledger-record/1", p, r, version, use)
     }
 
     /// `medledger-record-key/1|<hex p>|<hex r>|<version>`: the MAC input of a version's key.
     static func recordKeyLabel(_ p: Hash, _ r: Hash, _ version: UInt32) -> [UInt8] {
-        versionLabel("medledger-record-key/1", p, r, version)
+        withVersionLabel("medledger-record-key/1", p, r, version) { Array($0) }
     }
 
-    /// `<prefix>|<hex p>|<hex r>|<version>`.
-    private static func versionLabel(_ prefix: StaticString, _ p: Hash, _ r: Hash, _ version: UInt32) -> [UInt8] {
-        ByteWriter.build(capacity: prefix.utf8CodeUnitCount + 130 + 21) { label in
+    /// `<prefix>|<hex p>|<hex r>|<version>`, lent to `use`.
+    private static func withVersionLabel<R>(_ prefix: StaticString, _ p: Hash, _ r: Hash, _ version: UInt32,
+                                            _ use: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try ByteWriter.withBuilt(capacity: prefix.utf8CodeUnitCount + 130 + 21, { label in
             label.raw(prefix)
             label.field(p)
             label.field(r)
             label.field(UInt64(version))
-        }
+        }, use)
     }
 
     /// The key of one record version: HMAC-SHA-256(data key, ``recordKeyLabel(_:_:_:)``).
     static func recordKey(dataKey: SecureBytes, _ p: Hash, _ r: Hash, _ version: UInt32) throws -> SecureBytes {
-        var derived = try HMACSHA256.authenticationCode(for: recordKeyLabel(p, r, version), key: dataKey)
+        let mac = try HMACSHA256.Key(dataKey)
+        var derived = withVersionLabel("medledger-record-key/1", p, r, version) { mac.authenticationCode(for: $0) }
         defer { secureZero(&derived) }
         return derived.withUnsafeBytes { SecureBytes(copying: $0) }
     }
@@ -168,19 +186,29 @@ extension PatientRecords {
 
     /// `patient|<external id>`: the pseudonym's MAC input.
     static func pseudonymLabel(_ externalId: String) -> [UInt8] {
-        ByteWriter.build(capacity: 8 + externalId.utf8.count) { label in
+        withPseudonymLabel(externalId) { Array($0) }
+    }
+
+    /// ``pseudonymLabel(_:)`` lent to `use` without an array.
+    static func withPseudonymLabel<R>(_ externalId: String, _ use: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try ByteWriter.withBuilt(capacity: 8 + externalId.utf8.count, { label in
             label.raw("patient")
             label.field(externalId)
-        }
+        }, use)
     }
 
     /// `record|<hex p>|<record id>`: the record hash's MAC input.
     static func recordHashLabel(_ p: Hash, _ recordId: String) -> [UInt8] {
-        ByteWriter.build(capacity: 6 + 65 + 1 + recordId.utf8.count) { label in
+        withRecordHashLabel(p, recordId) { Array($0) }
+    }
+
+    /// ``recordHashLabel(_:_:)`` lent to `use` without an array.
+    static func withRecordHashLabel<R>(_ p: Hash, _ recordId: String, _ use: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try ByteWriter.withBuilt(capacity: 6 + 65 + 1 + recordId.utf8.count, { label in
             label.raw("record")
             label.field(p)
             label.field(recordId)
-        }
+        }, use)
     }
 }
 

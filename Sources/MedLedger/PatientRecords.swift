@@ -128,11 +128,11 @@ public final class PatientRecords: @unchecked Sendable {
 
     /// The keyed pseudonym the log uses for a patient: HMAC-SHA-256 under the ledger secret.
     public func pseudonym(of externalId: String) throws -> Hash {
-        masterKey.pseudonymMAC.authenticationCode(for: Self.pseudonymLabel(externalId))
+        Self.withPseudonymLabel(externalId) { masterKey.pseudonymMAC.authenticationCode(for: $0) }
     }
 
     func recordHash(_ pseudonym: Hash, _ recordId: String) throws -> Hash {
-        masterKey.pseudonymMAC.authenticationCode(for: Self.recordHashLabel(pseudonym, recordId))
+        Self.withRecordHashLabel(pseudonym, recordId) { masterKey.pseudonymMAC.authenticationCode(for: $0) }
     }
 
     /// A record version's associated data from the hex names an export carries; equal to
@@ -617,8 +617,9 @@ public final class PatientRecords: @unchecked Sendable {
             let epoch = UInt32(bigEndian: stored.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
             let dataKey = try self.dataKey(state, p, epoch: epoch, cache: &dataKeys)
             let key = try Self.recordKey(dataKey: dataKey, p, r, wanted)
-            plaintext = try? AESGCM.open(sealed: UnsafeRawBufferPointer(rebasing: stored[12...]), key: key,
-                                         associatedData: Self.recordAAD(p, r, wanted))
+            plaintext = Self.withRecordAAD(p, r, wanted) { aad in
+                try? AESGCM.open(sealed: UnsafeRawBufferPointer(rebasing: stored[12...]), key: key, associatedData: aad)
+            }
             return UInt64(bigEndian: stored.loadUnaligned(as: UInt64.self))
         }
         guard let index = found ?? nil else {
@@ -1417,5 +1418,9 @@ struct RecentValues<Key: Equatable, Value> {
 struct ExternalID: Equatable {
     let id: String
     init(_ id: String) { self.id = id }
-    static func == (a: ExternalID, b: ExternalID) -> Bool { a.id.utf8.elementsEqual(b.id.utf8) }
+    static func == (a: ExternalID, b: ExternalID) -> Bool {
+        var x = a.id, y = b.id
+        guard x.utf8.count == y.utf8.count else { return false }
+        return x.withUTF8 { xs in y.withUTF8 { ys in xs.count == 0 || memcmp(xs.baseAddress!, ys.baseAddress!, xs.count) == 0 } }
+    }
 }
