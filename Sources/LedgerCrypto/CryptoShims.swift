@@ -93,7 +93,5 @@ public func secureZero(_ bytes: UnsafeMutableRawBufferPointer) {
 
 /// Wipes an array's bytes in place (`OPENSSL_cleanse`); for secrets that passed through arrays.
 public func secureZero(_ bytes: inout [UInt8]) {
-    bytes.withUnsafeMutableBytes { buffer in
-        if let base = buffer.baseAddress { CryptoShims.cleanse(base, buffer.count) }
-    }
+    bytes.withUnsafeMutableBytes(secureZero)
 }

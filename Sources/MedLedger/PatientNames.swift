@@ -176,12 +176,17 @@ extension PatientRecords {
 
     /// `medledger-data-key/1|<hex p>|<generation>|<epoch>`: a wrapped data key's associated data.
     static func dataKeyAAD(_ p: Hash, _ generation: UInt64, _ epoch: UInt32) -> [UInt8] {
-        ByteWriter.build(capacity: 20 + 65 + 42) { label in
+        withDataKeyAAD(p, generation, epoch) { Array($0) }
+    }
+
+    /// ``dataKeyAAD(_:_:_:)`` lent to `use` without an array.
+    static func withDataKeyAAD<R>(_ p: Hash, _ generation: UInt64, _ epoch: UInt32, _ use: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try ByteWriter.withBuilt(capacity: 20 + 65 + 42, { label in
             label.raw("medledger-data-key/1")
             label.field(p)
             label.field(generation)
             label.field(UInt64(epoch))
-        }
+        }, use)
     }
 
     /// `patient|<external id>`: the pseudonym's MAC input.

@@ -150,7 +150,9 @@ public final class PatientRecords: @unchecked Sendable {
         let epoch = epoch ?? state.epoch
         guard epoch >= 1, epoch <= state.epoch else { throw LedgerError(.storage, "no patient data key of epoch \(epoch)") }
         do {
-            var raw = try AESGCM.open(state.wrappedKeys[Int(epoch) - 1], key: master, associatedData: Self.dataKeyAAD(p, state.generation, epoch))
+            var raw = try state.wrappedKeys[Int(epoch) - 1].withUnsafeBytes { wrapped in
+                try Self.withDataKeyAAD(p, state.generation, epoch) { try AESGCM.open(sealed: wrapped, key: master, associatedData: $0) }
+            }
             defer { secureZero(&raw) }
             return raw.withUnsafeBytes { SecureBytes(copying: $0) }
         } catch {
@@ -976,7 +978,7 @@ public final class PatientRecords: @unchecked Sendable {
                 try txn.withCursor(auditRecent) { cursor in
                     var more = try cursor.first()
                     while more {
-                        if let i = cursor.withCurrent({ key, value in value.count == 32 && Hash(unchecked: value, at: 0) == p ? UInt64(bigEndianBytes: key) : nil }) {
+                        if let i = cursor.withCurrent({ key, value in Hash(value) == p ? UInt64(bigEndianBytes: key) : nil }) {
                             indexes.append(i)
                         }
                         more = try cursor.next()
@@ -1053,8 +1055,8 @@ public final class PatientRecords: @unchecked Sendable {
             var more = try cursor.first()
             while more {
                 let row = cursor.withCurrent { key, value -> (Hash, UInt64)? in
-                    guard value.count == 32, let index = UInt64(bigEndianBytes: key) else { return nil }
-                    return (Hash(unchecked: value, at: 0), index)
+                    guard let p = Hash(value), let index = UInt64(bigEndianBytes: key) else { return nil }
+                    return (p, index)
                 }
                 guard let row else { throw LedgerError(.storage, "malformed pl.audit.recent row") }
                 rows.append(row)

@@ -633,7 +633,7 @@ extension LedgerVerifier {
                 patientCounts.auditEvents += 1
                 // Its row is in pl.audit once folded, else still in pl.audit.recent.
                 let folded = try view.withValue(tables.audit, key: AuditStorageKey(p: patient, index: index), { $0.isEmpty })
-                let staged = try tables.auditRecent.flatMap { try view.withValue($0, key: index) { $0.count == 32 && Hash(unchecked: $0, at: 0) == patient } }
+                let staged = try tables.auditRecent.flatMap { try view.withValue($0, key: index) { Hash($0) == patient } }
                 if folded != nil && staged != nil {
                     report.add(.audit, where_, "audit event both in pl.audit and in pl.audit.recent")
                 } else if (folded ?? staged) != true {
