@@ -118,6 +118,30 @@ public enum Workloads {
         return times
     }
 
+    /// Diagnostic: `write` of `bytes` to a new file (page-cache pages allocated as it grows),
+    /// then the same bytes over the same range again (pages already cached); no sync. A VM
+    /// whose host backs guest memory lazily makes the first much slower than the second.
+    /// Returns seconds for each.
+    public static func pageCacheWrites(path: String, bytes: Int) throws -> (fresh: Double, cached: Double) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard fd >= 0 else { throw POSIXError(.EIO) }
+        defer { close(fd); unlink(path) }
+        let chunk = [UInt8](repeating: 0x61, count: 256 << 10)
+        func pass() throws -> Double {
+            guard lseek(fd, 0, SEEK_SET) == 0 else { throw POSIXError(.EIO) }
+            let start = DispatchTime.now().uptimeNanoseconds
+            var written = 0
+            while written < bytes {
+                let w = chunk.withUnsafeBytes { Glibc.write(fd, $0.baseAddress!, min($0.count, bytes - written)) }
+                guard w > 0 else { throw POSIXError(.EIO) }
+                written += w
+            }
+            return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        }
+        let fresh = try pass()
+        return (fresh, try pass())
+    }
+
     /// Limit: SHA-256 of `count` distinct 64-byte inputs. Returns seconds.
     public static func sha256Small(count: Int) -> (seconds: Double, sink: Hash) {
         var input = [UInt8](repeating: 7, count: 64)
