@@ -104,13 +104,7 @@ public enum Workloads {
         while done < count {
             let n = min(batch, count - done)
             let start = DispatchTime.now().uptimeNanoseconds
-            let bytes = n * (payloadSize + 4)
-            var written = 0
-            while written < bytes {
-                let w = batchBytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + written, bytes - written) }
-                guard w > 0 else { throw POSIXError(.EIO) }
-                written += w
-            }
+            try write(fd, count: n * (payloadSize + 4), repeating: batchBytes)
             guard fdatasync(fd) == 0 else { throw POSIXError(.EIO) }
             times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
             done += n
@@ -130,16 +124,21 @@ public enum Workloads {
         func pass() throws -> Double {
             guard lseek(fd, 0, SEEK_SET) == 0 else { throw POSIXError(.EIO) }
             let start = DispatchTime.now().uptimeNanoseconds
-            var written = 0
-            while written < bytes {
-                let w = chunk.withUnsafeBytes { Glibc.write(fd, $0.baseAddress!, min($0.count, bytes - written)) }
-                guard w > 0 else { throw POSIXError(.EIO) }
-                written += w
-            }
+            try write(fd, count: bytes, repeating: chunk)
             return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         }
         let fresh = try pass()
         return (fresh, try pass())
+    }
+
+    /// Writes `count` bytes to `fd`, `source` over and over.
+    private static func write(_ fd: Int32, count: Int, repeating source: [UInt8]) throws {
+        var written = 0
+        while written < count {
+            let w = source.withUnsafeBytes { Glibc.write(fd, $0.baseAddress!, min($0.count, count - written)) }
+            guard w > 0 else { throw POSIXError(.EIO) }
+            written += w
+        }
     }
 
     /// Limit: SHA-256 of `count` distinct 64-byte inputs. Returns seconds.

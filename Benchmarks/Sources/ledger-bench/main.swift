@@ -256,6 +256,13 @@ if keyCount > 0 {
     let lateInserts = Array(insertTimes.suffix(max(1, insertTimes.count / 2)))
     rows.append(Row(name: "key map: insert new keys (batch 10k, durable, tree \(keyCount / 2)..\(keyCount))",
                     value: Double(batch) / Stats(lateInserts).median, unit: "keys/s", limitName: nil, limit: nil, extra: [:]))
+    /// A batch of updates to keys already present, drawn at random.
+    func randomUpdates() -> [SparseChange] {
+        var changes: [SparseChange] = []
+        changes.reserveCapacity(batch)
+        for _ in 0..<batch { changes.append(SparseChange(keyHash: keys[Int(keyRng.next() % UInt64(keys.count))], value: value)) }
+        return changes
+    }
     var updateTimes: [Double] = []
     log("sparse tree: update existing keys in batches of \(batch)")
     let phases = SparseMerkleTree.ApplyTimings()
@@ -265,7 +272,7 @@ if keyCount > 0 {
     var insideTimes: [Double] = []
     let updateCPUStart = cpuSeconds(process: true)
     for _ in 0..<keyUpdateBatches {
-        let changes = (0..<batch).map { _ in SparseChange(keyHash: keys[Int(keyRng.next() % UInt64(keys.count))], value: value) }
+        let changes = randomUpdates()
         version += UInt64(batch)
         let start = DispatchTime.now().uptimeNanoseconds
         var inside = 0.0
@@ -395,7 +402,7 @@ if keyCount > 0 {
     }
     for i in 0..<(retained + keyUpdateBatches) {
         if i == retained { bytesAtWindowFull = try retainStore.storedBytes() }
-        let t = try retainBatch((0..<batch).map { _ in SparseChange(keyHash: keys[Int(keyRng.next() % UInt64(keys.count))], value: value) })
+        let t = try retainBatch(randomUpdates())
         if i >= retained { retainedTimes.append(t.seconds); pruneTimes.append(t.pruneSeconds) }
     }
     log(String(format: "key map update keeping the last %d versions: %.1f ms per batch, of which prune %.1f ms (medians); stored bytes %+d per batch once the window is full",
