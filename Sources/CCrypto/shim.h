@@ -30,7 +30,4 @@ static inline int CCrypto_GCM_SetTag(EVP_CIPHER_CTX *c, void *tag, int len) {
 static inline int CCrypto_GCM_GetTag(EVP_CIPHER_CTX *c, void *tag, int len) {
     return EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, len, tag);
 }
-static inline int CCrypto_GCM_SetIVLength(EVP_CIPHER_CTX *c, int len) {
-    return EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_IVLEN, len, NULL);
-}
 #endif

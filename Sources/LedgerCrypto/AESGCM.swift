@@ -160,8 +160,10 @@ public enum AESGCM {
         defer { EVP_CIPHER_CTX_free(ctx) }
         let initialize = encrypt ? EVP_EncryptInit_ex : EVP_DecryptInit_ex
         guard let cipher = FetchedCipher.aes256GCM.cipher else { throw CryptoError.openSSL("EVP_CIPHER_fetch AES-256-GCM") }
-        guard initialize(ctx, cipher, nil, nil, nil) == 1,
-              CCrypto_GCM_SetIVLength(ctx, Int32(nonceByteCount)) == 1 else {
+        // GCM's default nonce length is the 12 bytes used here (NIST SP 800-38D's 96 bits;
+        // checked once, when the cipher is fetched), so the context is not told it: that
+        // control call went through OpenSSL's parameter lookup by name on every seal and open.
+        guard initialize(ctx, cipher, nil, nil, nil) == 1 else {
             throw CryptoError.openSSL("AES-256-GCM init")
         }
         try key.withUnsafeBytes { k in
@@ -191,7 +193,16 @@ private final class FetchedCipher: @unchecked Sendable {
     // Sendable: immutable; OpenSSL allows one fetched EVP_CIPHER to be used from many threads.
     static let aes256GCM = FetchedCipher("AES-256-GCM")
     let cipher: OpaquePointer?
-    private init(_ name: String) { cipher = EVP_CIPHER_fetch(nil, name, nil) }
+    private init(_ name: String) {
+        let fetched = EVP_CIPHER_fetch(nil, name, nil)
+        // Seals and opens rely on the default nonce length being AESGCM.nonceByteCount.
+        if let fetched, EVP_CIPHER_get_iv_length(fetched) != Int32(AESGCM.nonceByteCount) {
+            EVP_CIPHER_free(fetched)
+            cipher = nil
+        } else {
+            cipher = fetched
+        }
+    }
 }
 
 /// HMAC-SHA-256 (RFC 2104).

@@ -192,12 +192,22 @@ public final class PatientRecords: @unchecked Sendable {
     /// The newest version stored under `p || r || u32 version` keys of `db` (0 when none):
     /// `pl.records` and `pl.blobs` share that layout.
     static func lastVersion(_ view: TransactionView, in db: Database, _ p: Hash, _ r: Hash) throws -> UInt32 {
+        try withNewestRow(view, in: db, p, r) { version, _ in version } ?? 0
+    }
+
+    /// `body` with the newest stored version of a record and its row, as LMDB holds it; nil
+    /// when the record has none. One cursor both finds the row and lends it, so a read of the
+    /// newest version searches the table once.
+    static func withNewestRow<T>(_ view: TransactionView, in db: Database, _ p: Hash, _ r: Hash,
+                                 _ body: (UInt32, UnsafeRawBufferPointer) throws -> T) throws -> T? {
         let highest = RecordStorageKey(p: p, r: r, version: .max)
         return try view.withCursor(db) { cursor in
             let found = try cursor.seek(atOrAfter: highest)
-            if found, cursor.withCurrent({ key, _ in highest.sameRecord(key) && Self.version(ofStorageKey: key) == .max }) { return .max }
-            guard found ? try cursor.previous() : try cursor.last() else { return 0 }
-            return cursor.withCurrent { key, _ in highest.sameRecord(key) ? Self.version(ofStorageKey: key) : 0 }
+            let atHighest = found && cursor.withCurrent { key, _ in highest.sameRecord(key) && Self.version(ofStorageKey: key) == .max }
+            if !atHighest { guard found ? try cursor.previous() : try cursor.last() else { return nil } }
+            return try cursor.withCurrent { key, value in
+                highest.sameRecord(key) ? try body(Self.version(ofStorageKey: key), value) : nil
+            }
         }
     }
 
@@ -608,22 +618,31 @@ public final class PatientRecords: @unchecked Sendable {
         let p = event.patient
         guard let state = try patientState(view, p) else { return .failure(LedgerError(.patientNotFound, "no such patient")) }
         guard state.status == .active else { return .failure(LedgerError(.erased, "the patient was erased")) }
-        let wanted = try event.version ?? lastVersion(view, p, r)
-        event.version = wanted
         // Opened where LMDB holds it: the box is not copied out of the map first. `plaintext`
         // is the decrypted buffer's only owner, so the wipe reaches it rather than a copy.
         var plaintext: [UInt8]?
         defer { if plaintext != nil { secureZero(&plaintext!) } }
-        let found = wanted == 0 ? nil : try view.withValue(records, key: Self.recordStorageKey(p, r, wanted)) { stored -> UInt64? in
+        func open(_ version: UInt32, _ stored: UnsafeRawBufferPointer) throws -> UInt64? {
             guard stored.count >= 12 + AESGCM.overhead else { return nil }
             let epoch = UInt32(bigEndian: stored.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
             let dataKey = try self.dataKey(state, p, epoch: epoch, cache: &dataKeys)
-            let key = try Self.recordKey(dataKey: dataKey, p, r, wanted)
-            plaintext = Self.withRecordAAD(p, r, wanted) { aad in
+            let key = try Self.recordKey(dataKey: dataKey, p, r, version)
+            plaintext = Self.withRecordAAD(p, r, version) { aad in
                 try? AESGCM.open(sealed: UnsafeRawBufferPointer(rebasing: stored[12...]), key: key, associatedData: aad)
             }
             return UInt64(bigEndian: stored.loadUnaligned(as: UInt64.self))
         }
+        let found: UInt64??
+        if let version = event.version {
+            found = version == 0 ? nil : try view.withValue(records, key: Self.recordStorageKey(p, r, version)) { try open(version, $0) }
+        } else {
+            found = try Self.withNewestRow(view, in: records, p, r) { version, stored in
+                event.version = version
+                return try open(version, stored)
+            }
+            if event.version == nil { event.version = 0 }
+        }
+        let wanted = event.version!
         guard let index = found ?? nil else {
             return .failure(LedgerError(.recordNotFound, "no such record version"))
         }
