@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 swift test
-swift test -c release --filter "LedgerCryptoTests|MerkleLogTests|SparseMerkleTests|LabelEncodingTests|AuditEncoding|JSONCheckTests"
+swift test -c release --filter "LedgerCryptoTests|MerkleLogTests|SparseMerkleTests|LabelEncodingTests|AuditEncoding|JSONCheckTests|RecordLayoutTests"

@@ -125,6 +125,11 @@ public struct Hash: Sendable, Hashable, Comparable, CustomStringConvertible {
         a.words.0 == b.words.0 && a.words.1 == b.words.1 && a.words.2 == b.words.2 && a.words.3 == b.words.3
     }
 
+    /// The first 8 bytes as a word: for hash tables keyed by several hashes at once, whose
+    /// uniform bits need no more than this to spread them.
+    @inlinable
+    public var firstWord: UInt64 { words.0 }
+
     @inlinable
     public func hash(into hasher: inout Hasher) {
         hasher.combine(words.0)

@@ -50,8 +50,28 @@ public final class PatientRecords: @unchecked Sendable {
         }
     }
     private var auditRecentHandle: Database?
-    /// Guards `auditRecentHandle`; LMDB also forbids opening databases from two threads at once.
+    /// Guards `auditRecentHandle`, `stagedRecordsHandle` and `boxesHandle`; LMDB also forbids
+    /// opening databases from two threads at once.
     private let auditRecentLock = NSLock()
+    /// The tables of record versions (`RecordIndex.swift`); `pl.records.recent` and `pl.boxes`
+    /// are looked up again, in a read-only ledger written before they existed, until a writer
+    /// has created them.
+    var recordTables: RecordTables {
+        auditRecentLock.withLock {
+            if stagedRecordsHandle == nil || boxesHandle == nil,
+               let staged = try? ledger.environment.openDatabase("pl.records.recent", create: false),
+               let boxes = try? ledger.environment.openDatabase("pl.boxes", create: false) {
+                (stagedRecordsHandle, boxesHandle) = (staged, boxes)
+            }
+            return RecordTables(meta: meta, folded: records, staged: stagedRecordsHandle, boxes: boxesHandle)
+        }
+    }
+    private var stagedRecordsHandle: Database?
+    private var boxesHandle: Database?
+    /// The staged record versions by record, shared by this layer's threads.
+    let stagedRecords = StagedRecords()
+    /// The fewest staged record rows that are folded into `pl.records` (tests lower it).
+    var minimumRecordFold = 65_536
     let breakGlass: Database
     /// `pl.blobs`; nil only in a read-only ledger written before blobs existed.
     let blobs: Database?
@@ -81,6 +101,7 @@ public final class PatientRecords: @unchecked Sendable {
         (meta, patients, records, grants, audits, breakGlass) = (tables.meta, tables.patients, tables.records, tables.grants, tables.audit, tables.breakGlass)
         blobs = tables.blobs
         auditRecentHandle = tables.auditRecent
+        (stagedRecordsHandle, boxesHandle) = (tables.stagedRecords, tables.boxes)
         segmentReaders = SegmentReaders(ledgerPath: ledger.path)
         auditCommitter = AuditCommitter(records: self)
         try bindMasterKey()
@@ -184,11 +205,6 @@ public final class PatientRecords: @unchecked Sendable {
         RecordStorageKey(p: p, r: r, version: version)
     }
 
-    /// The newest stored version of a record (0 when none).
-    private func lastVersion(_ view: TransactionView, _ p: Hash, _ r: Hash) throws -> UInt32 {
-        try Self.lastVersion(view, in: records, p, r)
-    }
-
     /// The newest version stored under `p || r || u32 version` keys of `db` (0 when none):
     /// `pl.records` and `pl.blobs` share that layout.
     static func lastVersion(_ view: TransactionView, in db: Database, _ p: Hash, _ r: Hash) throws -> UInt32 {
@@ -216,15 +232,6 @@ public final class PatientRecords: @unchecked Sendable {
         UInt32(bigEndian: key.loadUnaligned(fromByteOffset: 64, as: UInt32.self))
     }
 
-    /// A `pl.records` value (`u64 entry index || u32 key epoch || box`) split in its parts.
-    private static func splitStored(_ stored: [UInt8]) -> (index: UInt64, epoch: UInt32, box: [UInt8])? {
-        guard stored.count >= 12 + AESGCM.overhead else { return nil }
-        return stored.withUnsafeBytes { raw in
-            (UInt64(bigEndian: raw.loadUnaligned(as: UInt64.self)), UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt32.self)),
-             Array(raw[12...]))
-        }
-    }
-
     /// Identifies one unwrapped data key in a per-call cache.
     private struct EpochKey: Equatable {
         let p: Hash
@@ -247,10 +254,12 @@ public final class PatientRecords: @unchecked Sendable {
     func storedBox(_ p: Hash, _ r: Hash, _ version: UInt32) throws -> (epoch: UInt32, box: [UInt8]) {
         try Ledger.storage {
             try ledger.environment.read { txn in
-                guard let stored = try txn.value(records, key: Self.recordStorageKey(p, r, version)).flatMap(Self.splitStored) else {
+                let view = txn.unsafeView, tables = recordTables
+                let lens = try stagedRecords.lens(view, tables: tables)
+                guard let stored = try tables.withVersion(view, lens, p, r, version: version, { ($0.epoch, Array($0.box)) }) else {
                     throw LedgerError(.recordNotFound, "no such record version")
                 }
-                return (stored.epoch, stored.box)
+                return try stored.get()
             }
         }
     }
@@ -356,6 +365,8 @@ public final class PatientRecords: @unchecked Sendable {
         /// The newest stored version (0 when none) and the patient's current key epoch.
         let stored: UInt32, epoch: UInt32
         let dataKey: SecureBytes
+        /// The staged record rows the snapshot saw (the same for every input).
+        let bounds: StagedRecords.Bounds
     }
 
     /// `body(i)` for `i` in `0..<count`, in order; on two threads when `count` is large.
@@ -407,7 +418,9 @@ public final class PatientRecords: @unchecked Sendable {
             let p = try pseudonym(of: inputs[i].patient)
             return (p, try recordHash(p, inputs[i].recordId), resourceType)
         }
+        let tables = recordTables
         let (looked, snapshot) = try inSnapshot(inputs.count) { view, range in
+            let lens = try stagedRecords.lens(view, tables: tables)
             var keys: [Hash: (epoch: UInt32, key: SecureBytes)] = [:]
             return try range.map { i -> Looked in
                 let (p, r, resourceType) = named[i]
@@ -417,7 +430,8 @@ public final class PatientRecords: @unchecked Sendable {
                     (epoch, dataKey) = (state.epoch, try unwrap(state, p))
                     keys[p] = (epoch, dataKey)
                 }
-                return Looked(p: p, r: r, resourceType: resourceType, stored: try lastVersion(view, p, r), epoch: epoch, dataKey: dataKey)
+                return Looked(p: p, r: r, resourceType: resourceType, stored: try tables.newestVersion(view, lens, p, r), epoch: epoch,
+                              dataKey: dataKey, bounds: lens.bounds)
             }
         }
         // A batch may carry several versions of one record: each takes the next number.
@@ -453,27 +467,46 @@ public final class PatientRecords: @unchecked Sendable {
             // Versions were chosen in a read snapshot; when another commit (another process's,
             // or this one's audit entries) came between it and this transaction, check them again.
             if view.snapshotID != snapshot + 1 {
-                var checked = Set<RecordSlot>()
-                for item in prepared where checked.insert(RecordSlot(p: item.p, r: item.r)).inserted {
-                    guard try self.lastVersion(view, item.p, item.r) == item.version - 1,
-                          let state = try self.patientState(view, item.p), state.status == .active, state.epoch == item.epoch else {
-                        throw LedgerError(.conflict, "the record or patient changed during the write; retry")
-                    }
-                }
+                try self.checkNoNewerVersions(view, tables: tables, prepared, since: looked[0].bounds)
             }
             for (i, item) in prepared.enumerated() {
-                // u64 entry index || u32 key epoch || box, written in place.
-                try view.put(self.records, key: Self.recordStorageKey(item.p, item.r, item.version),
-                             reservingCapacity: 12 + item.box.count) { out in
-                    out.storeBytes(of: (first + UInt64(i)).bigEndian, toByteOffset: 0, as: UInt64.self)
-                    out.storeBytes(of: item.epoch.bigEndian, toByteOffset: 8, as: UInt32.self)
-                    item.box.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[12...]).copyMemory(from: $0) }
-                }
+                try tables.append(view, index: first + UInt64(i), p: item.p, r: item.r, version: item.version, epoch: item.epoch, box: item.box)
             }
+            try tables.foldIfDue(view, minimum: self.minimumRecordFold, sizeAfter: first + UInt64(prepared.count))
         }
         return prepared.enumerated().map { i, item in
             RecordVersionInfo(recordId: item.recordId, version: item.version, index: first + UInt64(i),
                               ciphertextHash: item.boxHash, mediaType: item.mediaType)
+        }
+    }
+
+    /// Inside a put's write transaction, when other commits came after its read snapshot (whose
+    /// staged rows were `bounds`): throws `.conflict` when one of them stored a version of a
+    /// record the put writes, or erased the patient or rotated their key. Every version
+    /// committed since has an index past the snapshot's staged rows: it is staged still, or
+    /// folded since.
+    private func checkNoNewerVersions(_ view: TransactionView, tables: RecordTables, _ prepared: [Prepared],
+                                      since bounds: StagedRecords.Bounds) throws {
+        let conflict = LedgerError(.conflict, "the record or patient changed during the write; retry")
+        var slots = Set<RecordSlot>()
+        for item in prepared where slots.insert(RecordSlot(p: item.p, r: item.r)).inserted {
+            guard let state = try patientState(view, item.p), state.status == .active, state.epoch == item.epoch else { throw conflict }
+        }
+        let folded = try StagedRecords.foldedThrough(view, meta: tables.meta)
+        try view.withCursor(try tables.writable().staged) { cursor in
+            var more = try cursor.seek(atOrAfter: max(bounds.end, folded))
+            while more {
+                let slot = cursor.withCurrent { _, value in
+                    value.count == RecordStorageKey.byteCount ? RecordSlot(p: Hash(unchecked: value, at: 0), r: Hash(unchecked: value, at: 32)) : nil
+                }
+                if let slot, slots.contains(slot) { throw conflict }
+                more = try cursor.next()
+            }
+        }
+        // Folded since the snapshot (a fold moves `records.folded`), or written by any other
+        // writer under the record's key: one lookup per version, on this rare path only.
+        for item in prepared where try view.withValue(records, key: Self.recordStorageKey(item.p, item.r, item.version), { _ in true }) != nil {
+            throw conflict
         }
     }
 
@@ -588,6 +621,8 @@ public final class PatientRecords: @unchecked Sendable {
     private func readPart(_ requests: ArraySlice<ReadRequest>, view: TransactionView, accessor: Accessor, agent: String,
                           purpose: String, breakGlass: String?,
                           time: Date) throws -> [(event: AuditEvent, outcome: Result<RecordContent, LedgerError>)] {
+        let tables = recordTables
+        let lens = try stagedRecords.lens(view, tables: tables)
         var names = RecentValues<ExternalID, Hash>()
         var events: [AuditEvent] = []
         var recordHashes: [Hash] = []
@@ -603,8 +638,10 @@ public final class PatientRecords: @unchecked Sendable {
         // A batch usually reads several records of one patient in a row: unwrap each data key
         // once while it is among the recent ones.
         var dataKeys = RecentValues<EpochKey, SecureBytes>()
+        let staged = lens.find(events.indices.map { (RecordSlot(p: events[$0].patient, r: recordHashes[$0]), events[$0].version) })
         return try events.indices.map { i in
-            let outcome = try readOne(view, &events[i], r: recordHashes[i], accessor: accessor, breakGlass: breakGlass, dataKeys: &dataKeys)
+            let outcome = try readOne(view, tables, staged[i], &events[i], r: recordHashes[i], accessor: accessor, breakGlass: breakGlass,
+                                      dataKeys: &dataKeys)
             // Settled and encoded here, on the part's thread, rather than by the committer.
             events[i].settle(outcome)
             events[i].payload = events[i].encoded()
@@ -613,7 +650,8 @@ public final class PatientRecords: @unchecked Sendable {
     }
 
     /// One read inside a snapshot; fills in the version the event reads.
-    private func readOne(_ view: TransactionView, _ event: inout AuditEvent, r: Hash, accessor: Accessor, breakGlass: String?,
+    private func readOne(_ view: TransactionView, _ tables: RecordTables, _ staged: StoredVersion.Place?, _ event: inout AuditEvent, r: Hash,
+                         accessor: Accessor, breakGlass: String?,
                          dataKeys: inout RecentValues<EpochKey, SecureBytes>) throws -> Result<RecordContent, LedgerError> {
         let p = event.patient
         guard let state = try patientState(view, p) else { return .failure(LedgerError(.patientNotFound, "no such patient")) }
@@ -622,28 +660,22 @@ public final class PatientRecords: @unchecked Sendable {
         // is the decrypted buffer's only owner, so the wipe reaches it rather than a copy.
         var plaintext: [UInt8]?
         defer { if plaintext != nil { secureZero(&plaintext!) } }
-        func open(_ version: UInt32, _ stored: UnsafeRawBufferPointer) throws -> UInt64? {
-            guard stored.count >= 12 + AESGCM.overhead else { return nil }
-            let epoch = UInt32(bigEndian: stored.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
-            let dataKey = try self.dataKey(state, p, epoch: epoch, cache: &dataKeys)
-            let key = try Self.recordKey(dataKey: dataKey, p, r, version)
-            plaintext = Self.withRecordAAD(p, r, version) { aad in
-                try? AESGCM.open(sealed: UnsafeRawBufferPointer(rebasing: stored[12...]), key: key, associatedData: aad)
+        let lookup = event.version == 0 ? nil : try tables.withVersion(view, staged: staged, p, r, version: event.version) { stored in
+            let dataKey = try self.dataKey(state, p, epoch: stored.epoch, cache: &dataKeys)
+            let key = try Self.recordKey(dataKey: dataKey, p, r, stored.version)
+            plaintext = Self.withRecordAAD(p, r, stored.version) { aad in
+                try? AESGCM.open(sealed: stored.box, key: key, associatedData: aad)
             }
-            return UInt64(bigEndian: stored.loadUnaligned(as: UInt64.self))
+            return stored.place
         }
-        let found: UInt64??
-        if let version = event.version {
-            found = version == 0 ? nil : try view.withValue(records, key: Self.recordStorageKey(p, r, version)) { try open(version, $0) }
-        } else {
-            found = try Self.withNewestRow(view, in: records, p, r) { version, stored in
-                event.version = version
-                return try open(version, stored)
-            }
-            if event.version == nil { event.version = 0 }
+        let found: StoredVersion.Place?
+        switch lookup {
+        case .failure(let damaged)?: return .failure(damaged)
+        case .success(let place)?: found = place
+        case nil: found = nil
         }
-        let wanted = event.version!
-        guard let index = found ?? nil else {
+        event.version = found?.version ?? event.version ?? 0
+        guard let (wanted, index) = found.map({ ($0.version, $0.index) }) else {
             return .failure(LedgerError(.recordNotFound, "no such record version"))
         }
         guard plaintext != nil else {
@@ -699,6 +731,14 @@ public final class PatientRecords: @unchecked Sendable {
         return Grant(json: object)
     }
 
+    /// Where a listing finds a version's box.
+    private enum ListedRow {
+        /// A `pl.records` row (an entry index, or the earlier layout's whole row).
+        case folded([UInt8])
+        /// A staged version's entry index (`pl.boxes` key).
+        case staged(UInt64)
+    }
+
     /// Every version of a record (newest last), as `accessor`; audited as action `history`.
     public func history(patient: String, recordId: String, as accessor: Accessor, purpose: String = "treatment") throws -> [RecordVersionInfo] {
         let p = try pseudonym(of: patient)
@@ -721,8 +761,10 @@ public final class PatientRecords: @unchecked Sendable {
                 guard let state = try patientState(view, p) else { return .failure(LedgerError(.patientNotFound, "no such patient")) }
                 guard state.status == .active else { return .failure(LedgerError(.erased, "the patient was erased")) }
                 var dataKeys = RecentValues<EpochKey, SecureBytes>()
+                let tables = recordTables
+                // Folded rows in record order, then the staged ones (newer than any folded).
                 let prefix = p.bytes + (r?.bytes ?? [])
-                var rows: [(r: Hash, version: UInt32, value: [UInt8])] = []
+                var rows: [(r: Hash, version: UInt32, row: ListedRow)] = []
                 try view.withCursor(records) { cursor in
                     var more = try cursor.seek(atOrAfter: prefix)
                     while more {
@@ -731,30 +773,46 @@ public final class PatientRecords: @unchecked Sendable {
                             return (Hash(UnsafeRawBufferPointer(rebasing: key[32..<64]))!, Self.version(ofStorageKey: key), Array(value))
                         }
                         guard let row else { break }
-                        if latestOnly, let last = rows.last, last.r == row.0 { rows.removeLast() }
-                        rows.append(row)
+                        rows.append((row.0, row.1, .folded(row.2)))
                         more = try cursor.next()
                     }
                 }
+                rows += try tables.stagedRows(view, p: p, r: r).map { ($0.r, $0.version, .staged($0.index)) }
+                rows.sort { $0.r != $1.r ? $0.r < $1.r : $0.version < $1.version }
+                if latestOnly {
+                    rows = rows.indices.filter { $0 == rows.count - 1 || rows[$0 + 1].r != rows[$0].r }.map { rows[$0] }
+                }
                 var out: [RecordVersionInfo] = []
                 for row in rows {
-                    guard let (index, epoch, box) = Self.splitStored(row.value) else {
-                        return .failure(LedgerError(.storage, "malformed stored record (damaged store)"))
+                    let lent = { (stored: StoredVersion) throws -> Result<RecordVersionInfo?, LedgerError> in
+                        let dataKey = try self.dataKey(state, p, epoch: stored.epoch, cache: &dataKeys)
+                        let key = try Self.recordKey(dataKey: dataKey, p, row.r, stored.version)
+                        guard var plaintext = Self.withRecordAAD(p, row.r, stored.version, { aad in
+                            try? AESGCM.open(sealed: stored.box, key: key, associatedData: aad)
+                        }) else {
+                            return .failure(LedgerError(.storage, "stored ciphertext of a record fails authentication (damaged store)"))
+                        }
+                        defer { secureZero(&plaintext) }
+                        // The header alone: a listing makes no copy of the content.
+                        guard let parts = plaintext.withUnsafeBufferPointer(RecordPlaintext.header) else { return .success(nil) }
+                        if try self.refusal(accessor, p: p, r: row.r, resourceType: parts.resourceType, view: view, breakGlass: nil) != nil {
+                            // A grantee lists only what it may read; a listing with nothing readable is refused.
+                            return .success(nil)
+                        }
+                        return .success(RecordVersionInfo(recordId: parts.recordId, version: stored.version, index: stored.index,
+                                                          ciphertextHash: SHA256.hash(stored.box), mediaType: parts.mediaType))
                     }
-                    let dataKey = try self.dataKey(state, p, epoch: epoch, cache: &dataKeys)
-                    guard var plaintext = try Self.openRecord(box, dataKey: dataKey, p: p, r: row.r, version: row.version) else {
-                        return .failure(LedgerError(.storage, "stored ciphertext of a record fails authentication (damaged store)"))
+                    let listed: Result<RecordVersionInfo?, LedgerError>?
+                    switch row.row {
+                    case .folded(let value): listed = try value.withUnsafeBytes { try tables.withFoldedBox(view, row: $0, version: row.version, lent) }
+                    case .staged(let index): listed = try tables.withBox(view, index: index, version: row.version, lent)
                     }
-                    defer { secureZero(&plaintext) }
-                    // The header alone: a listing makes no copy of the content.
-                    guard let parts = plaintext.withUnsafeBufferPointer(RecordPlaintext.header) else { continue }
-                    if try refusal(accessor, p: p, r: row.r, resourceType: parts.resourceType, view: view, breakGlass: nil) != nil {
-                        // A grantee lists only what it may read; a listing with nothing readable is refused.
-                        continue
+                    guard let listed else { return .failure(LedgerError(.storage, "malformed stored record (damaged store)")) }
+                    switch listed {
+                    case .failure(let damaged): return .failure(damaged)
+                    case .success(let info?): out.append(info)
+                    case .success(nil): continue
                     }
-                    out.append(RecordVersionInfo(recordId: parts.recordId, version: row.version,
-                                                 index: index,
-                                                 ciphertextHash: SHA256.hash(box), mediaType: parts.mediaType))
                 }
                 if out.isEmpty, !rows.isEmpty, try refusal(accessor, p: p, r: r ?? rows[0].r, resourceType: nil, view: view, breakGlass: nil) != nil {
                     return .failure(LedgerError(.accessDenied, "no readable records for this accessor"))
@@ -1153,19 +1211,34 @@ public final class PatientRecords: @unchecked Sendable {
                 deleted = 0
                 extents = try self.deleteBlobRows(view, p)
                 try self.rewrapAll(view, from: oldGeneration, to: newGeneration, erasing: p, erasureIndex: first)
-                // Ciphertexts and grants of the erased patient.
+                // Ciphertexts, record rows and grants of the erased patient.
+                var boxes: [UInt64] = []
                 for db in [self.records, self.grants] {
                     var keys: [[UInt8]] = []
                     try view.withCursor(db) { cursor in
                         var more = try cursor.seek(atOrAfter: p.bytes)
                         while more {
-                            guard let key = cursor.withCurrent({ key, _ in key.starts(with: p.bytes) ? Array(key) : nil }) else { break }
+                            guard let key = cursor.withCurrent({ key, value -> [UInt8]? in
+                                guard key.starts(with: p.bytes) else { return nil }
+                                if db == self.records, let index = UInt64(bigEndianBytes: value) { boxes.append(index) }
+                                return Array(key)
+                            }) else { break }
                             keys.append(key)
                             more = try cursor.next()
                         }
                     }
                     for key in keys { _ = try view.delete(db, key: key) }
                     if db == self.records { deleted = keys.count }
+                }
+                let tables = self.recordTables
+                let staged = try tables.stagedRows(view, p: p, r: nil)
+                if !staged.isEmpty {
+                    let (stagedTable, _) = try tables.writable()
+                    for row in staged { _ = try view.delete(stagedTable, key: row.index) }
+                }
+                deleted += staged.count
+                if let boxTable = tables.boxes {
+                    for index in boxes + staged.map(\.index) { _ = try view.delete(boxTable, key: index) }
                 }
                 try self.writeKeyCheck(view, generation: newGeneration)
             }
@@ -1226,6 +1299,10 @@ struct PatientTables {
     let blobs: Database?
     /// `pl.audit.recent`, absent from ledgers written before it existed until a writer opens it.
     let auditRecent: Database?
+    /// `pl.records.recent` and `pl.boxes`, absent from ledgers written before they existed
+    /// until a writer opens them.
+    let stagedRecords: Database?
+    let boxes: Database?
 
     /// Opens them in `view`; nil when a ledger has none and `create` is false.
     init?(_ view: TransactionView, create: Bool) throws {
@@ -1237,9 +1314,15 @@ struct PatientTables {
         (meta, patients, records, grants, audit, breakGlass) = (handles[0], handles[1], handles[2], handles[3], handles[4], handles[5])
         blobs = try view.openDatabase("pl.blobs", create: create)
         auditRecent = try view.openDatabase("pl.audit.recent", create: create)
+        stagedRecords = try view.openDatabase("pl.records.recent", create: create)
+        boxes = try view.openDatabase("pl.boxes", create: create)
     }
 
-    var all: [Database] { [meta, patients, records, grants, audit, breakGlass] + [blobs, auditRecent].compactMap { $0 } }
+    var all: [Database] {
+        [meta, patients, records, grants, audit, breakGlass] + [blobs, auditRecent, stagedRecords, boxes].compactMap { $0 }
+    }
+
+    var recordTables: RecordTables { RecordTables(meta: meta, folded: records, staged: stagedRecords, boxes: boxes) }
 
     /// The stored state of patient `p`, nil when unknown or unreadable.
     func state(_ view: TransactionView, _ p: Hash) throws -> PatientState? {

@@ -265,6 +265,8 @@ final class LedgerVerifier {
 /// What the pass counted for the patient layer, to compare with the tables' row counts.
 struct PatientCounts {
     var liveRecordVersions = 0
+    /// Live versions whose box lives in their `pl.records` row (the earlier layout).
+    var inlineRecordBoxes = 0
     var liveBlobVersions = 0
     var auditEvents = 0
     var breakGlassEvents = 0
@@ -759,17 +761,44 @@ extension LedgerVerifier {
                 report.add(.records, where_, "record payload lacks version, record or ciphertext_hash")
                 return
             }
+            // Staged (pl.records.recent, keyed by the entry) or folded (pl.records, by record).
             let key = p.bytes + r.bytes + withUnsafeBytes(of: version.bigEndian) { Array($0) }
-            guard let stored = try view.value(tables.records, key: key), stored.count >= 12 else {
-                report.add(.records, where_, "ciphertext of version \(version) missing from pl.records")
+            let stagedRow = try tables.stagedRecords.flatMap { try view.value($0, key: index) }
+            let foldedRow = try view.value(tables.records, key: key)
+            let folded = (try? StagedRecords.foldedThrough(view, meta: tables.meta)) ?? 0  // malformed: reported with pl.meta
+            if let stagedRow {
+                if stagedRow != key { report.add(.records, where_, "pl.records.recent row names another record version") }
+                if foldedRow != nil { report.add(.records, where_, "version \(version) is both staged and folded") }
+                if index < folded { report.add(.records, where_, "staged below the fold point \(folded)") }
+            } else if let foldedRow, foldedRow.count == 8 {
+                let named = foldedRow.withUnsafeBytes { UInt64(bigEndianBytes: $0) }
+                if named != index { report.add(.records, where_, "pl.records row of version \(version) names entry \(named ?? 0)") }
+                if index >= folded { report.add(.records, where_, "folded at or past the fold point \(folded)") }
+            } else if foldedRow == nil {
+                report.add(.records, where_, "version \(version) is neither in pl.records nor in pl.records.recent")
+                return
+            }
+            let stored: (index: UInt64, epoch: UInt32, box: [UInt8])?
+            if let foldedRow, foldedRow.count != 8 {
+                // The earlier layout: u64 index || u32 epoch || box in the row itself.
+                patientCounts.inlineRecordBoxes += 1
+                stored = foldedRow.count >= 12 ? foldedRow.withUnsafeBytes { raw in
+                    (UInt64(bigEndian: raw.loadUnaligned(as: UInt64.self)), UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt32.self)),
+                     Array(raw[12...]))
+                } : nil
+            } else {
+                stored = try tables.boxes.flatMap { try view.value($0, key: index) }.flatMap { raw in
+                    raw.count >= 4 ? (index, raw.withUnsafeBytes { UInt32(bigEndian: $0.loadUnaligned(as: UInt32.self)) }, Array(raw[4...])) : nil
+                }
+            }
+            guard let stored else {
+                report.add(.records, where_, "ciphertext of version \(version) missing from pl.boxes (or its row malformed)")
                 return
             }
             report.records += 1
-            let storedIndex = stored.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(as: UInt64.self)) }
-            let epoch = stored.withUnsafeBytes { UInt32(bigEndian: $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self)) }
-            let box = stored[12...]
+            let (storedIndex, epoch, box) = stored
             if storedIndex != index { report.add(.records, where_, "pl.records row of version \(version) names entry \(storedIndex)") }
-            if SHA256.hash(Array(box)) != hash { report.add(.records, where_, "stored ciphertext does not hash to the entry's ciphertext_hash") }
+            if SHA256.hash(box) != hash { report.add(.records, where_, "stored ciphertext does not hash to the entry's ciphertext_hash") }
             if (payload["ciphertext_size"] as? NSNumber)?.intValue != box.count {
                 report.add(.records, where_, "stored ciphertext is \(box.count) bytes, the entry says \(payload["ciphertext_size"] ?? "nothing")")
             }
@@ -794,8 +823,12 @@ extension LedgerVerifier {
         let patientCount = try view.count(tables.patients)
         let generation = try view.value(tables.meta, key: "master.generation")
         let check = try view.value(tables.meta, key: "master.check")
-        if try view.count(tables.meta) != (generation == nil && check == nil ? 0 : 2) {
-            report.add(.patients, "pl.meta", "holds records other than master.generation and master.check")
+        let folded = try view.value(tables.meta, key: StagedRecords.foldedKey)
+        if try view.count(tables.meta) != (generation == nil && check == nil ? 0 : 2) + (folded == nil ? 0 : 1) {
+            report.add(.patients, "pl.meta", "holds records other than master.generation, master.check and records.folded")
+        }
+        if let folded, folded.count != 8 || folded.withUnsafeBytes({ UInt64(bigEndianBytes: $0)! }) > report.treeSize {
+            report.add(.records, "pl.meta records.folded", "malformed or past the end of the log")
         }
         if patientCount > 0, generation?.count != 8 || check?.count != PatientRecords.checkText.count + AESGCM.overhead {
             report.add(.patients, "pl.meta", "master.generation or master.check is missing or malformed")
@@ -918,9 +951,12 @@ extension LedgerVerifier {
         if let blobs = tables.blobs, try view.count(blobs) != counts.liveBlobVersions {
             report.add(.blobs, "pl.blobs", "holds \(try view.count(blobs)) rows, the log has \(counts.liveBlobVersions) blob versions of unerased patients")
         }
-        let recordRows = try view.count(tables.records)
+        // Every live version has one row in pl.records or pl.records.recent and, unless its
+        // row holds it (the earlier layout), one box in pl.boxes.
+        let stagedRecordRows = try tables.stagedRecords.map { try view.count($0) } ?? 0
+        let recordRows = try view.count(tables.records) + stagedRecordRows
         if recordRows != counts.liveRecordVersions {
-            report.add(.records, "pl.records", "holds \(recordRows) rows, the log has \(counts.liveRecordVersions) versions of unerased patients")
+            report.add(.records, "pl.records", "pl.records and pl.records.recent hold \(recordRows) rows, the log has \(counts.liveRecordVersions) versions of unerased patients")
             try view.withCursor(tables.records) { cursor in
                 var more = try cursor.first()
                 while more {
@@ -939,6 +975,14 @@ extension LedgerVerifier {
                     }
                 }
             }
+            if let staged = tables.stagedRecords {
+                try scanRecordIndex(view, staged, name: "pl.records.recent", tables: tables, entry: entry)
+            }
+        }
+        let boxRows = try tables.boxes.map { try view.count($0) } ?? 0
+        if boxRows != counts.liveRecordVersions - counts.inlineRecordBoxes, let boxes = tables.boxes {
+            report.add(.records, "pl.boxes", "holds \(boxRows) boxes, the log has \(counts.liveRecordVersions - counts.inlineRecordBoxes) versions of unerased patients stored there")
+            try scanRecordIndex(view, boxes, name: "pl.boxes", tables: tables, entry: entry)
         }
         let stagedRows = try tables.auditRecent.map { try view.count($0) } ?? 0
         let auditRows = try view.count(tables.audit) + stagedRows
@@ -959,6 +1003,24 @@ extension LedgerVerifier {
             report.add(.audit, "pl.breakglass", "holds \(breakGlassRows) rows, the log has \(counts.breakGlassEvents) break-glass events")
             try scanIndex(view, tables.breakGlass, keyBytes: 8, name: "pl.breakglass", entry: entry) { key in
                 key.withUnsafeBytes { UInt64(bigEndianBytes: $0) } ?? .max
+            }
+        }
+    }
+
+    /// Names the rows of a table keyed by entry index (`pl.records.recent`, `pl.boxes`) whose
+    /// entry is not a record version of an unerased patient.
+    private func scanRecordIndex(_ view: TransactionView, _ db: Database, name: String, tables: PatientTables,
+                                 entry: (UInt64) throws -> LedgerEntry?) throws {
+        try view.withCursor(db) { cursor in
+            var more = try cursor.first()
+            while more {
+                let key = cursor.withCurrent { key, _ in Array(key) }
+                more = try cursor.next()
+                let named = try key.withUnsafeBytes { try UInt64(bigEndianBytes: $0).flatMap(entry) }
+                let payload = named.flatMap { PatientPayload.decode($0.payload) }
+                let p = payload?["type"] as? String == "record" ? (payload?["patient"] as? String).flatMap { Hash(hex: $0) } : nil
+                let status = try p.flatMap { try tables.state(view, $0)?.status }
+                if status != .active { report.add(.records, "\(name) \(Hex.encode(key))", "row names no record entry of an unerased patient") }
             }
         }
     }

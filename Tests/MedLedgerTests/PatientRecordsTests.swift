@@ -537,6 +537,19 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         #expect(try f.ledger.size == sizeBefore)
         let latest = try records.read(patient: "Patient/1", recordId: "obs-8", as: .custodian("test"))
         #expect(latest.version == 2)
+        // Another layer on the same ledger (its own staged index, as another process has)
+        // stores version 3 of obs-9 in between: refused too, and that version stays.
+        let other = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
+        records.afterPutSnapshot = { try other.putRecord(patient: "Patient/1", recordId: "obs-9", content: observation("other")) }
+        let third = #expect(throws: LedgerError.self) { try records.putRecords(inputs) }
+        #expect(third?.code == .conflict)
+        records.afterPutSnapshot = nil
+        #expect(try records.read(patient: "Patient/1", recordId: "obs-9", as: .custodian("test")).content == observation("other"))
+        #expect(try other.read(patient: "Patient/1", recordId: "obs-8", as: .custodian("test")).version == 2)
+        // Once the snapshot sees it, the next put takes version 4 of obs-9 and 3 elsewhere.
+        let fourth = try records.putRecords(inputs)
+        #expect(fourth[9].version == 4 && fourth[8].version == 3)
+        #expect(try other.read(patient: "Patient/1", recordId: "obs-9", as: .custodian("test")).content == inputs[9].content)
     }
 
     /// Patient ids are names by their bytes: two canonically equivalent spellings are two

@@ -155,7 +155,7 @@ func flipLastByte(_ view: TransactionView, _ db: Database, key: [UInt8]) throws 
     /// Each change to stored data is found, and named where it is.
     @Test(arguments: [
         "entry", "leaf", "subtree", "missing-subtree", "pending-tile", "size", "missing-entry",
-        "page", "root", "missing-root", "stale", "box", "missing-record", "audit", "audit-staged", "audit-twice", "breakglass",
+        "page", "root", "missing-root", "stale", "box", "missing-box", "missing-record", "record-renamed", "surplus-box", "audit", "audit-staged", "audit-twice", "breakglass",
         "patient", "grant", "wrapped-key", "sealed-key",
     ])
     func tamperingIsDetectedAndLocated(_ what: String) throws {
@@ -228,13 +228,34 @@ func flipLastByte(_ view: TransactionView, _ db: Database, key: [UInt8]) throws 
             }
             expected = (.map, "smt.stale version \(key.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) })")
         case "box":
-            let db = try f.database("pl.records")
+            let db = try f.database("pl.boxes")
             try f.tamper { view in try flipLastByte(view, db, key: try nthKey(view, db, 0)) }
             expected = (.records, "entry")
-        case "missing-record":
-            let db = try f.database("pl.records")
+        case "missing-box":
+            let db = try f.database("pl.boxes")
             try f.tamper { view in _ = try view.delete(db, key: try nthKey(view, db, 1)) }
             expected = (.records, "entry")
+        case "missing-record":
+            let db = try f.database("pl.records.recent")
+            try f.tamper { view in _ = try view.delete(db, key: try nthKey(view, db, 1)) }
+            expected = (.records, "entry")
+        case "record-renamed":
+            // A staged row naming another version of its record.
+            let db = try f.database("pl.records.recent")
+            try f.tamper { view in
+                let key = try nthKey(view, db, 0)
+                var row = try #require(try view.value(db, key: key))
+                row[row.count - 1] ^= 0x01
+                try view.put(db, key: key, value: row)
+            }
+            expected = (.records, "entry")
+        case "surplus-box":
+            let db = try f.database("pl.boxes")
+            try f.tamper { view in
+                let key = try nthKey(view, db, 0)
+                try view.put(db, key: size + 5, value: try #require(try view.value(db, key: key)))
+            }
+            expected = (.records, "pl.boxes")
         case "audit":
             let db = try f.database("pl.audit")
             try f.tamper { view in _ = try view.delete(db, key: try nthKey(view, db, 0)) }

@@ -1,0 +1,331 @@
+import Foundation
+import LMDBKit
+import LedgerCrypto
+
+// Where record versions live (DESIGN.md section 10, FORMATS.md section 9):
+//
+// - `pl.boxes`: `u64 entry index -> u32 key epoch || box`, written in log order (appends
+//   only), never moved;
+// - `pl.records.recent`: `u64 entry index -> p || r || u32 version`, the versions not yet
+//   folded, in log order;
+// - `pl.records`: `p || r || u32 version -> u64 entry index`, the folded versions, in record
+//   order (rows of ledgers written before `pl.boxes` existed hold `u64 index || u32 epoch ||
+//   box` instead, and are read as before);
+// - `pl.meta` `records.folded`: every staged row's index is at least this (absent: 0).
+//
+// A put so writes two rows at the ends of two log-ordered tables instead of one row under a
+// random key (about one dirty leaf page per record), and the fold moves many staged rows into
+// `pl.records` at once. Finding a record's newest version then needs the staged rows by
+// record: `StagedRecords` keeps them in memory, brought up to each snapshot it is asked about.
+
+/// A record version's place in `pl.records.recent`.
+struct StagedVersion: Hashable {
+    let slot: RecordSlot
+    let version: UInt32
+
+    func hash(into hasher: inout Hasher) {
+        slot.hash(into: &hasher)
+        hasher.combine(version)
+    }
+}
+
+/// The staged record versions (`pl.records.recent`) by record, in memory, shared by the
+/// threads of one process.
+///
+/// Every row it holds was read from a committed snapshot and never changes (an erased
+/// patient's rows are refused before they are looked up), so a snapshot can use the rows of
+/// later snapshots it holds, filtered to its own bounds. It drops rows once a fold moved them
+/// to `pl.records`; a snapshot older than that fold gets `nil` from ``bounds(_:tables:)`` and
+/// reads its staged rows through an index of its own (``StagedRecords/scanning(_:tables:)``).
+final class StagedRecords: @unchecked Sendable {
+    // Sendable: every stored property is read and written under `lock`.
+    private let lock = NSLock()
+    private var newest: [RecordSlot: UInt32] = [:]
+    private var versions: [StagedVersion: UInt64] = [:]
+    /// Rows below this index were dropped (they are folded in every snapshot at least as new).
+    private var floor: UInt64 = 0
+    /// Every staged row below this index that was not folded when it was scanned is held.
+    private var scannedTo: UInt64 = 0
+
+    /// The part of the staged rows one snapshot sees: indexes in `folded..<end`.
+    struct Bounds {
+        /// `records.folded` in the snapshot.
+        let folded: UInt64
+        /// One past the snapshot's last staged row (`folded` when none is staged).
+        let end: UInt64
+        func contains(_ index: UInt64) -> Bool { index >= folded && index < end }
+    }
+
+    /// The snapshot `view` together with the staged index to look its rows up in.
+    struct Lens {
+        let staged: StagedRecords
+        let bounds: Bounds
+
+        /// The staged version of a record in the snapshot (the newest when `version` is nil)
+        /// and its entry index; nil when not staged.
+        func find(_ slot: RecordSlot, version: UInt32?) -> StoredVersion.Place? { staged.find([(slot, version)], bounds)[0] }
+
+        /// ``find(_:version:)`` for many records under one acquisition of the index's lock.
+        func find(_ wanted: [(slot: RecordSlot, version: UInt32?)]) -> [StoredVersion.Place?] { staged.find(wanted, bounds) }
+    }
+
+    /// A lens on `view` through this shared index, or through a private one when `view` is older
+    /// than rows this index already dropped.
+    func lens(_ view: TransactionView, tables: RecordTables) throws -> Lens {
+        if let bounds = try bounds(view, tables: tables) { return Lens(staged: self, bounds: bounds) }
+        return try Self.scanning(view, tables: tables)
+    }
+
+    /// A private index of every staged row `view` holds.
+    static func scanning(_ view: TransactionView, tables: RecordTables) throws -> Lens {
+        let own = StagedRecords()
+        guard let bounds = try own.bounds(view, tables: tables) else { throw LedgerError(.storage, "staged record index out of step") }
+        return Lens(staged: own, bounds: bounds)
+    }
+
+    /// Brings the index up to `view` (the staged rows committed since the last call) and
+    /// returns the snapshot's bounds; nil when the snapshot still stages rows this index dropped.
+    func bounds(_ view: TransactionView, tables: RecordTables) throws -> Bounds? {
+        let folded = try Self.foldedThrough(view, meta: tables.meta)
+        guard let stagedTable = tables.staged else { return Bounds(folded: folded, end: folded) }
+        let end = try view.withCursor(stagedTable) { cursor -> UInt64 in
+            guard try cursor.last() else { return folded }
+            return try cursor.withCurrent { key, _ in
+                guard let index = UInt64(bigEndianBytes: key) else { throw LedgerError(.storage, "malformed pl.records.recent key") }
+                return max(folded, index + 1)
+            }
+        }
+        let bounds = Bounds(folded: folded, end: end)
+        lock.lock()
+        defer { lock.unlock() }
+        if folded < floor { return nil }
+        if folded > floor {
+            // A fold moved every row below `folded` into pl.records: drop them here.
+            versions = versions.filter { $0.value >= folded }
+            newest = [:]
+            for (key, _) in versions where key.version > newest[key.slot, default: 0] { newest[key.slot] = key.version }
+            floor = folded
+            scannedTo = max(scannedTo, folded)
+        }
+        guard scannedTo < end else { return bounds }
+        try view.withCursor(stagedTable) { cursor in
+            var more = try cursor.seek(atOrAfter: scannedTo)
+            while more {
+                let row = cursor.withCurrent { key, value -> (UInt64, StagedVersion)? in
+                    guard let index = UInt64(bigEndianBytes: key), value.count == RecordStorageKey.byteCount else { return nil }
+                    let slot = RecordSlot(p: Hash(unchecked: value, at: 0), r: Hash(unchecked: value, at: 32))
+                    return (index, StagedVersion(slot: slot, version: UInt32(bigEndian: value.loadUnaligned(fromByteOffset: 64, as: UInt32.self))))
+                }
+                guard let (index, staged) = row else { throw LedgerError(.storage, "malformed pl.records.recent row") }
+                versions[staged] = index
+                if staged.version > newest[staged.slot, default: 0] { newest[staged.slot] = staged.version }
+                more = try cursor.next()
+            }
+        }
+        scannedTo = end
+        return bounds
+    }
+
+    private func find(_ wanted: [(slot: RecordSlot, version: UInt32?)], _ bounds: Bounds) -> [StoredVersion.Place?] {
+        lock.lock()
+        defer { lock.unlock() }
+        return wanted.map { slot, version in
+            if let version {
+                guard let index = versions[StagedVersion(slot: slot, version: version)], bounds.contains(index) else { return nil }
+                return StoredVersion.Place(version: version, index: index)
+            }
+            guard var version = newest[slot] else { return nil }
+            // A later snapshot's versions are skipped; a record's versions are consecutive.
+            while version > 0, let index = versions[StagedVersion(slot: slot, version: version)] {
+                if bounds.contains(index) { return StoredVersion.Place(version: version, index: index) }
+                if index < bounds.folded { return nil }
+                version -= 1
+            }
+            return nil
+        }
+    }
+
+    /// `records.folded` in `view` (0 when absent).
+    static func foldedThrough(_ view: TransactionView, meta: Database) throws -> UInt64 {
+        try view.withValue(meta, key: foldedKey) { raw -> UInt64 in
+            guard let value = UInt64(bigEndianBytes: raw) else { throw LedgerError(.storage, "malformed pl.meta records.folded") }
+            return value
+        } ?? 0
+    }
+
+    static let foldedKey = "records.folded"
+}
+
+/// The tables a record version's rows live in.
+struct RecordTables {
+    let meta: Database
+    /// `pl.records`: folded versions.
+    let folded: Database
+    /// `pl.records.recent`: staged versions; nil only in a read-only ledger written before it
+    /// existed (every version is then folded).
+    let staged: Database?
+    /// `pl.boxes`: ciphertexts by entry index; nil where `staged` is.
+    let boxes: Database?
+
+    /// The tables a writer appends to.
+    func writable() throws -> (staged: Database, boxes: Database) {
+        guard let staged, let boxes else { throw LedgerError(.storage, "records cannot be written: the ledger is open read-only") }
+        return (staged, boxes)
+    }
+}
+
+/// One stored record version as LMDB holds it (valid inside the closure it is lent to).
+struct StoredVersion {
+    let version: UInt32
+    /// The index of the version's `record` entry.
+    let index: UInt64
+    let epoch: UInt32
+    /// nonce || ciphertext || tag.
+    let box: UnsafeRawBufferPointer
+
+    /// Which version and entry it is, without the bytes.
+    struct Place {
+        let version: UInt32
+        let index: UInt64
+    }
+    var place: Place { Place(version: version, index: index) }
+}
+
+extension RecordTables {
+    /// Splits a `pl.boxes` value or a `pl.records` row of the earlier layout (with its index
+    /// first); nil when it is too short for a box.
+    static func split(_ raw: UnsafeRawBufferPointer, version: UInt32, index: UInt64?) -> StoredVersion? {
+        if let index {
+            guard raw.count >= 4 + AESGCM.overhead else { return nil }
+            return StoredVersion(version: version, index: index, epoch: UInt32(bigEndian: raw.loadUnaligned(as: UInt32.self)),
+                                 box: UnsafeRawBufferPointer(rebasing: raw[4...]))
+        }
+        guard raw.count >= 12 + AESGCM.overhead else { return nil }
+        return StoredVersion(version: version, index: UInt64(bigEndian: raw.loadUnaligned(as: UInt64.self)),
+                             epoch: UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt32.self)),
+                             box: UnsafeRawBufferPointer(rebasing: raw[12...]))
+    }
+
+    /// `body` with the box of the version whose `pl.records` row is `row` (an entry index, or a
+    /// whole row of the earlier layout); nil when `row` is malformed or its box is missing.
+    func withFoldedBox<T>(_ view: TransactionView, row: UnsafeRawBufferPointer, version: UInt32,
+                          _ body: (StoredVersion) throws -> T) throws -> T? {
+        if let index = UInt64(bigEndianBytes: row) { return try withBox(view, index: index, version: version, body) }
+        guard let stored = Self.split(row, version: version, index: nil) else { return nil }
+        return try body(stored)
+    }
+
+    /// `body` with the box stored under entry `index`; nil when missing or malformed.
+    func withBox<T>(_ view: TransactionView, index: UInt64, version: UInt32, _ body: (StoredVersion) throws -> T) throws -> T? {
+        guard let boxes else { return nil }
+        return try view.withValue(boxes, key: index) { raw -> T? in
+            guard let stored = Self.split(raw, version: version, index: index) else { return nil }
+            return try body(stored)
+        } ?? nil
+    }
+
+    /// The newest version of a record in the snapshot (0 when none).
+    func newestVersion(_ view: TransactionView, _ lens: StagedRecords.Lens, _ p: Hash, _ r: Hash) throws -> UInt32 {
+        if let staged = lens.find(RecordSlot(p: p, r: r), version: nil) { return staged.version }
+        return try PatientRecords.lastVersion(view, in: folded, p, r)
+    }
+
+    /// `body` with a stored record version (the newest when `version` is nil): nil when the
+    /// record has no such version, a `.storage` failure when the version's row names a box
+    /// that is missing or malformed (a damaged store). A staged version is newer than every
+    /// folded one.
+    func withVersion<T>(_ view: TransactionView, _ lens: StagedRecords.Lens, _ p: Hash, _ r: Hash, version: UInt32?,
+                        _ body: (StoredVersion) throws -> T) throws -> Result<T, LedgerError>? {
+        try withVersion(view, staged: lens.find(RecordSlot(p: p, r: r), version: version), p, r, version: version, body)
+    }
+
+    /// ``withVersion(_:_:_:_:version:_:)`` with the staged version already looked up
+    /// (``StagedRecords/Lens/find(_:)``, nil when none is staged).
+    func withVersion<T>(_ view: TransactionView, staged: StoredVersion.Place?, _ p: Hash, _ r: Hash, version: UInt32?,
+                        _ body: (StoredVersion) throws -> T) throws -> Result<T, LedgerError>? {
+        func checked(_ found: T?) -> Result<T, LedgerError> {
+            found.map { .success($0) }
+                ?? .failure(LedgerError(.storage, "a record version's stored ciphertext is missing or malformed (damaged store)"))
+        }
+        if let staged { return checked(try withBox(view, index: staged.index, version: staged.version, body)) }
+        if let version {
+            return try view.withValue(folded, key: RecordStorageKey(p: p, r: r, version: version)) { row in
+                checked(try withFoldedBox(view, row: row, version: version, body))
+            }
+        }
+        return try PatientRecords.withNewestRow(view, in: folded, p, r) { version, row in
+            checked(try withFoldedBox(view, row: row, version: version, body))
+        }
+    }
+
+    /// Writes a new record version's box and staged row (both appended: `index` is the newest entry).
+    func append(_ view: TransactionView, index: UInt64, p: Hash, r: Hash, version: UInt32, epoch: UInt32, box: [UInt8]) throws {
+        let (staged, boxes) = try writable()
+        try view.put(boxes, key: index, reservingCapacity: 4 + box.count, flags: .append) { out in
+            out.storeBytes(of: epoch.bigEndian, toByteOffset: 0, as: UInt32.self)
+            box.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[4...]).copyMemory(from: $0) }
+        }
+        try view.put(staged, key: index, value: RecordStorageKey(p: p, r: r, version: version), flags: .append)
+    }
+
+    /// Rows `pl.records.recent` gathers before they are folded into `pl.records`: the rule of
+    /// the audit rows (``PatientRecords/auditFoldThreshold(folded:minimum:)``).
+    func foldIfDue(_ view: TransactionView, minimum: Int, sizeAfter: UInt64) throws {
+        let staged = try view.count(try writable().staged)
+        guard staged >= PatientRecords.auditFoldThreshold(folded: try view.count(folded), minimum: minimum) else { return }
+        try fold(view, sizeAfter: sizeAfter)
+    }
+
+    /// Moves every staged row into `pl.records`, in key order, and records the fold point.
+    func fold(_ view: TransactionView, sizeAfter: UInt64) throws {
+        let staged = try writable().staged
+        var rows: [(key: RecordStorageKey, index: UInt64)] = []
+        rows.reserveCapacity(try view.count(staged))
+        try view.withCursor(staged) { cursor in
+            var more = try cursor.first()
+            while more {
+                let row = cursor.withCurrent { key, value -> (RecordStorageKey, UInt64)? in
+                    guard let index = UInt64(bigEndianBytes: key), value.count == RecordStorageKey.byteCount else { return nil }
+                    return (RecordStorageKey(p: Hash(unchecked: value, at: 0), r: Hash(unchecked: value, at: 32),
+                                             version: UInt32(bigEndian: value.loadUnaligned(fromByteOffset: 64, as: UInt32.self))), index)
+                }
+                guard let row else { throw LedgerError(.storage, "malformed pl.records.recent row") }
+                rows.append(row)
+                more = try cursor.next()
+            }
+        }
+        rows.sort { a, b in
+            if a.key.p != b.key.p { return a.key.p < b.key.p }
+            if a.key.r != b.key.r { return a.key.r < b.key.r }
+            return a.key.version < b.key.version
+        }
+        for row in rows { try view.put(folded, key: row.key, value: row.index) }
+        try view.clear(staged)
+        try view.put(meta, key: StagedRecords.foldedKey, value: sizeAfter)
+    }
+
+    /// Every staged row of patient `p` (and record `r` when given) in the snapshot: a scan of
+    /// `pl.records.recent`, which holds at most 262,144 rows.
+    func stagedRows(_ view: TransactionView, p: Hash, r: Hash?) throws -> [(r: Hash, version: UInt32, index: UInt64)] {
+        var rows: [(r: Hash, version: UInt32, index: UInt64)] = []
+        guard let staged else { return rows }
+        try view.withCursor(staged) { cursor in
+            var more = try cursor.first()
+            while more {
+                let row = cursor.withCurrent { key, value -> (Hash, UInt32, UInt64)?? in
+                    guard let index = UInt64(bigEndianBytes: key), value.count == RecordStorageKey.byteCount else { return .some(nil) }
+                    guard Hash(unchecked: value, at: 0) == p else { return nil }
+                    let rowR = Hash(unchecked: value, at: 32)
+                    if let r, rowR != r { return nil }
+                    return (rowR, UInt32(bigEndian: value.loadUnaligned(fromByteOffset: 64, as: UInt32.self)), index)
+                }
+                if let row {
+                    guard let row else { throw LedgerError(.storage, "malformed pl.records.recent row") }
+                    rows.append(row)
+                }
+                more = try cursor.next()
+            }
+        }
+        return rows
+    }
+}
