@@ -95,7 +95,14 @@ public final class PatientRecords: @unchecked Sendable {
         self.masterKey = masterKey
         let environment = ledger.environment
         let create = !environment.isReadOnly
-        let open = { (txn: borrowing Transaction) throws -> PatientTables? in try PatientTables(txn.unsafeView, create: create) }
+        let open = { (txn: borrowing Transaction) throws -> PatientTables? in
+            let tables = try PatientTables(txn.unsafeView, create: create)
+            // A format-2 ledger's writers do not know pl.records.recent and pl.boxes: mark it 3.
+            if create, try txn.value(ledger.ledgerMeta, key: "format").flatMap({ $0.withUnsafeBytes { UInt64(bigEndianBytes: $0) } }) == 2 {
+                try txn.put(ledger.ledgerMeta, key: "format", value: Ledger.format)
+            }
+            return tables
+        }
         let tables = try Ledger.storage { create ? try environment.write(open) : try environment.read(open) }
         guard let tables else { throw LedgerError(.ledgerNotFound, "\(ledger.path) holds no patient records") }
         (meta, patients, records, grants, audits, breakGlass) = (tables.meta, tables.patients, tables.records, tables.grants, tables.audit, tables.breakGlass)
@@ -253,8 +260,9 @@ public final class PatientRecords: @unchecked Sendable {
     /// The stored ciphertext of a record version and the key epoch that sealed it.
     func storedBox(_ p: Hash, _ r: Hash, _ version: UInt32) throws -> (epoch: UInt32, box: [UInt8]) {
         try Ledger.storage {
-            try ledger.environment.read { txn in
-                let view = txn.unsafeView, tables = recordTables
+            let tables = recordTables  // before the transaction: finding them may open them
+            return try ledger.environment.read { txn in
+                let view = txn.unsafeView
                 let lens = try stagedRecords.lens(view, tables: tables)
                 guard let stored = try tables.withVersion(view, lens, p, r, version: version, { ($0.epoch, Array($0.box)) }) else {
                     throw LedgerError(.recordNotFound, "no such record version")
@@ -607,8 +615,10 @@ public final class PatientRecords: @unchecked Sendable {
                             breakGlass: String? = nil) throws -> [Result<RecordContent, LedgerError>] {
         let agent = try auditAgent(accessor)
         let time = clock()
+        let tables = recordTables  // before the transactions: finding them may open them
         let (read, _) = try inSnapshot(requests.count) { view, range in
-            try readPart(requests[range], view: view, accessor: accessor, agent: agent, purpose: purpose, breakGlass: breakGlass, time: time)
+            try readPart(requests[range], view: view, tables: tables, accessor: accessor, agent: agent, purpose: purpose,
+                         breakGlass: breakGlass, time: time)
         }
         try auditCommitter.record(read.map(\.event))
         return read.map(\.outcome)
@@ -618,10 +628,9 @@ public final class PatientRecords: @unchecked Sendable {
     static let parallelReadThreshold = 256
 
     /// Reads `requests` in `view`; each outcome comes with its settled, encoded audit event.
-    private func readPart(_ requests: ArraySlice<ReadRequest>, view: TransactionView, accessor: Accessor, agent: String,
-                          purpose: String, breakGlass: String?,
+    private func readPart(_ requests: ArraySlice<ReadRequest>, view: TransactionView, tables: RecordTables, accessor: Accessor,
+                          agent: String, purpose: String, breakGlass: String?,
                           time: Date) throws -> [(event: AuditEvent, outcome: Result<RecordContent, LedgerError>)] {
-        let tables = recordTables
         let lens = try stagedRecords.lens(view, tables: tables)
         var names = RecentValues<ExternalID, Hash>()
         var events: [AuditEvent] = []
@@ -670,7 +679,9 @@ public final class PatientRecords: @unchecked Sendable {
         }
         let found: StoredVersion.Place?
         switch lookup {
-        case .failure(let damaged)?: return .failure(damaged)
+        case .failure(let damaged)?:
+            event.version = staged?.version ?? event.version
+            return .failure(damaged)
         case .success(let place)?: found = place
         case nil: found = nil
         }
@@ -755,13 +766,13 @@ public final class PatientRecords: @unchecked Sendable {
     private func listing(p: Hash, r: Hash?, action: String, accessor: Accessor, purpose: String, latestOnly: Bool) throws -> [RecordVersionInfo] {
         let event = AuditEvent(action: action, accessor: accessor, agent: try auditAgent(accessor), patient: p, record: r, version: nil,
                                purpose: purpose, breakGlass: nil, time: clock())
+        let tables = recordTables  // before the transaction: finding them may open them
         let outcome: Result<[RecordVersionInfo], LedgerError> = try Ledger.storage {
             try ledger.environment.read { txn -> Result<[RecordVersionInfo], LedgerError> in
                 let view = txn.unsafeView
                 guard let state = try patientState(view, p) else { return .failure(LedgerError(.patientNotFound, "no such patient")) }
                 guard state.status == .active else { return .failure(LedgerError(.erased, "the patient was erased")) }
                 var dataKeys = RecentValues<EpochKey, SecureBytes>()
-                let tables = recordTables
                 // Folded rows in record order, then the staged ones (newer than any folded).
                 let prefix = p.bytes + (r?.bytes ?? [])
                 var rows: [(r: Hash, version: UInt32, row: ListedRow)] = []
@@ -1200,6 +1211,7 @@ public final class PatientRecords: @unchecked Sendable {
             entries.append(try LedgerEntry(delete: PatientPayload.grantKey(p, g), payload: PatientPayload.encode(
                 ["type": "revoke", "v": 1, "patient": p.hex, "grantee": g, "revoked_at": at, "reason": "erasure"])))
         }
+        let recordTables = self.recordTables  // before the transaction: finding them may open them
         let oldGeneration = masterKey.generation
         try masterKey.beginRotation()
         let newGeneration = masterKey.generation
@@ -1211,7 +1223,11 @@ public final class PatientRecords: @unchecked Sendable {
                 deleted = 0
                 extents = try self.deleteBlobRows(view, p)
                 try self.rewrapAll(view, from: oldGeneration, to: newGeneration, erasing: p, erasureIndex: first)
-                // Ciphertexts, record rows and grants of the erased patient.
+                // Ciphertexts, record rows and grants of the erased patient. The staged rows are
+                // folded first: rows never vanish from pl.records.recent under one fold point,
+                // which readers' in-memory staged index relies on (RecordIndex.swift), and the
+                // patient's rows are then all in pl.records.
+                try recordTables.fold(view, sizeAfter: first + UInt64(entries.count))
                 var boxes: [UInt64] = []
                 for db in [self.records, self.grants] {
                     var keys: [[UInt8]] = []
@@ -1230,15 +1246,8 @@ public final class PatientRecords: @unchecked Sendable {
                     for key in keys { _ = try view.delete(db, key: key) }
                     if db == self.records { deleted = keys.count }
                 }
-                let tables = self.recordTables
-                let staged = try tables.stagedRows(view, p: p, r: nil)
-                if !staged.isEmpty {
-                    let (stagedTable, _) = try tables.writable()
-                    for row in staged { _ = try view.delete(stagedTable, key: row.index) }
-                }
-                deleted += staged.count
-                if let boxTable = tables.boxes {
-                    for index in boxes + staged.map(\.index) { _ = try view.delete(boxTable, key: index) }
+                if let boxTable = recordTables.boxes {
+                    for index in boxes { _ = try view.delete(boxTable, key: index) }
                 }
                 try self.writeKeyCheck(view, generation: newGeneration)
             }

@@ -2,7 +2,7 @@ import Foundation
 import LMDBKit
 import LedgerCrypto
 
-// Where record versions live (DESIGN.md section 10, FORMATS.md section 9):
+// Where record versions live (DESIGN.md section 10, FORMATS.md section 10.5):
 //
 // - `pl.boxes`: `u64 entry index -> u32 key epoch || box`, written in log order (appends
 //   only), never moved;
@@ -32,20 +32,26 @@ struct StagedVersion: Hashable {
 /// The staged record versions (`pl.records.recent`) by record, in memory, shared by the
 /// threads of one process.
 ///
-/// Every row it holds was read from a committed snapshot and never changes (an erased
-/// patient's rows are refused before they are looked up), so a snapshot can use the rows of
-/// later snapshots it holds, filtered to its own bounds. It drops rows once a fold moved them
-/// to `pl.records`; a snapshot older than that fold gets `nil` from ``bounds(_:tables:)`` and
-/// reads its staged rows through an index of its own (``StagedRecords/scanning(_:tables:)``).
+/// The staged rows only grow between two changes of `records.folded`: a fold empties them and
+/// an erasure folds before it deletes (so rows never vanish from under the same fold point).
+/// Each fold point seen starts an era, a set of rows of its own; a ``Lens`` keeps the era of its
+/// snapshot, so a later era never takes rows away from it. Within an era, rows read from a
+/// later snapshot are filtered out by each snapshot's bounds. A snapshot older than the current
+/// era reads its staged rows through an index of its own (``StagedRecords/scanning(_:tables:)``).
 final class StagedRecords: @unchecked Sendable {
-    // Sendable: every stored property is read and written under `lock`.
+    // Sendable: `era` and every era's contents are read and written under `lock`.
     private let lock = NSLock()
-    private var newest: [RecordSlot: UInt32] = [:]
-    private var versions: [StagedVersion: UInt64] = [:]
-    /// Rows below this index were dropped (they are folded in every snapshot at least as new).
-    private var floor: UInt64 = 0
-    /// Every staged row below this index that was not folded when it was scanned is held.
-    private var scannedTo: UInt64 = 0
+    private var era = Era(folded: 0)
+
+    /// The staged rows at or past one fold point.
+    fileprivate final class Era {
+        let folded: UInt64
+        var newest: [RecordSlot: UInt32] = [:]
+        var versions: [StagedVersion: UInt64] = [:]
+        /// Every staged row of this era below this index is held.
+        var scannedTo: UInt64
+        init(folded: UInt64) { (self.folded, scannedTo) = (folded, folded) }
+    }
 
     /// The part of the staged rows one snapshot sees: indexes in `folded..<end`.
     struct Bounds {
@@ -56,39 +62,28 @@ final class StagedRecords: @unchecked Sendable {
         func contains(_ index: UInt64) -> Bool { index >= folded && index < end }
     }
 
-    /// The snapshot `view` together with the staged index to look its rows up in.
+    /// The snapshot `view` together with the staged rows to look its versions up in.
     struct Lens {
         let staged: StagedRecords
+        fileprivate let era: Era
         let bounds: Bounds
 
         /// The staged version of a record in the snapshot (the newest when `version` is nil)
         /// and its entry index; nil when not staged.
-        func find(_ slot: RecordSlot, version: UInt32?) -> StoredVersion.Place? { staged.find([(slot, version)], bounds)[0] }
+        func find(_ slot: RecordSlot, version: UInt32?) -> StoredVersion.Place? { find([(slot, version)])[0] }
 
         /// ``find(_:version:)`` for many records under one acquisition of the index's lock.
-        func find(_ wanted: [(slot: RecordSlot, version: UInt32?)]) -> [StoredVersion.Place?] { staged.find(wanted, bounds) }
+        func find(_ wanted: [(slot: RecordSlot, version: UInt32?)]) -> [StoredVersion.Place?] { staged.find(wanted, era, bounds) }
     }
 
-    /// A lens on `view` through this shared index, or through a private one when `view` is older
-    /// than rows this index already dropped.
+    /// A lens on `view` through this shared index (first bringing it up to `view`), or
+    /// through a private one when `view` is older than the era this index has reached.
     func lens(_ view: TransactionView, tables: RecordTables) throws -> Lens {
-        if let bounds = try bounds(view, tables: tables) { return Lens(staged: self, bounds: bounds) }
-        return try Self.scanning(view, tables: tables)
-    }
-
-    /// A private index of every staged row `view` holds.
-    static func scanning(_ view: TransactionView, tables: RecordTables) throws -> Lens {
-        let own = StagedRecords()
-        guard let bounds = try own.bounds(view, tables: tables) else { throw LedgerError(.storage, "staged record index out of step") }
-        return Lens(staged: own, bounds: bounds)
-    }
-
-    /// Brings the index up to `view` (the staged rows committed since the last call) and
-    /// returns the snapshot's bounds; nil when the snapshot still stages rows this index dropped.
-    func bounds(_ view: TransactionView, tables: RecordTables) throws -> Bounds? {
         let folded = try Self.foldedThrough(view, meta: tables.meta)
-        guard let stagedTable = tables.staged else { return Bounds(folded: folded, end: folded) }
-        let end = try view.withCursor(stagedTable) { cursor -> UInt64 in
+        guard let staged = tables.staged else {
+            return Lens(staged: self, era: lock.withLock { era }, bounds: Bounds(folded: folded, end: folded))
+        }
+        let end = try view.withCursor(staged) { cursor -> UInt64 in
             guard try cursor.last() else { return folded }
             return try cursor.withCurrent { key, _ in
                 guard let index = UInt64(bigEndianBytes: key) else { throw LedgerError(.storage, "malformed pl.records.recent key") }
@@ -98,47 +93,46 @@ final class StagedRecords: @unchecked Sendable {
         let bounds = Bounds(folded: folded, end: end)
         lock.lock()
         defer { lock.unlock() }
-        if folded < floor { return nil }
-        if folded > floor {
-            // A fold moved every row below `folded` into pl.records: drop them here.
-            versions = versions.filter { $0.value >= folded }
-            newest = [:]
-            for (key, _) in versions where key.version > newest[key.slot, default: 0] { newest[key.slot] = key.version }
-            floor = folded
-            scannedTo = max(scannedTo, folded)
-        }
-        guard scannedTo < end else { return bounds }
-        try view.withCursor(stagedTable) { cursor in
-            var more = try cursor.seek(atOrAfter: scannedTo)
-            while more {
-                let row = cursor.withCurrent { key, value -> (UInt64, StagedVersion)? in
-                    guard let index = UInt64(bigEndianBytes: key), value.count == RecordStorageKey.byteCount else { return nil }
-                    let slot = RecordSlot(p: Hash(unchecked: value, at: 0), r: Hash(unchecked: value, at: 32))
-                    return (index, StagedVersion(slot: slot, version: UInt32(bigEndian: value.loadUnaligned(fromByteOffset: 64, as: UInt32.self))))
+        if folded < era.folded { return try Self.scanning(view, tables: tables) }
+        if folded > era.folded { era = Era(folded: folded) }
+        let current = era
+        if current.scannedTo < end {
+            try view.withCursor(staged) { cursor in
+                var more = try cursor.seek(atOrAfter: current.scannedTo)
+                while more {
+                    let row = cursor.withCurrent { key, value -> (UInt64, StagedVersion)? in
+                        guard let index = UInt64(bigEndianBytes: key), value.count == RecordStorageKey.byteCount else { return nil }
+                        let slot = RecordSlot(p: Hash(unchecked: value, at: 0), r: Hash(unchecked: value, at: 32))
+                        return (index, StagedVersion(slot: slot, version: UInt32(bigEndian: value.loadUnaligned(fromByteOffset: 64, as: UInt32.self))))
+                    }
+                    guard let (index, staged) = row else { throw LedgerError(.storage, "malformed pl.records.recent row") }
+                    current.versions[staged] = index
+                    if staged.version > current.newest[staged.slot, default: 0] { current.newest[staged.slot] = staged.version }
+                    more = try cursor.next()
                 }
-                guard let (index, staged) = row else { throw LedgerError(.storage, "malformed pl.records.recent row") }
-                versions[staged] = index
-                if staged.version > newest[staged.slot, default: 0] { newest[staged.slot] = staged.version }
-                more = try cursor.next()
             }
+            current.scannedTo = end
         }
-        scannedTo = end
-        return bounds
+        return Lens(staged: self, era: current, bounds: bounds)
     }
 
-    private func find(_ wanted: [(slot: RecordSlot, version: UInt32?)], _ bounds: Bounds) -> [StoredVersion.Place?] {
+    /// A private index of every staged row `view` holds.
+    static func scanning(_ view: TransactionView, tables: RecordTables) throws -> Lens {
+        try StagedRecords().lens(view, tables: tables)
+    }
+
+    private func find(_ wanted: [(slot: RecordSlot, version: UInt32?)], _ era: Era, _ bounds: Bounds) -> [StoredVersion.Place?] {
         lock.lock()
         defer { lock.unlock() }
         return wanted.map { slot, version in
             if let version {
-                guard let index = versions[StagedVersion(slot: slot, version: version)], bounds.contains(index) else { return nil }
+                guard let index = era.versions[StagedVersion(slot: slot, version: version)], bounds.contains(index) else { return nil }
                 return StoredVersion.Place(version: version, index: index)
             }
-            guard var version = newest[slot] else { return nil }
+            guard var version = era.newest[slot] else { return nil }
             // A later snapshot's versions are skipped; a record's versions are consecutive.
-            while version > 0, let index = versions[StagedVersion(slot: slot, version: version)] {
-                if bounds.contains(index) { return StoredVersion.Place(version: version, index: index) }
-                if index < bounds.folded { return nil }
+            while version > 0, let index = era.versions[StagedVersion(slot: slot, version: version)], index >= bounds.folded {
+                if index < bounds.end { return StoredVersion.Place(version: version, index: index) }
                 version -= 1
             }
             return nil

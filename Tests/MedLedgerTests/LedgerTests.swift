@@ -188,10 +188,30 @@ func scratchOptions() -> Ledger.Options {
             let env = try Environment(path: path)
             try env.write { txn in
                 let meta = try #require(try txn.openDatabase("ledger.meta", create: false))
-                try txn.put(meta, key: "format", value: UInt64(3))
+                try txn.put(meta, key: "format", value: UInt64(4))
             }
         }
         #expect(throws: LedgerError(.storage, "")) { try Ledger(path: path) }
+        // Format 2 (before the patient layer's log-ordered record tables) is read, and its
+        // patient layer's first writer marks it 3, which earlier builds refuse.
+        do {
+            let env = try Environment(path: path)
+            try env.write { txn in
+                let meta = try #require(try txn.openDatabase("ledger.meta", create: false))
+                try txn.put(meta, key: "format", value: UInt64(2))
+            }
+        }
+        do {
+            let ledger = try Ledger(path: path)
+            let keyPath = path + ".format-test.key"
+            defer { try? FileManager.default.removeItem(atPath: keyPath) }
+            _ = try PatientRecords(ledger: ledger, masterKey: try MasterKeyFile.create(at: keyPath))
+            let format = try ledger.environment.read { txn in
+                let meta = try #require(try txn.openDatabase("ledger.meta", create: false))
+                return try txn.value(meta, key: "format").flatMap { $0.withUnsafeBytes { UInt64(bigEndianBytes: $0) } }
+            }
+            #expect(format == 3)
+        }
     }
 
     @Test func anInterruptedCreateCanBeRunAgainButALedgerIsNeverReplaced() throws {

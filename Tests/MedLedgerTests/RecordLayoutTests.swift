@@ -133,6 +133,58 @@ import TestSupport
         #expect(try records.read(patient: "Patient/1", recordId: "obs-3", as: .custodian("c")).content == observation("v2-3"))
     }
 
+    /// A lens taken before a fold keeps the rows of its snapshot after another thread's newer
+    /// snapshot has moved the shared index past that fold.
+    @Test func aLensKeepsItsRowsWhenTheIndexMovesOn() throws {
+        let f = try PatientFixture("record-lens-era")
+        let records = f.records
+        records.minimumRecordFold = 16
+        try records.addPatient(externalId: "Patient/1")
+        try records.putRecords((0..<10).map { .init(patient: "Patient/1", recordId: "obs-\($0)", content: observation("v1-\($0)")) })
+        let p = try records.pseudonym(of: "Patient/1")
+        try records.ledger.environment.read { old in
+            let view = old.unsafeView
+            let tables = records.recordTables
+            let lens = try records.stagedRecords.lens(view, tables: tables)
+            #expect(lens.staged === records.stagedRecords)
+            try records.putRecords((0..<10).map { .init(patient: "Patient/1", recordId: "obs-\($0)", content: observation("v2-\($0)")) })
+            _ = try records.read(patient: "Patient/1", recordId: "obs-3", as: .custodian("c"))  // the index follows the fold
+            for i in 0..<10 {
+                let r = try records.recordHash(p, "obs-\(i)")
+                #expect(lens.find(RecordSlot(p: p, r: r), version: nil)?.version == 1)
+                #expect(try tables.withVersion(view, lens, p, r, version: nil) { Array($0.box) }.map { try $0.get().count } != nil)
+            }
+        }
+    }
+
+    /// An erasure folds before it deletes: a snapshot from before the erasure, whose lens is
+    /// made only after a later snapshot brought the shared index past it, still finds the
+    /// erased patient's staged versions it holds (they were never scanned into the index).
+    @Test func aSnapshotFromBeforeAnErasureFindsItsStagedVersions() throws {
+        let f = try PatientFixture("record-erasure-era")
+        let records = f.records
+        try records.addPatient(externalId: "Patient/x")
+        try records.addPatient(externalId: "Patient/y")
+        try records.putRecord(patient: "Patient/x", recordId: "obs", content: observation("x1"))
+        try records.ledger.environment.write { txn in try records.recordTables.fold(txn.unsafeView, sizeAfter: try f.ledger.size) }
+        try records.putRecord(patient: "Patient/x", recordId: "obs", content: observation("x2"))
+        let p = try records.pseudonym(of: "Patient/x"), r = try records.recordHash(p, "obs")
+        try records.ledger.environment.read { old in
+            let view = old.unsafeView
+            try records.erase(patient: "Patient/x")
+            let reopened = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
+            try reopened.putRecord(patient: "Patient/y", recordId: "obs", content: observation("y1"))
+            _ = try reopened.read(patient: "Patient/y", recordId: "obs", as: .custodian("c"))
+            let lens = try reopened.stagedRecords.lens(view, tables: reopened.recordTables)
+            #expect(lens.find(RecordSlot(p: p, r: r), version: nil)?.version == 2)
+            #expect(try reopened.recordTables.newestVersion(view, lens, p, r) == 2)
+        }
+        #expect(throws: LedgerError(.erased, "")) {
+            try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath)).read(patient: "Patient/x", recordId: "obs", as: .custodian("c"))
+        }
+        #expect(try f.ledger.verify().isValid)
+    }
+
     /// A ledger written before `pl.boxes` keeps each box in its `pl.records` row: such rows
     /// read, list, verify and erase as before, and new versions of their records go to the
     /// new tables.

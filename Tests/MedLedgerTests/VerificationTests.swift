@@ -51,6 +51,9 @@ final class VerifyFixture: @unchecked Sendable {
         _ = try records.read(patient: "Patient/a", recordId: "obs-1", as: .grantee("dr-lee"))
         try records.revoke(patient: "Patient/a", grantee: "dr-kim")
         try records.erase(patient: "Patient/b")
+        // The erasure folded every record version into pl.records; two more stay staged.
+        try records.putRecord(patient: "Patient/a", recordId: "obs-2", content: observation("a3"))
+        try records.putRecord(patient: "Patient/a", recordId: "obs-3", content: observation("a4"))
         checkpoints.append(try ledger.signedCheckpoint())
     }
 
@@ -101,10 +104,11 @@ func flipLastByte(_ view: TransactionView, _ db: Database, key: [UInt8]) throws 
         #expect(report.checkpoint == (try f.ledger.signedCheckpoint()))
         #expect(report.checkpointsChecked == f.checkpoints.count)
         // Versions: one per append (4 raw batches, 2 registrations, 3 puts, 4 grants, 3 reads,
-        // a revocation, an erasure).
-        #expect(report.mapVersions == 18)
+        // a revocation, an erasure, 2 puts).
+        #expect(report.mapVersions == 20)
         #expect(report.mapPages > 0 && report.storedHashes > report.entries)
-        #expect(report.patients == 2 && report.records == 2 && report.grants == 3 && report.auditEvents == 3)
+        // Records: patient a's 2 folded and 2 staged versions (patient b's was erased).
+        #expect(report.patients == 2 && report.records == 4 && report.grants == 3 && report.auditEvents == 3)
 
         var withKey = VerificationOptions()
         withKey.masterKey = try MasterKeyFile(path: f.patients.keyPath)
@@ -155,7 +159,7 @@ func flipLastByte(_ view: TransactionView, _ db: Database, key: [UInt8]) throws 
     /// Each change to stored data is found, and named where it is.
     @Test(arguments: [
         "entry", "leaf", "subtree", "missing-subtree", "pending-tile", "size", "missing-entry",
-        "page", "root", "missing-root", "stale", "box", "missing-box", "missing-record", "record-renamed", "surplus-box", "audit", "audit-staged", "audit-twice", "breakglass",
+        "page", "root", "missing-root", "stale", "box", "missing-box", "missing-record", "record-renamed", "missing-folded-record", "folded-record-renamed", "surplus-box", "audit", "audit-staged", "audit-twice", "breakglass",
         "patient", "grant", "wrapped-key", "sealed-key",
     ])
     func tamperingIsDetectedAndLocated(_ what: String) throws {
@@ -238,6 +242,15 @@ func flipLastByte(_ view: TransactionView, _ db: Database, key: [UInt8]) throws 
         case "missing-record":
             let db = try f.database("pl.records.recent")
             try f.tamper { view in _ = try view.delete(db, key: try nthKey(view, db, 1)) }
+            expected = (.records, "entry")
+        case "missing-folded-record":
+            let db = try f.database("pl.records")
+            try f.tamper { view in _ = try view.delete(db, key: try nthKey(view, db, 0)) }
+            expected = (.records, "entry")
+        case "folded-record-renamed":
+            // A folded row naming another entry.
+            let db = try f.database("pl.records")
+            try f.tamper { view in try flipLastByte(view, db, key: try nthKey(view, db, 1)) }
             expected = (.records, "entry")
         case "record-renamed":
             // A staged row naming another version of its record.
