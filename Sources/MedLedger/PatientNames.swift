@@ -219,12 +219,29 @@ extension PatientRecords {
 
 /// A `pl.records` key, `p || r || u32 version big-endian` (68 bytes), lent to LMDB without an
 /// array.
-struct RecordStorageKey: LMDBBytes {
+struct RecordStorageKey: LMDBBytes, Comparable {
     let p: Hash
     let r: Hash
     let version: UInt32
 
     static let byteCount = 68
+
+    init(p: Hash, r: Hash, version: UInt32) { (self.p, self.r, self.version) = (p, r, version) }
+
+    /// Parses the 68 stored bytes (a `pl.records` key, a `pl.records.recent` value); nil for
+    /// any other size.
+    init?(_ raw: UnsafeRawBufferPointer) {
+        guard raw.count == Self.byteCount else { return nil }
+        self.init(p: Hash(unchecked: raw, at: 0), r: Hash(unchecked: raw, at: 32),
+                  version: UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: 64, as: UInt32.self)))
+    }
+
+    var slot: RecordSlot { RecordSlot(p: p, r: r) }
+
+    /// The order of the stored keys.
+    static func < (a: RecordStorageKey, b: RecordStorageKey) -> Bool {
+        a.p != b.p ? a.p < b.p : a.r != b.r ? a.r < b.r : a.version < b.version
+    }
 
     func withLMDBBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         // A tuple's elements lie in order at their natural alignment: 32 + 32 + 4 = 68 bytes.

@@ -42,12 +42,14 @@ public final class PatientRecords: @unchecked Sendable {
     /// `pl.audit.recent`: audit events not yet folded into `pl.audit`; nil only in a read-only
     /// ledger written before it existed, until a writer creates it (looked up again then).
     var auditRecent: Database? {
-        auditRecentLock.withLock {
-            if auditRecentHandle == nil, let found = try? ledger.environment.openDatabase("pl.audit.recent", create: false) {
-                auditRecentHandle = found
-            }
-            return auditRecentHandle
-        }
+        auditRecentLock.withLock { lookedUp(&auditRecentHandle, "pl.audit.recent") }
+    }
+
+    /// `handle`, or else database `name` if a writer has created it since (still nil if not).
+    /// Called under `auditRecentLock`.
+    private func lookedUp(_ handle: inout Database?, _ name: String) -> Database? {
+        if handle == nil { handle = try? ledger.environment.openDatabase(name, create: false) }
+        return handle
     }
     private var auditRecentHandle: Database?
     /// Guards `auditRecentHandle`, `stagedRecordsHandle` and `boxesHandle`; LMDB also forbids
@@ -58,12 +60,8 @@ public final class PatientRecords: @unchecked Sendable {
     /// has created them.
     var recordTables: RecordTables {
         auditRecentLock.withLock {
-            if stagedRecordsHandle == nil || boxesHandle == nil,
-               let staged = try? ledger.environment.openDatabase("pl.records.recent", create: false),
-               let boxes = try? ledger.environment.openDatabase("pl.boxes", create: false) {
-                (stagedRecordsHandle, boxesHandle) = (staged, boxes)
-            }
-            return RecordTables(meta: meta, folded: records, staged: stagedRecordsHandle, boxes: boxesHandle)
+            RecordTables(meta: meta, folded: records, staged: lookedUp(&stagedRecordsHandle, "pl.records.recent"),
+                         boxes: lookedUp(&boxesHandle, "pl.boxes"))
         }
     }
     private var stagedRecordsHandle: Database?
@@ -501,15 +499,8 @@ public final class PatientRecords: @unchecked Sendable {
             guard let state = try patientState(view, item.p), state.status == .active, state.epoch == item.epoch else { throw conflict }
         }
         let folded = try StagedRecords.foldedThrough(view, meta: tables.meta)
-        try view.withCursor(try tables.writable().staged) { cursor in
-            var more = try cursor.seek(atOrAfter: max(bounds.end, folded))
-            while more {
-                let slot = cursor.withCurrent { _, value in
-                    value.count == RecordStorageKey.byteCount ? RecordSlot(p: Hash(unchecked: value, at: 0), r: Hash(unchecked: value, at: 32)) : nil
-                }
-                if let slot, slots.contains(slot) { throw conflict }
-                more = try cursor.next()
-            }
+        try tables.forEachStaged(view, from: max(bounds.end, folded)) { row in
+            if let row, slots.contains(row.name.slot) { throw conflict }
         }
         // Folded since the snapshot (a fold moves `records.folded`), or written by any other
         // writer under the record's key: one lookup per version, on this rare path only.
@@ -784,6 +775,7 @@ public final class PatientRecords: @unchecked Sendable {
                             return (Hash(UnsafeRawBufferPointer(rebasing: key[32..<64]))!, Self.version(ofStorageKey: key), Array(value))
                         }
                         guard let row else { break }
+                        if latestOnly, let last = rows.last, last.r == row.0 { rows.removeLast() }
                         rows.append((row.0, row.1, .folded(row.2)))
                         more = try cursor.next()
                     }

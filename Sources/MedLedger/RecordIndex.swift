@@ -97,19 +97,10 @@ final class StagedRecords: @unchecked Sendable {
         if folded > era.folded { era = Era(folded: folded) }
         let current = era
         if current.scannedTo < end {
-            try view.withCursor(staged) { cursor in
-                var more = try cursor.seek(atOrAfter: current.scannedTo)
-                while more {
-                    let row = cursor.withCurrent { key, value -> (UInt64, StagedVersion)? in
-                        guard let index = UInt64(bigEndianBytes: key), value.count == RecordStorageKey.byteCount else { return nil }
-                        let slot = RecordSlot(p: Hash(unchecked: value, at: 0), r: Hash(unchecked: value, at: 32))
-                        return (index, StagedVersion(slot: slot, version: UInt32(bigEndian: value.loadUnaligned(fromByteOffset: 64, as: UInt32.self))))
-                    }
-                    guard let (index, staged) = row else { throw LedgerError(.storage, "malformed pl.records.recent row") }
-                    current.versions[staged] = index
-                    if staged.version > current.newest[staged.slot, default: 0] { current.newest[staged.slot] = staged.version }
-                    more = try cursor.next()
-                }
+            try tables.forEachStaged(view, from: current.scannedTo) { row in
+                guard let (index, name) = row else { throw RecordTables.malformedStagedRow }
+                current.versions[StagedVersion(slot: name.slot, version: name.version)] = index
+                if name.version > current.newest[name.slot, default: 0] { current.newest[name.slot] = name.version }
             }
             current.scannedTo = end
         }
@@ -273,27 +264,14 @@ extension RecordTables {
     /// Moves every staged row into `pl.records`, in key order, and records the fold point.
     func fold(_ view: TransactionView, sizeAfter: UInt64) throws {
         let staged = try writable().staged
-        var rows: [(key: RecordStorageKey, index: UInt64)] = []
+        var rows: [(index: UInt64, name: RecordStorageKey)] = []
         rows.reserveCapacity(try view.count(staged))
-        try view.withCursor(staged) { cursor in
-            var more = try cursor.first()
-            while more {
-                let row = cursor.withCurrent { key, value -> (RecordStorageKey, UInt64)? in
-                    guard let index = UInt64(bigEndianBytes: key), value.count == RecordStorageKey.byteCount else { return nil }
-                    return (RecordStorageKey(p: Hash(unchecked: value, at: 0), r: Hash(unchecked: value, at: 32),
-                                             version: UInt32(bigEndian: value.loadUnaligned(fromByteOffset: 64, as: UInt32.self))), index)
-                }
-                guard let row else { throw LedgerError(.storage, "malformed pl.records.recent row") }
-                rows.append(row)
-                more = try cursor.next()
-            }
+        try forEachStaged(view, from: nil) { row in
+            guard let row else { throw Self.malformedStagedRow }
+            rows.append(row)
         }
-        rows.sort { a, b in
-            if a.key.p != b.key.p { return a.key.p < b.key.p }
-            if a.key.r != b.key.r { return a.key.r < b.key.r }
-            return a.key.version < b.key.version
-        }
-        for row in rows { try view.put(folded, key: row.key, value: row.index) }
+        rows.sort { $0.name < $1.name }
+        for row in rows { try view.put(folded, key: row.name, value: row.index) }
         try view.clear(staged)
         try view.put(meta, key: StagedRecords.foldedKey, value: sizeAfter)
     }
@@ -302,24 +280,29 @@ extension RecordTables {
     /// `pl.records.recent`, which holds at most 262,144 rows.
     func stagedRows(_ view: TransactionView, p: Hash, r: Hash?) throws -> [(r: Hash, version: UInt32, index: UInt64)] {
         var rows: [(r: Hash, version: UInt32, index: UInt64)] = []
-        guard let staged else { return rows }
-        try view.withCursor(staged) { cursor in
-            var more = try cursor.first()
-            while more {
-                let row = cursor.withCurrent { key, value -> (Hash, UInt32, UInt64)?? in
-                    guard let index = UInt64(bigEndianBytes: key), value.count == RecordStorageKey.byteCount else { return .some(nil) }
-                    guard Hash(unchecked: value, at: 0) == p else { return nil }
-                    let rowR = Hash(unchecked: value, at: 32)
-                    if let r, rowR != r { return nil }
-                    return (rowR, UInt32(bigEndian: value.loadUnaligned(fromByteOffset: 64, as: UInt32.self)), index)
-                }
-                if let row {
-                    guard let row else { throw LedgerError(.storage, "malformed pl.records.recent row") }
-                    rows.append(row)
-                }
-                more = try cursor.next()
-            }
+        try forEachStaged(view, from: nil) { row in
+            guard let (index, name) = row else { throw Self.malformedStagedRow }
+            if name.p == p, r == nil || name.r == r { rows.append((name.r, name.version, index)) }
         }
         return rows
     }
+
+    /// `body` with each staged row from index `start` (the first when nil) to the end, in log
+    /// order: its index and record version, or nil for a malformed row.
+    func forEachStaged(_ view: TransactionView, from start: UInt64?,
+                       _ body: ((index: UInt64, name: RecordStorageKey)?) throws -> Void) throws {
+        guard let staged else { return }
+        try view.withCursor(staged) { cursor in
+            var more = try start.map { try cursor.seek(atOrAfter: $0) } ?? cursor.first()
+            while more {
+                let row = cursor.withCurrent { key, value in
+                    UInt64(bigEndianBytes: key).flatMap { index in RecordStorageKey(value).map { (index, $0) } }
+                }
+                try body(row)
+                more = try cursor.next()
+            }
+        }
+    }
+
+    static let malformedStagedRow = LedgerError(.storage, "malformed pl.records.recent row")
 }

@@ -301,6 +301,8 @@ extension LedgerVerifier {
         var patientCache: [Hash: PatientState?] = [:]
         /// Segment files, each opened once for the whole pass.
         let segments: SegmentReaders
+        /// `pl.meta` `records.folded` (0 when absent or malformed, which the table checks report).
+        let recordsFolded: UInt64
 
         init(verifier: LedgerVerifier, view: TransactionView, log: LogTables, patients: PatientTables?, wanted: Set<UInt64>) throws {
             self.verifier = verifier
@@ -309,6 +311,7 @@ extension LedgerVerifier {
             self.patients = patients
             self.wanted = wanted
             segments = SegmentReaders(ledgerPath: verifier.ledger.path)
+            recordsFolded = patients.flatMap { try? StagedRecords.foldedThrough(view, meta: $0.meta) } ?? 0
             let stored = try view.value(log.meta, key: "size")
             if let stored, stored.count != 8 {
                 verifier.report.add(.log, "log.meta size", "holds \(stored.count) bytes, not 8")
@@ -765,7 +768,7 @@ extension LedgerVerifier {
             let key = p.bytes + r.bytes + withUnsafeBytes(of: version.bigEndian) { Array($0) }
             let stagedRow = try tables.stagedRecords.flatMap { try view.value($0, key: index) }
             let foldedRow = try view.value(tables.records, key: key)
-            let folded = (try? StagedRecords.foldedThrough(view, meta: tables.meta)) ?? 0  // malformed: reported with pl.meta
+            let folded = recordsFolded
             if let stagedRow {
                 if stagedRow != key { report.add(.records, where_, "pl.records.recent row names another record version") }
                 if foldedRow != nil { report.add(.records, where_, "version \(version) is both staged and folded") }
@@ -778,18 +781,14 @@ extension LedgerVerifier {
                 report.add(.records, where_, "version \(version) is neither in pl.records nor in pl.records.recent")
                 return
             }
+            let copied = { (stored: StoredVersion) in (stored.index, stored.epoch, Array(stored.box)) }
             let stored: (index: UInt64, epoch: UInt32, box: [UInt8])?
             if let foldedRow, foldedRow.count != 8 {
                 // The earlier layout: u64 index || u32 epoch || box in the row itself.
                 patientCounts.inlineRecordBoxes += 1
-                stored = foldedRow.count >= 12 ? foldedRow.withUnsafeBytes { raw in
-                    (UInt64(bigEndian: raw.loadUnaligned(as: UInt64.self)), UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt32.self)),
-                     Array(raw[12...]))
-                } : nil
+                stored = foldedRow.withUnsafeBytes { RecordTables.split($0, version: version, index: nil).map(copied) }
             } else {
-                stored = try tables.boxes.flatMap { try view.value($0, key: index) }.flatMap { raw in
-                    raw.count >= 4 ? (index, raw.withUnsafeBytes { UInt32(bigEndian: $0.loadUnaligned(as: UInt32.self)) }, Array(raw[4...])) : nil
-                }
+                stored = try tables.recordTables.withBox(view, index: index, version: version, copied)
             }
             guard let stored else {
                 report.add(.records, where_, "ciphertext of version \(version) missing from pl.boxes (or its row malformed)")
