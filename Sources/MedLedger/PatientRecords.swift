@@ -1450,11 +1450,34 @@ final class AuditCommitter: @unchecked Sendable {
     private var queue: [(AuditEvent, Ticket)] = []
     private var committing = false
     private var commitCount = 0
+    private var beforeAppendHook: (@Sendable () -> Void)?
     /// Commits made, for tests and diagnostics.
     var commits: Int {
         condition.lock()
         defer { condition.unlock() }
         return commitCount
+    }
+
+    /// Events waiting for the next commit, for tests.
+    var queuedEvents: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return queue.count
+    }
+
+    /// Runs before each append, with no lock held; tests use it to hold a commit open while
+    /// other readers queue, so sharing does not depend on the scheduler.
+    var beforeAppend: (@Sendable () -> Void)? {
+        get {
+            condition.lock()
+            defer { condition.unlock() }
+            return beforeAppendHook
+        }
+        set {
+            condition.lock()
+            beforeAppendHook = newValue
+            condition.unlock()
+        }
     }
 
     init(records: PatientRecords) { self.records = records }
@@ -1474,7 +1497,9 @@ final class AuditCommitter: @unchecked Sendable {
             commitCount += 1
             let batch = queue
             queue.removeAll(keepingCapacity: true)
+            let hook = beforeAppendHook
             condition.unlock()
+            hook?()
             var failure: (any Error)?
             do { try records.appendAudit(batch.map(\.0)) } catch { failure = error }
             condition.lock()
