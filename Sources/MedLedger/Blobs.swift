@@ -644,7 +644,7 @@ extension PatientRecords {
             }
         }
         event.settle(outcome)
-        try auditCommitter.record([event])
+        try auditCommitter.record([event.row])
         let (row, dataKey) = try outcome.get()
         let entry = try ledger.entry(at: row.index)
         let tree = ChunkTree(leaves: row.leaves)

@@ -57,6 +57,9 @@ struct ByteWriter {
         if let base = utf8.baseAddress { reserve(utf8.count).initialize(from: base, count: utf8.count) }
     }
 
+    /// `fragment`'s bytes as they are (JSON an encoder prepared once for many payloads).
+    mutating func bytes(_ fragment: [UInt8]) { fragment.withUnsafeBufferPointer { bytes($0) } }
+
     /// The 64 hex characters of `hash`.
     mutating func hex(_ hash: Hash) { hash.writeHex(to: UnsafeMutableRawPointer(reserve(64))) }
 

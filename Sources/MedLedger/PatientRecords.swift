@@ -607,60 +607,63 @@ public final class PatientRecords: @unchecked Sendable {
         let agent = try auditAgent(accessor)
         let time = clock()
         let tables = recordTables  // before the transactions: finding them may open them
+        let encoder = AuditEncoder(action: "read", accessor: accessor, agent: agent, purpose: purpose, breakGlass: breakGlass, time: time)
         let (read, _) = try inSnapshot(requests.count) { view, range in
-            try readPart(requests[range], view: view, tables: tables, accessor: accessor, agent: agent, purpose: purpose,
-                         breakGlass: breakGlass, time: time)
+            try readPart(requests[range], view: view, tables: tables, accessor: accessor, encoder: encoder, breakGlass: breakGlass, time: time)
         }
-        try auditCommitter.record(read.map(\.event))
+        try auditCommitter.record(read.map(\.row))
         return read.map(\.outcome)
     }
 
     /// Batches of at least this many requests (reads, puts) run on two threads.
     static let parallelReadThreshold = 256
 
-    /// Reads `requests` in `view`; each outcome comes with its settled, encoded audit event.
+    /// What one request of a batch read was: the version it reads (filled in as it is found).
+    struct ReadTarget {
+        let p: Hash
+        let r: Hash
+        var version: UInt32?
+    }
+
+    /// Reads `requests` in `view`; each outcome comes with its audit row, encoded here on the
+    /// part's thread rather than by the committer.
     private func readPart(_ requests: ArraySlice<ReadRequest>, view: TransactionView, tables: RecordTables, accessor: Accessor,
-                          agent: String, purpose: String, breakGlass: String?,
-                          time: Date) throws -> [(event: AuditEvent, outcome: Result<RecordContent, LedgerError>)] {
+                          encoder: AuditEncoder, breakGlass: String?, time: Date) throws -> [(row: AuditRow, outcome: Result<RecordContent, LedgerError>)] {
         let lens = try stagedRecords.lens(view, tables: tables)
         var names = RecentValues<ExternalID, Hash>()
-        var events: [AuditEvent] = []
-        var recordHashes: [Hash] = []
-        events.reserveCapacity(requests.count)
-        recordHashes.reserveCapacity(requests.count)
+        var targets: [ReadTarget] = []
+        targets.reserveCapacity(requests.count)
         for request in requests {
             let p = try names.value(for: ExternalID(request.patient)) { try pseudonym(of: request.patient) }
-            let r = try recordHash(p, request.recordId)
-            recordHashes.append(r)
-            events.append(AuditEvent(action: "read", accessor: accessor, agent: agent, patient: p, record: r,
-                                     version: request.version, purpose: purpose, breakGlass: breakGlass, time: time))
+            targets.append(ReadTarget(p: p, r: try recordHash(p, request.recordId), version: request.version))
         }
+        let breaking = breakGlass.map { !$0.isEmpty } ?? false
         // A batch usually reads several records of one patient in a row: unwrap each data key
         // once while it is among the recent ones.
         var dataKeys = RecentValues<EpochKey, SecureBytes>()
-        let staged = lens.find(events.indices.map { (RecordSlot(p: events[$0].patient, r: recordHashes[$0]), events[$0].version) })
-        return try events.indices.map { i in
-            let outcome = try readOne(view, tables, staged[i], &events[i], r: recordHashes[i], accessor: accessor, breakGlass: breakGlass,
-                                      dataKeys: &dataKeys)
-            // Settled and encoded here, on the part's thread, rather than by the committer.
-            events[i].settle(outcome)
-            events[i].payload = events[i].encoded()
-            return (events[i], outcome)
+        var check = AccessCheck(accessor, breakGlass: breakGlass, now: time)
+        let staged = lens.find(targets.map { (RecordSlot(p: $0.p, r: $0.r), $0.version) })
+        return try targets.indices.map { i in
+            let outcome = try readOne(view, tables, staged[i], &targets[i], check: &check, dataKeys: &dataKeys)
+            let (result, detail) = AuditEvent.outcome(of: outcome)
+            let payload = encoder.encode(patient: targets[i].p, record: targets[i].r, version: targets[i].version,
+                                         outcome: result, detail: detail)
+            return (AuditRow(payload: payload, patient: targets[i].p, breakGlass: breaking), outcome)
         }
     }
 
-    /// One read inside a snapshot; fills in the version the event reads.
-    private func readOne(_ view: TransactionView, _ tables: RecordTables, _ staged: StoredVersion.Place?, _ event: inout AuditEvent, r: Hash,
-                         accessor: Accessor, breakGlass: String?,
+    /// One read inside a snapshot; fills in the version the target reads.
+    private func readOne(_ view: TransactionView, _ tables: RecordTables, _ staged: StoredVersion.Place?, _ target: inout ReadTarget,
+                         check: inout AccessCheck,
                          dataKeys: inout RecentValues<EpochKey, SecureBytes>) throws -> Result<RecordContent, LedgerError> {
-        let p = event.patient
+        let p = target.p, r = target.r
         guard let state = try patientState(view, p) else { return .failure(LedgerError(.patientNotFound, "no such patient")) }
         guard state.status == .active else { return .failure(LedgerError(.erased, "the patient was erased")) }
         // Opened where LMDB holds it: the box is not copied out of the map first. `plaintext`
         // is the decrypted buffer's only owner, so the wipe reaches it rather than a copy.
         var plaintext: [UInt8]?
         defer { if plaintext != nil { secureZero(&plaintext!) } }
-        let lookup = event.version == 0 ? nil : try tables.withVersion(view, staged: staged, p, r, version: event.version) { stored in
+        let lookup = target.version == 0 ? nil : try tables.withVersion(view, staged: staged, p, r, version: target.version) { stored in
             let dataKey = try self.dataKey(state, p, epoch: stored.epoch, cache: &dataKeys)
             let key = try Self.recordKey(dataKey: dataKey, p, r, stored.version)
             plaintext = Self.withRecordAAD(p, r, stored.version) { aad in
@@ -671,12 +674,12 @@ public final class PatientRecords: @unchecked Sendable {
         let found: StoredVersion.Place?
         switch lookup {
         case .failure(let damaged)?:
-            event.version = staged?.version ?? event.version
+            target.version = staged?.version ?? target.version
             return .failure(damaged)
         case .success(let place)?: found = place
         case nil: found = nil
         }
-        event.version = found?.version ?? event.version ?? 0
+        target.version = found?.version ?? target.version ?? 0
         guard let (wanted, index) = found.map({ ($0.version, $0.index) }) else {
             return .failure(LedgerError(.recordNotFound, "no such record version"))
         }
@@ -686,7 +689,7 @@ public final class PatientRecords: @unchecked Sendable {
         guard let parts = plaintext!.withUnsafeBufferPointer(RecordPlaintext.header) else {
             return .failure(LedgerError(.storage, "malformed record plaintext"))
         }
-        if let refusal = try refusal(accessor, p: p, r: r, resourceType: parts.resourceType, view: view, breakGlass: breakGlass) {
+        if let refusal = try check.refusal(self, view, p: p, r: r, resourceType: parts.resourceType) {
             return .failure(LedgerError(.accessDenied, refusal))
         }
         // The decrypted buffer becomes the content: no second copy of it is made.
@@ -699,7 +702,7 @@ public final class PatientRecords: @unchecked Sendable {
     private func audited<T>(_ event: AuditEvent, _ outcome: Result<T, LedgerError>) throws -> T {
         var event = event
         event.settle(outcome)
-        try auditCommitter.record([event])
+        try auditCommitter.record([event.row])
         return try outcome.get()
     }
 
@@ -710,24 +713,50 @@ public final class PatientRecords: @unchecked Sendable {
 
     /// Why `accessor` may not read a record, or nil when it may.
     func refusal(_ accessor: Accessor, p: Hash, r: Hash, resourceType: String?, view: TransactionView,
-                         breakGlass: String?) throws -> String? {
-        let breaking = breakGlass.map { !$0.isEmpty } ?? false
-        switch accessor.role {
-        case .custodian: return nil
-        case .patient:
-            return try pseudonym(of: accessor.id) == p ? nil : "a patient may read only their own records"
-        case .grantee:
-            guard let grant = try activeGrant(view, p, accessor.id) else {
-                return breaking ? nil : "no grant for this grantee (never granted or revoked)"
+                 breakGlass: String?) throws -> String? {
+        var check = AccessCheck(accessor, breakGlass: breakGlass, now: clock())
+        return try check.refusal(self, view, p: p, r: r, resourceType: resourceType)
+    }
+
+    /// Decides one accessor's reads, for a batch of them: the accessor's own pseudonym is
+    /// computed once and a patient's grant is fetched and decoded once while it is among the
+    /// recent ones (a grantee's batch usually reads several records of one patient).
+    struct AccessCheck {
+        let accessor: Accessor
+        let breaking: Bool
+        /// When the reads happen (seconds since 1970), against grants' expiry.
+        let now: Int64
+        private var ownPseudonym: Hash?
+        private var grants = RecentValues<Hash, Grant?>()
+
+        init(_ accessor: Accessor, breakGlass: String?, now: Date) {
+            self.accessor = accessor
+            breaking = breakGlass.map { !$0.isEmpty } ?? false
+            self.now = Int64(now.timeIntervalSince1970)
+        }
+
+        /// Why the accessor may not read record `r` of patient `p`, or nil when it may.
+        mutating func refusal(_ records: PatientRecords, _ view: TransactionView, p: Hash, r: Hash,
+                              resourceType: String?) throws -> String? {
+            switch accessor.role {
+            case .custodian: return nil
+            case .patient:
+                if ownPseudonym == nil { ownPseudonym = try records.pseudonym(of: accessor.id) }
+                return ownPseudonym == p ? nil : "a patient may read only their own records"
+            case .grantee:
+                let found = try grants.value(for: p) { try records.activeGrant(view, p, accessor.id) }
+                guard let grant = found else {
+                    return breaking ? nil : "no grant for this grantee (never granted or revoked)"
+                }
+                if now >= grant.notAfter { return breaking ? nil : "the grant expired" }
+                let unscoped = grant.resourceTypes.isEmpty && grant.recordHashes.isEmpty
+                let inScope = unscoped || grant.recordHashes.contains(r.hex) || resourceType.map { grant.resourceTypes.contains($0) } == true
+                return inScope || breaking ? nil : "the record is outside the grant's scope"
             }
-            if Int64(clock().timeIntervalSince1970) >= grant.notAfter { return breaking ? nil : "the grant expired" }
-            let unscoped = grant.resourceTypes.isEmpty && grant.recordHashes.isEmpty
-            let inScope = unscoped || grant.recordHashes.contains(r.hex) || resourceType.map { grant.resourceTypes.contains($0) } == true
-            return inScope || breaking ? nil : "the record is outside the grant's scope"
         }
     }
 
-    private func activeGrant(_ view: TransactionView, _ p: Hash, _ grantee: String) throws -> Grant? {
+    fileprivate func activeGrant(_ view: TransactionView, _ p: Hash, _ grantee: String) throws -> Grant? {
         guard let raw = try view.value(grants, key: p.bytes + Array(grantee.utf8)),
               let object = PatientPayload.decode(raw), object["revoked_at"] == nil else { return nil }
         return Grant(json: object)
@@ -764,6 +793,7 @@ public final class PatientRecords: @unchecked Sendable {
                 guard let state = try patientState(view, p) else { return .failure(LedgerError(.patientNotFound, "no such patient")) }
                 guard state.status == .active else { return .failure(LedgerError(.erased, "the patient was erased")) }
                 var dataKeys = RecentValues<EpochKey, SecureBytes>()
+                var check = AccessCheck(accessor, breakGlass: nil, now: event.time)
                 // Folded rows in record order, then the staged ones (newer than any folded).
                 let prefix = p.bytes + (r?.bytes ?? [])
                 var rows: [(r: Hash, version: UInt32, row: ListedRow)] = []
@@ -798,7 +828,7 @@ public final class PatientRecords: @unchecked Sendable {
                         defer { secureZero(&plaintext) }
                         // The header alone: a listing makes no copy of the content.
                         guard let parts = plaintext.withUnsafeBufferPointer(RecordPlaintext.header) else { return .success(nil) }
-                        if try self.refusal(accessor, p: p, r: row.r, resourceType: parts.resourceType, view: view, breakGlass: nil) != nil {
+                        if try check.refusal(self, view, p: p, r: row.r, resourceType: parts.resourceType) != nil {
                             // A grantee lists only what it may read; a listing with nothing readable is refused.
                             return .success(nil)
                         }
@@ -817,7 +847,7 @@ public final class PatientRecords: @unchecked Sendable {
                     case .success(nil): continue
                     }
                 }
-                if out.isEmpty, !rows.isEmpty, try refusal(accessor, p: p, r: r ?? rows[0].r, resourceType: nil, view: view, breakGlass: nil) != nil {
+                if out.isEmpty, !rows.isEmpty, try check.refusal(self, view, p: p, r: r ?? rows[0].r, resourceType: nil) != nil {
                     return .failure(LedgerError(.accessDenied, "no readable records for this accessor"))
                 }
                 if out.isEmpty, r != nil { return .failure(LedgerError(.recordNotFound, "no such record")) }
@@ -1098,19 +1128,18 @@ public final class PatientRecords: @unchecked Sendable {
     }
 
     /// Commits audit events (group commit).
-    fileprivate func appendAudit(_ events: [AuditEvent]) throws {
-        let entries = try events.map { event in
-            assert(event.payload == nil || event.payload == event.encoded(), "an audit event changed after its payload was encoded")
-            return try LedgerEntry(set: "", payload: event.payload ?? event.encoded())
-        }
+    fileprivate func appendAudit(_ events: [AuditRow]) throws {
+        let entries = try events.map { try LedgerEntry(set: "", payload: $0.payload) }
         guard let recent = auditRecent else { throw LedgerError(.storage, "audit entries cannot be written: the ledger is open read-only") }
         try ledger.append(entries) { view, first in
             // Each event's row goes to the end of `pl.audit.recent` (sequential pages); rows
             // reach the patient-ordered `pl.audit` in folds of many (section 10 of DESIGN.md).
             for (i, event) in events.enumerated() {
                 let index = first + UInt64(i)
-                try view.put(recent, key: index, value: event.patient.bytes, flags: .append)
-                if event.breakGlass != nil { try view.put(self.breakGlass, key: index, value: event.patient.bytes, flags: .append) }
+                try event.patient.withUnsafeBytes { patient in
+                    try view.put(recent, key: index, value: patient, flags: .append)
+                    if event.breakGlass { try view.put(self.breakGlass, key: index, value: patient, flags: .append) }
+                }
             }
             let staged = try view.count(recent)
             if staged >= Self.auditFoldThreshold(folded: try view.count(self.audits), minimum: self.minimumAuditFold) {
@@ -1368,20 +1397,20 @@ struct AuditEvent {
     var time: Date
     var outcome = "success"
     var detail: String?
-    /// ``encoded()`` made ahead by a batch read's thread once the event is settled.
-    var payload: [UInt8]?
 
     var agent: String
 
+    /// How an access ended, as its audit entry says: `success`, or `refused` with the error code.
+    static func outcome<T>(of result: Result<T, LedgerError>) -> (outcome: String, detail: String?) {
+        switch result {
+        case .success: return ("success", nil)
+        case .failure(let error): return ("refused", error.code.description)
+        }
+    }
+
     /// Records how the access ended: `success`, or `refused` with the error code.
     mutating func settle<T>(_ result: Result<T, LedgerError>) {
-        payload = nil
-        switch result {
-        case .success: outcome = "success"
-        case .failure(let error):
-            outcome = "refused"
-            detail = error.code.description
-        }
+        (outcome, detail) = Self.outcome(of: result)
     }
 
     init(action: String, accessor: Accessor, agent: String, patient: Hash, record: Hash?, version: UInt32?, purpose: String, breakGlass: String?, time: Date) {
@@ -1397,30 +1426,74 @@ struct AuditEvent {
     }
 
     /// The payload of the event's log entry: the bytes `PatientPayload.encode(json)` makes (keys
-    /// in UTF-8 order), written directly; an audited read writes one per request.
+    /// in UTF-8 order), written directly.
     func encoded() -> [UInt8] {
-        let role = accessor.role.rawValue
-        let capacity = 200 + 66 + 2 * 21 + ByteWriter.jsonBound(action) + ByteWriter.jsonBound(agent) + ByteWriter.jsonBound(outcome)
-            + ByteWriter.jsonBound(purpose) + ByteWriter.jsonBound(role) + (detail.map(ByteWriter.jsonBound) ?? 0)
-            + (breakGlass.map(ByteWriter.jsonBound) ?? 0) + (record == nil ? 0 : 66)
-        return ByteWriter.build(capacity: capacity) { out in
+        AuditEncoder(action: action, accessor: accessor, agent: agent, purpose: purpose, breakGlass: breakGlass, time: time)
+            .encode(patient: patient, record: record, version: version, outcome: outcome, detail: detail)
+    }
+
+    /// The row the committer appends for this event.
+    var row: AuditRow { AuditRow(payload: encoded(), patient: patient, breakGlass: breakGlass != nil) }
+}
+
+/// An audit event as the committer appends it: the log entry's payload, and what the audit
+/// index tables file it under. Small, so that queueing a batch's rows copies little.
+struct AuditRow {
+    var payload: [UInt8]
+    var patient: Hash
+    var breakGlass: Bool
+}
+
+/// Writes the payloads of audit events that share their accessor, action, purpose, reason and
+/// time (a batch read's): the members those fix are escaped once, into fragments, and each
+/// event writes only its patient, record, version and outcome between them. Members in UTF-8
+/// order, as `PatientPayload.encode` writes them.
+struct AuditEncoder {
+    /// `{"action":…,"agent":…,"break_glass":…`
+    private let head: [UInt8]
+    /// `,"purpose":…` and, for break-glass, `,"reason":…`
+    private let middle: [UInt8]
+    /// `,"recorded_ms":…,"role":…,"type":"audit","v":1`
+    private let tail: [UInt8]
+
+    init(action: String, accessor: Accessor, agent: String, purpose: String, breakGlass: String?, time: Date) {
+        let breakGlass = breakGlass.flatMap { $0.isEmpty ? nil : $0 }
+        head = ByteWriter.build(capacity: 40 + ByteWriter.jsonBound(action) + ByteWriter.jsonBound(agent)) { out in
             out.raw(#"{"action":"#); out.string(action)
             out.raw(#","agent":"#); out.string(agent)
             out.raw(breakGlass != nil ? #","break_glass":true"# : #","break_glass":false"#)
-            if let detail { out.raw(#","detail":"#); out.string(detail) }
-            out.raw(#","outcome":"#); out.string(outcome)
-            out.raw(#","patient":"#); out.hexString(patient)
+        }
+        middle = ByteWriter.build(capacity: 24 + ByteWriter.jsonBound(purpose) + (breakGlass.map(ByteWriter.jsonBound) ?? 0)) { out in
             out.raw(#","purpose":"#); out.string(purpose)
             if let breakGlass { out.raw(#","reason":"#); out.string(breakGlass) }
-            if let record { out.raw(#","record":"#); out.hexString(record) }
+        }
+        let role = accessor.role.rawValue
+        tail = ByteWriter.build(capacity: 64 + 21 + ByteWriter.jsonBound(role)) { out in
             out.raw(#","recorded_ms":"#); out.integer(Int64(time.timeIntervalSince1970 * 1000))
             out.raw(#","role":"#); out.string(role)
             out.raw(#","type":"audit","v":1"#)
+        }
+    }
+
+    /// One event's payload.
+    func encode(patient: Hash, record: Hash?, version: UInt32?, outcome: String, detail: String?) -> [UInt8] {
+        let capacity = head.count + middle.count + tail.count + 16 + 77 + 12 + ByteWriter.jsonBound(outcome)
+            + (detail.map { 12 + ByteWriter.jsonBound($0) } ?? 0) + (record == nil ? 0 : 77) + 32
+        return ByteWriter.build(capacity: capacity) { out in
+            out.bytes(head)
+            if let detail { out.raw(#","detail":"#); out.string(detail) }
+            out.raw(#","outcome":"#); out.string(outcome)
+            out.raw(#","patient":"#); out.hexString(patient)
+            out.bytes(middle)
+            if let record { out.raw(#","record":"#); out.hexString(record) }
+            out.bytes(tail)
             if let version, version > 0 { out.raw(#","version":"#); out.integer(Int64(version)) }
             out.raw("}")
         }
     }
+}
 
+extension AuditEvent {
     var json: [String: Any] {
         var out: [String: Any] = [
             "type": "audit", "v": 1, "action": action, "agent": agent, "role": accessor.role.rawValue,
@@ -1439,7 +1512,7 @@ struct AuditEvent {
 /// waiting reader commits everything queued, the others wait for it; a reader returns only
 /// once its own event is durable.
 final class AuditCommitter: @unchecked Sendable {
-    // Sendable: `condition` guards `queue` and `committing`.
+    // Sendable: `condition` guards `queue`, `waiting` and `committing`.
     private final class Ticket {
         var done = false
         var error: (any Error)?
@@ -1447,7 +1520,9 @@ final class AuditCommitter: @unchecked Sendable {
 
     private unowned let records: PatientRecords
     private let condition = NSCondition()
-    private var queue: [(AuditEvent, Ticket)] = []
+    private var queue: [AuditRow] = []
+    /// The readers whose rows `queue` holds.
+    private var waiting: [Ticket] = []
     private var committing = false
     private var commitCount = 0
     private var beforeAppendHook: (@Sendable () -> Void)?
@@ -1483,11 +1558,12 @@ final class AuditCommitter: @unchecked Sendable {
     init(records: PatientRecords) { self.records = records }
 
     /// Queues `events` and returns once they committed (or their commit failed).
-    func record(_ events: [AuditEvent]) throws {
+    func record(_ events: [AuditRow]) throws {
         guard !events.isEmpty else { return }
         let ticket = Ticket()
         condition.lock()
-        queue += events.map { ($0, ticket) }
+        queue += events
+        waiting.append(ticket)
         while !ticket.done {
             if committing {
                 condition.wait()
@@ -1495,15 +1571,16 @@ final class AuditCommitter: @unchecked Sendable {
             }
             committing = true
             commitCount += 1
-            let batch = queue
+            let batch = queue, tickets = waiting
             queue.removeAll(keepingCapacity: true)
+            waiting.removeAll(keepingCapacity: true)
             let hook = beforeAppendHook
             condition.unlock()
             hook?()
             var failure: (any Error)?
-            do { try records.appendAudit(batch.map(\.0)) } catch { failure = error }
+            do { try records.appendAudit(batch) } catch { failure = error }
             condition.lock()
-            for (_, t) in batch {
+            for t in tickets {
                 t.done = true
                 t.error = failure
             }

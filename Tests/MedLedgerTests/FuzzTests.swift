@@ -41,7 +41,8 @@ import TestSupport
                 inputs += 1
             }
         }
-        #expect(slowest < 1, "\(name): one input took \(slowest) s")
+        // Generous: this catches a pathological input (a hang, a blow-up), not a slow machine.
+        #expect(slowest < 10, "\(name): one input took \(slowest) s")
         print("fuzz \(name): \(inputs) inputs in \(seconds) s, \(accepted) accepted, slowest \(Int(slowest * 1e6)) us")
         return (inputs, accepted)
     }
@@ -178,7 +179,7 @@ import TestSupport
         try FileManager.default.removeItem(atPath: path)
         Self.fuzz("master key file", seeds: [text]) { input in
             try? FileManager.default.removeItem(atPath: path)
-            FileManager.default.createFile(atPath: path, contents: Data(input), attributes: [.posixPermissions: 0o600])
+            #expect(FileManager.default.createFile(atPath: path, contents: Data(input), attributes: [.posixPermissions: 0o600]))
             do {
                 _ = try MasterKeyFile(path: path)
                 return true

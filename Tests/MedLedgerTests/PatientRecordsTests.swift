@@ -659,14 +659,18 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
             default: Issue.record("\(request): batch \(result), single \(single)")
             }
         }
-        // The batch's audit entries follow the request order.
-        let audit = try (before..<(before + UInt64(requests.count))).map { i in
-            try #require(PatientPayload.decode(try LedgerEntry(decoding: try f.ledger.rawEntry(at: i).bytes).payload))
+        // The batch's audit entries follow the request order, each naming the accessor.
+        let payloads = try (before..<(before + UInt64(requests.count))).map { i in
+            try LedgerEntry(decoding: try f.ledger.rawEntry(at: i).bytes).payload
         }
-        for (i, (request, event)) in zip(requests, audit).enumerated() {
+        for (i, (request, payload)) in zip(requests, payloads).enumerated() {
+            let event = try #require(PatientPayload.decode(payload))
             let p = try f.records.pseudonym(of: request.patient)
             #expect(event["patient"] as? String == p.hex, "entry \(i)")
+            #expect(event["agent"] as? String == "dr" && event["role"] as? String == "grantee" && event["action"] as? String == "read")
+            #expect(event["break_glass"] as? Bool == false && event["purpose"] as? String == "treatment")
             #expect(event["outcome"] as? String == ((try? results[i].get()) == nil ? "refused" : "success"))
+            if let read = try? results[i].get() { #expect(event["version"] as? Int == Int(read.version), "entry \(i)") }
         }
     }
 }
