@@ -41,7 +41,7 @@ public enum AESGCM {
         }
         var out = [UInt8](repeating: 0, count: plaintext.count + overhead)
         try out.withUnsafeMutableBytes { out in
-            out.copyMemory(from: UnsafeRawBufferPointer(start: nonce, count: nonceByteCount))
+            nonce.withUnsafeBytes { out.copyMemory(from: $0) }
             try plaintext.withUnsafeBytes { input in
                 try seal(input, into: UnsafeMutableRawBufferPointer(rebasing: out[nonceByteCount...]), key: key, nonce: nonce,
                          associatedData: associatedData)
@@ -124,31 +124,35 @@ public enum AESGCM {
         guard box.count >= tagByteCount, output.count == box.count - tagByteCount, output.count <= maxPlaintextByteCount else {
             throw CryptoError(code: .invalidInput, operation: "AES-GCM detached box of \(box.count) bytes into \(output.count)")
         }
-        let textCount = output.count
         do {
-            try withContext(encrypt: false, key: key, nonce: nonce) { ctx in
-                try update(ctx, encrypt: false, aad: aad)
-                var written: Int32 = 0
-                if textCount > 0 {
-                    guard EVP_DecryptUpdate(ctx, output.baseAddress!.assumingMemoryBound(to: UInt8.self), &written,
-                                            box.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(textCount)) == 1,
-                          Int(written) == textCount else { throw CryptoError.openSSL("EVP_DecryptUpdate") }
-                }
-                // OpenSSL takes the expected tag through a mutable pointer: a stack copy.
-                var tag: (UInt64, UInt64) = (0, 0)
-                try withUnsafeMutableBytes(of: &tag) { tag in
-                    tag.copyMemory(from: UnsafeRawBufferPointer(rebasing: box[textCount...]))
-                    guard CCrypto_GCM_SetTag(ctx, tag.baseAddress, Int32(tagByteCount)) == 1 else { throw CryptoError.openSSL("AES-GCM set tag") }
-                }
-                var tail: Int32 = 0
-                guard EVP_DecryptFinal_ex(ctx, nil, &tail) == 1 else {
-                    ERR_clear_error()
-                    throw CryptoError(code: .authenticationFailure, operation: "AES-GCM open")
-                }
-            }
+            try withContext(encrypt: false, key: key, nonce: nonce) { ctx in try decrypt(ctx, box, into: output, aad: aad) }
         } catch {
             output.initializeMemory(as: UInt8.self, repeating: 0)
             throw error
+        }
+    }
+
+    /// Decrypts `box` (ciphertext || tag) into `output` with a context whose key and nonce are set.
+    fileprivate static func decrypt(_ ctx: OpaquePointer, _ box: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer,
+                                    aad: UnsafeRawBufferPointer) throws {
+        let textCount = output.count
+        try update(ctx, encrypt: false, aad: aad)
+        var written: Int32 = 0
+        if textCount > 0 {
+            guard EVP_DecryptUpdate(ctx, output.baseAddress!.assumingMemoryBound(to: UInt8.self), &written,
+                                    box.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(textCount)) == 1,
+                  Int(written) == textCount else { throw CryptoError.openSSL("EVP_DecryptUpdate") }
+        }
+        // OpenSSL takes the expected tag through a mutable pointer: a stack copy.
+        var tag: (UInt64, UInt64) = (0, 0)
+        try withUnsafeMutableBytes(of: &tag) { tag in
+            tag.copyMemory(from: UnsafeRawBufferPointer(rebasing: box[textCount...]))
+            guard CCrypto_GCM_SetTag(ctx, tag.baseAddress, Int32(tagByteCount)) == 1 else { throw CryptoError.openSSL("AES-GCM set tag") }
+        }
+        var tail: Int32 = 0
+        guard EVP_DecryptFinal_ex(ctx, nil, &tail) == 1 else {
+            ERR_clear_error()
+            throw CryptoError(code: .authenticationFailure, operation: "AES-GCM open")
         }
     }
 
@@ -183,6 +187,80 @@ public enum AESGCM {
             ? EVP_EncryptUpdate(ctx, nil, &written, aad.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(aad.count))
             : EVP_DecryptUpdate(ctx, nil, &written, aad.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(aad.count))
         guard ok == 1 else { throw CryptoError.openSSL("AES-GCM associated data") }
+    }
+}
+
+extension AESGCM {
+    /// Opens many sealed boxes on one thread with one OpenSSL context, rather than a context
+    /// made and freed per box: a batch read opens two boxes per record. With a fixed key (the
+    /// master key that wraps every patient's data key), the key is expanded once and each open
+    /// sets only its nonce; the AES key schedule and GHASH table cost more than opening a
+    /// wrapped 32-byte key.
+    ///
+    /// Not thread-safe: one thread at a time. The context holds the expanded key of the last
+    /// open (or the fixed key) until it is freed, when OpenSSL wipes it; keep an opener for a
+    /// batch, not for the life of a process.
+    public final class Opener {
+        private let ctx: OpaquePointer
+        /// Whether the context holds a fixed key that every open uses.
+        private let fixedKey: Bool
+
+        /// An opener that takes each box's key with the box.
+        public convenience init() throws { try self.init(fixedKey: nil) }
+
+        /// An opener for boxes sealed under `key`, expanded once.
+        public convenience init(key: SecureBytes) throws { try self.init(fixedKey: key) }
+
+        private init(fixedKey key: SecureBytes?) throws {
+            if let key, key.count != keyByteCount {
+                throw CryptoError(code: .invalidInput, operation: "AES-256-GCM key length \(key.count)")
+            }
+            guard let cipher = FetchedCipher.aes256GCM.cipher else { throw CryptoError.openSSL("EVP_CIPHER_fetch AES-256-GCM") }
+            guard let ctx = EVP_CIPHER_CTX_new() else { throw CryptoError.openSSL("EVP_CIPHER_CTX_new") }
+            self.ctx = ctx
+            fixedKey = key != nil
+            // From here a throw runs deinit, which frees the context.
+            guard EVP_DecryptInit_ex(ctx, cipher, nil, nil, nil) == 1 else { throw CryptoError.openSSL("AES-256-GCM init") }
+            if let key {
+                let ok = key.withUnsafeBytes { k in EVP_DecryptInit_ex(ctx, nil, nil, k.baseAddress!.assumingMemoryBound(to: UInt8.self), nil) }
+                guard ok == 1 else { throw CryptoError.openSSL("AES-256-GCM key setup") }
+            }
+        }
+
+        deinit { EVP_CIPHER_CTX_free(ctx) }
+
+        /// ``AESGCM/open(sealed:key:associatedData:)`` with this opener's context: `key` is the
+        /// box's key, or nil for the opener's fixed key.
+        /// - Throws: ``CryptoError`` `.authenticationFailure`, `.invalidInput` for a short box,
+        ///   a key that is not 32 bytes, or a key given to (or withheld from) the wrong kind of opener.
+        public func open(sealed box: UnsafeRawBufferPointer, key: SecureBytes?, associatedData aad: UnsafeRawBufferPointer) throws -> [UInt8] {
+            guard box.count >= overhead else { throw CryptoError(code: .invalidInput, operation: "AES-GCM box of \(box.count) bytes") }
+            guard (key == nil) == fixedKey else {
+                throw CryptoError(code: .invalidInput, operation: fixedKey ? "AES-GCM opener with a fixed key given another" : "AES-GCM opener without a key")
+            }
+            guard aad.count <= maxPlaintextByteCount else { throw CryptoError(code: .invalidInput, operation: "AES-GCM associated data length") }
+            let nonce = UnsafeRawBufferPointer(rebasing: box[0..<nonceByteCount])
+            let sealed = UnsafeRawBufferPointer(rebasing: box[nonceByteCount...])
+            var out = [UInt8](repeating: 0, count: sealed.count - tagByteCount)
+            try out.withUnsafeMutableBytes { out in
+                do {
+                    let n = nonce.baseAddress!.assumingMemoryBound(to: UInt8.self)
+                    let ok: Int32
+                    if let key {
+                        guard key.count == keyByteCount else { throw CryptoError(code: .invalidInput, operation: "AES-256-GCM key length \(key.count)") }
+                        ok = key.withUnsafeBytes { k in EVP_DecryptInit_ex(ctx, nil, nil, k.baseAddress!.assumingMemoryBound(to: UInt8.self), n) }
+                    } else {
+                        ok = EVP_DecryptInit_ex(ctx, nil, nil, nil, n)
+                    }
+                    guard ok == 1 else { throw CryptoError.openSSL("AES-256-GCM key setup") }
+                    try AESGCM.decrypt(ctx, sealed, into: out, aad: aad)
+                } catch {
+                    out.initializeMemory(as: UInt8.self, repeating: 0)
+                    throw error
+                }
+            }
+            return out
+        }
     }
 }
 

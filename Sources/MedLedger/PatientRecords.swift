@@ -169,6 +169,18 @@ public final class PatientRecords: @unchecked Sendable {
 
     /// The patient's data key of `epoch` (the current one when nil), unwrapped.
     func unwrap(_ state: PatientState, _ p: Hash, epoch: UInt32? = nil) throws -> SecureBytes {
+        try unwrap(state, p, epoch: epoch) { wrapped, master, aad in try AESGCM.open(sealed: wrapped, key: master, associatedData: aad) }
+    }
+
+    /// ``unwrap(_:_:epoch:)`` with a batch's opener for the master key, which expands the key once.
+    func unwrap(_ state: PatientState, _ p: Hash, epoch: UInt32? = nil, openers: inout BatchOpeners) throws -> SecureBytes {
+        try unwrap(state, p, epoch: epoch) { wrapped, master, aad in
+            try openers.master(state.generation, key: master).open(sealed: wrapped, key: nil, associatedData: aad)
+        }
+    }
+
+    private func unwrap(_ state: PatientState, _ p: Hash, epoch: UInt32?,
+                        open: (UnsafeRawBufferPointer, SecureBytes, UnsafeRawBufferPointer) throws -> [UInt8]) throws -> SecureBytes {
         guard state.status == .active else { throw LedgerError(.erased, "the patient was erased") }
         guard let master = masterKey.key(generation: state.generation) else {
             throw LedgerError(.wrongMasterKey, "no master key of generation \(state.generation)")
@@ -177,7 +189,7 @@ public final class PatientRecords: @unchecked Sendable {
         guard epoch >= 1, epoch <= state.epoch else { throw LedgerError(.storage, "no patient data key of epoch \(epoch)") }
         do {
             var raw = try state.wrappedKeys[Int(epoch) - 1].withUnsafeBytes { wrapped in
-                try Self.withDataKeyAAD(p, state.generation, epoch) { try AESGCM.open(sealed: wrapped, key: master, associatedData: $0) }
+                try Self.withDataKeyAAD(p, state.generation, epoch) { try open(wrapped, master, $0) }
             }
             defer { secureZero(&raw) }
             return raw.withUnsafeBytes { SecureBytes(copying: $0) }
@@ -244,8 +256,9 @@ public final class PatientRecords: @unchecked Sendable {
     }
 
     /// The data key of `epoch`, unwrapped once while it stays among the `cache`'s recent keys.
-    private func dataKey(_ state: PatientState, _ p: Hash, epoch: UInt32, cache: inout RecentValues<EpochKey, SecureBytes>) throws -> SecureBytes {
-        try cache.value(for: EpochKey(p: p, epoch: epoch)) { try unwrap(state, p, epoch: epoch) }
+    private func dataKey(_ state: PatientState, _ p: Hash, epoch: UInt32, cache: inout RecentValues<EpochKey, SecureBytes>,
+                         openers: inout BatchOpeners) throws -> SecureBytes {
+        try cache.value(for: EpochKey(p: p, epoch: epoch)) { try unwrap(state, p, epoch: epoch, openers: &openers) }
     }
 
     /// Opens a stored version's box; nil when it fails authentication (a damaged store). The
@@ -428,12 +441,13 @@ public final class PatientRecords: @unchecked Sendable {
         let (looked, snapshot) = try inSnapshot(inputs.count) { view, range in
             let lens = try stagedRecords.lens(view, tables: tables)
             var keys: [Hash: (epoch: UInt32, key: SecureBytes)] = [:]
+            var openers = try BatchOpeners()
             return try range.map { i -> Looked in
                 let (p, r, resourceType) = named[i]
                 let (epoch, dataKey): (UInt32, SecureBytes)
                 if let cached = keys[p] { (epoch, dataKey) = cached } else {
                     let state = try requirePatient(view, p)
-                    (epoch, dataKey) = (state.epoch, try unwrap(state, p))
+                    (epoch, dataKey) = (state.epoch, try unwrap(state, p, openers: &openers))
                     keys[p] = (epoch, dataKey)
                 }
                 return Looked(p: p, r: r, resourceType: resourceType, stored: try tables.newestVersion(view, lens, p, r), epoch: epoch,
@@ -641,10 +655,11 @@ public final class PatientRecords: @unchecked Sendable {
         // A batch usually reads several records of one patient in a row: unwrap each data key
         // once while it is among the recent ones.
         var dataKeys = RecentValues<EpochKey, SecureBytes>()
+        var openers = try BatchOpeners()
         var check = AccessCheck(accessor, breakGlass: breakGlass, now: time)
         let staged = lens.find(targets.map { (RecordSlot(p: $0.p, r: $0.r), $0.version) })
         return try targets.indices.map { i in
-            let outcome = try readOne(view, tables, staged[i], &targets[i], check: &check, dataKeys: &dataKeys)
+            let outcome = try readOne(view, tables, staged[i], &targets[i], check: &check, dataKeys: &dataKeys, openers: &openers)
             let (result, detail) = AuditEvent.outcome(of: outcome)
             let payload = encoder.encode(patient: targets[i].p, record: targets[i].r, version: targets[i].version,
                                          outcome: result, detail: detail)
@@ -654,8 +669,8 @@ public final class PatientRecords: @unchecked Sendable {
 
     /// One read inside a snapshot; fills in the version the target reads.
     private func readOne(_ view: TransactionView, _ tables: RecordTables, _ staged: StoredVersion.Place?, _ target: inout ReadTarget,
-                         check: inout AccessCheck,
-                         dataKeys: inout RecentValues<EpochKey, SecureBytes>) throws -> Result<RecordContent, LedgerError> {
+                         check: inout AccessCheck, dataKeys: inout RecentValues<EpochKey, SecureBytes>,
+                         openers: inout BatchOpeners) throws -> Result<RecordContent, LedgerError> {
         let p = target.p, r = target.r
         guard let state = try patientState(view, p) else { return .failure(LedgerError(.patientNotFound, "no such patient")) }
         guard state.status == .active else { return .failure(LedgerError(.erased, "the patient was erased")) }
@@ -664,10 +679,10 @@ public final class PatientRecords: @unchecked Sendable {
         var plaintext: [UInt8]?
         defer { if plaintext != nil { secureZero(&plaintext!) } }
         let lookup = target.version == 0 ? nil : try tables.withVersion(view, staged: staged, p, r, version: target.version) { stored in
-            let dataKey = try self.dataKey(state, p, epoch: stored.epoch, cache: &dataKeys)
+            let dataKey = try self.dataKey(state, p, epoch: stored.epoch, cache: &dataKeys, openers: &openers)
             let key = try Self.recordKey(dataKey: dataKey, p, r, stored.version)
             plaintext = Self.withRecordAAD(p, r, stored.version) { aad in
-                try? AESGCM.open(sealed: stored.box, key: key, associatedData: aad)
+                try? openers.boxes.open(sealed: stored.box, key: key, associatedData: aad)
             }
             return stored.place
         }
@@ -793,6 +808,7 @@ public final class PatientRecords: @unchecked Sendable {
                 guard let state = try patientState(view, p) else { return .failure(LedgerError(.patientNotFound, "no such patient")) }
                 guard state.status == .active else { return .failure(LedgerError(.erased, "the patient was erased")) }
                 var dataKeys = RecentValues<EpochKey, SecureBytes>()
+                var openers = try BatchOpeners()
                 var check = AccessCheck(accessor, breakGlass: nil, now: event.time)
                 // Folded rows in record order, then the staged ones (newer than any folded).
                 let prefix = p.bytes + (r?.bytes ?? [])
@@ -818,10 +834,10 @@ public final class PatientRecords: @unchecked Sendable {
                 var out: [RecordVersionInfo] = []
                 for row in rows {
                     let lent = { (stored: StoredVersion) throws -> Result<RecordVersionInfo?, LedgerError> in
-                        let dataKey = try self.dataKey(state, p, epoch: stored.epoch, cache: &dataKeys)
+                        let dataKey = try self.dataKey(state, p, epoch: stored.epoch, cache: &dataKeys, openers: &openers)
                         let key = try Self.recordKey(dataKey: dataKey, p, row.r, stored.version)
                         guard var plaintext = Self.withRecordAAD(p, row.r, stored.version, { aad in
-                            try? AESGCM.open(sealed: stored.box, key: key, associatedData: aad)
+                            try? openers.boxes.open(sealed: stored.box, key: key, associatedData: aad)
                         }) else {
                             return .failure(LedgerError(.storage, "stored ciphertext of a record fails authentication (damaged store)"))
                         }
@@ -1589,6 +1605,24 @@ final class AuditCommitter: @unchecked Sendable {
         }
         condition.unlock()
         if let error = ticket.error { throw error }
+    }
+}
+
+/// The OpenSSL contexts one thread of a batch opens boxes with (``AESGCM/Opener``): record
+/// boxes under their version keys, and wrapped data keys under the master key of their
+/// generation, expanded once per batch (not once per patient).
+struct BatchOpeners {
+    let boxes: AESGCM.Opener
+    private var master: (generation: UInt64, opener: AESGCM.Opener)?
+
+    init() throws { boxes = try AESGCM.Opener() }
+
+    /// The opener for data keys wrapped under master key `generation` (which is `key`).
+    mutating func master(_ generation: UInt64, key: SecureBytes) throws -> AESGCM.Opener {
+        if let master, master.generation == generation { return master.opener }
+        let opener = try AESGCM.Opener(key: key)
+        master = (generation, opener)
+        return opener
     }
 }
 

@@ -64,6 +64,55 @@ private func key(_ hex: String) -> SecureBytes { bytes(hex).withUnsafeBytes { Se
         }
     }
 
+    /// A reused opener agrees with the one-shot open on every box, whether it holds a fixed key
+    /// or takes each box's key, and a refused box leaves it able to open the next.
+    @Test func reusedOpenersMatchTheOneShotOpen() throws {
+        func open(_ opener: AESGCM.Opener, _ box: [UInt8], _ key: SecureBytes?, _ aad: [UInt8]) throws -> [UInt8] {
+            try box.withUnsafeBytes { sealed in try aad.withUnsafeBytes { try opener.open(sealed: sealed, key: key, associatedData: $0) } }
+        }
+        let refused = CryptoError(code: .authenticationFailure, operation: "")
+        var generator = SplitMix64(seed: 0x0be2)
+        let fixed = try SecureBytes(randomCount: 32)
+        let keys = try (0..<3).map { _ in try SecureBytes(randomCount: 32) }
+        let withFixedKey = try AESGCM.Opener(key: fixed)
+        let keyless = try AESGCM.Opener()
+        for round in 0..<40 {
+            let length = [0, 1, 16, 32, 100, 2048][round % 6]
+            let plaintext = (0..<length).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+            let aad = Array("patient|record|\(round)".utf8)
+            let key = keys[round % keys.count]
+            let boxFixed = try AESGCM.seal(plaintext, key: fixed, associatedData: aad)
+            let box = try AESGCM.seal(plaintext, key: key, associatedData: aad)
+            #expect(try open(withFixedKey, boxFixed, nil, aad) == plaintext)
+            #expect(try open(keyless, boxFixed, fixed, aad) == plaintext)
+            // A flipped bit, other associated data, another key: refused, and the next open works.
+            var bad = box
+            bad[Int(generator.next() % UInt64(bad.count))] ^= 1 << UInt8(generator.next() % 8)
+            #expect(throws: refused) { try open(keyless, bad, key, aad) }
+            #expect(throws: refused) { try open(keyless, box, key, aad + [0]) }
+            #expect(throws: refused) { try open(keyless, box, keys[(round + 1) % keys.count], aad) }
+            #expect(throws: refused) { try open(withFixedKey, box, nil, aad) }
+            #expect(try open(keyless, box, key, aad) == plaintext)
+            #expect(try open(withFixedKey, boxFixed, nil, aad) == plaintext)
+        }
+        // The known answer through both kinds of opener.
+        let k16 = key("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308")
+        let sealed = bytes("cafebabefacedbaddecaf888")
+            + bytes("522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662")
+            + bytes("76fc6ece0f4e1768cddf8853bb2d551b")
+        let a16 = bytes("feedfacedeadbeeffeedfacedeadbeefabaddad2")
+        let p16 = bytes("d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39")
+        #expect(try open(try AESGCM.Opener(key: k16), sealed, nil, a16) == p16)
+        #expect(try open(keyless, sealed, k16, a16) == p16)
+        // A key given to an opener with a fixed one, none to one without, a short box, a short key.
+        let invalid = CryptoError(code: .invalidInput, operation: "")
+        #expect(throws: invalid) { try open(withFixedKey, sealed, k16, a16) }
+        #expect(throws: invalid) { try open(keyless, sealed, nil, a16) }
+        #expect(throws: invalid) { try open(keyless, Array(sealed[0..<27]), k16, a16) }
+        #expect(throws: invalid) { try open(keyless, sealed, try SecureBytes(randomCount: 16), a16) }
+        #expect(throws: invalid) { try AESGCM.Opener(key: try SecureBytes(randomCount: 16)) }
+    }
+
     @Test func noncesAreFresh() throws {
         let k = try SecureBytes(randomCount: 32)
         let a = try AESGCM.seal([1, 2, 3], key: k, associatedData: [])
@@ -98,7 +147,7 @@ private func key(_ hex: String) -> SecureBytes { bytes(hex).withUnsafeBytes { Se
             #expect(prepared.authenticationCode(for: c.message.dropLast() + [0]).hex != c.mac)
         }
         // An empty message, checked against the one-shot path with a fresh key.
-        let k = try key(String(repeating: "0b", count: 20))
+        let k = key(String(repeating: "0b", count: 20))
         #expect(try HMACSHA256.Key(k).authenticationCode(for: []) == HMACSHA256.authenticationCode(for: [], key: k))
     }
 
