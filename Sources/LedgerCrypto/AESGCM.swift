@@ -67,14 +67,7 @@ public enum AESGCM {
 
     /// ``open(sealed:key:associatedData:)`` with associated data in borrowed memory.
     public static func open(sealed box: UnsafeRawBufferPointer, key: SecureBytes, associatedData aad: UnsafeRawBufferPointer) throws -> [UInt8] {
-        guard box.count >= overhead else { throw CryptoError(code: .invalidInput, operation: "AES-GCM box of \(box.count) bytes") }
-        var out = [UInt8](repeating: 0, count: box.count - overhead)
-        try out.withUnsafeMutableBytes { out in
-            // The detached open zeroes `out` when authentication fails.
-            try openDetached(UnsafeRawBufferPointer(rebasing: box[nonceByteCount...]), into: out, key: key,
-                             nonce: UnsafeRawBufferPointer(rebasing: box[0..<nonceByteCount]), aad: aad)
-        }
-        return out
+        try Opener().open(sealed: box, key: key, associatedData: aad)
     }
 
     /// Encrypts `input` into `output` (exactly `input.count + 16` bytes: ciphertext || tag)
@@ -121,7 +114,7 @@ public enum AESGCM {
     private static func openDetached(_ box: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer, key: SecureBytes,
                                      nonce: UnsafeRawBufferPointer, aad: UnsafeRawBufferPointer) throws {
         guard nonce.count == nonceByteCount else { throw CryptoError(code: .invalidInput, operation: "AES-GCM nonce length") }
-        guard box.count >= tagByteCount, output.count == box.count - tagByteCount, output.count <= maxPlaintextByteCount else {
+        guard box.count >= tagByteCount, output.count == box.count - tagByteCount else {
             throw CryptoError(code: .invalidInput, operation: "AES-GCM detached box of \(box.count) bytes into \(output.count)")
         }
         do {
@@ -136,6 +129,8 @@ public enum AESGCM {
     fileprivate static func decrypt(_ ctx: OpaquePointer, _ box: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer,
                                     aad: UnsafeRawBufferPointer) throws {
         let textCount = output.count
+        // OpenSSL counts in `int`.
+        guard textCount <= maxPlaintextByteCount else { throw CryptoError(code: .invalidInput, operation: "AES-GCM box of \(box.count) bytes") }
         try update(ctx, encrypt: false, aad: aad)
         var written: Int32 = 0
         if textCount > 0 {
@@ -158,7 +153,7 @@ public enum AESGCM {
 
     private static func withContext(encrypt: Bool, key: SecureBytes, nonce: UnsafeRawBufferPointer,
                                     _ body: (OpaquePointer) throws -> Void) throws {
-        guard key.count == keyByteCount else { throw CryptoError(code: .invalidInput, operation: "AES-256-GCM key length \(key.count)") }
+        try requireKeyLength(key)
         guard let ctx = EVP_CIPHER_CTX_new() else { throw CryptoError.openSSL("EVP_CIPHER_CTX_new") }
         // Frees the context and wipes the expanded key schedule it holds.
         defer { EVP_CIPHER_CTX_free(ctx) }
@@ -177,6 +172,10 @@ public enum AESGCM {
             }
         }
         try body(ctx)
+    }
+
+    fileprivate static func requireKeyLength(_ key: SecureBytes) throws {
+        guard key.count == keyByteCount else { throw CryptoError(code: .invalidInput, operation: "AES-256-GCM key length \(key.count)") }
     }
 
     private static func update(_ ctx: OpaquePointer, encrypt: Bool, aad: UnsafeRawBufferPointer) throws {
@@ -212,9 +211,7 @@ extension AESGCM {
         public convenience init(key: SecureBytes) throws { try self.init(fixedKey: key) }
 
         private init(fixedKey key: SecureBytes?) throws {
-            if let key, key.count != keyByteCount {
-                throw CryptoError(code: .invalidInput, operation: "AES-256-GCM key length \(key.count)")
-            }
+            if let key { try requireKeyLength(key) }
             guard let cipher = FetchedCipher.aes256GCM.cipher else { throw CryptoError.openSSL("EVP_CIPHER_fetch AES-256-GCM") }
             guard let ctx = EVP_CIPHER_CTX_new() else { throw CryptoError.openSSL("EVP_CIPHER_CTX_new") }
             self.ctx = ctx
@@ -238,22 +235,17 @@ extension AESGCM {
             guard (key == nil) == fixedKey else {
                 throw CryptoError(code: .invalidInput, operation: fixedKey ? "AES-GCM opener with a fixed key given another" : "AES-GCM opener without a key")
             }
-            guard aad.count <= maxPlaintextByteCount else { throw CryptoError(code: .invalidInput, operation: "AES-GCM associated data length") }
-            let nonce = UnsafeRawBufferPointer(rebasing: box[0..<nonceByteCount])
-            let sealed = UnsafeRawBufferPointer(rebasing: box[nonceByteCount...])
-            var out = [UInt8](repeating: 0, count: sealed.count - tagByteCount)
+            if let key { try requireKeyLength(key) }
+            let nonce = box.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            var out = [UInt8](repeating: 0, count: box.count - overhead)
             try out.withUnsafeMutableBytes { out in
                 do {
-                    let n = nonce.baseAddress!.assumingMemoryBound(to: UInt8.self)
-                    let ok: Int32
-                    if let key {
-                        guard key.count == keyByteCount else { throw CryptoError(code: .invalidInput, operation: "AES-256-GCM key length \(key.count)") }
-                        ok = key.withUnsafeBytes { k in EVP_DecryptInit_ex(ctx, nil, nil, k.baseAddress!.assumingMemoryBound(to: UInt8.self), n) }
-                    } else {
-                        ok = EVP_DecryptInit_ex(ctx, nil, nil, nil, n)
-                    }
+                    // A nil key keeps the expanded fixed key and sets only the nonce.
+                    let ok = key?.withUnsafeBytes { k in EVP_DecryptInit_ex(ctx, nil, nil, k.baseAddress!.assumingMemoryBound(to: UInt8.self), nonce) }
+                        ?? EVP_DecryptInit_ex(ctx, nil, nil, nil, nonce)
                     guard ok == 1 else { throw CryptoError.openSSL("AES-256-GCM key setup") }
-                    try AESGCM.decrypt(ctx, sealed, into: out, aad: aad)
+                    // `decrypt` refuses oversized boxes and associated data.
+                    try AESGCM.decrypt(ctx, UnsafeRawBufferPointer(rebasing: box[nonceByteCount...]), into: out, aad: aad)
                 } catch {
                     out.initializeMemory(as: UInt8.self, repeating: 0)
                     throw error
