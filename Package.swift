@@ -48,6 +48,6 @@ let package = Package(
         .testTarget(name: "MerkleLogTests", dependencies: ["MerkleLog", "LedgerCrypto", "LMDBKit", "TestSupport"]),
         .testTarget(name: "SparseMerkleTests", dependencies: ["SparseMerkle", "LedgerCrypto", "LMDBKit", "TestSupport"]),
         .testTarget(name: "MedLedgerTests", dependencies: ["MedLedger", "MerkleLog", "LedgerCrypto", "SparseMerkle", "LMDBKit", "TestSupport"]),
-        .testTarget(name: "MedLedgerCLITests", dependencies: ["MedLedgerCLI", "LedgerCrypto", "TestSupport"]),
+        .testTarget(name: "MedLedgerCLITests", dependencies: ["MedLedgerCLI", "MedLedger", "LedgerCrypto", "TestSupport"]),
     ]
 )

@@ -21,8 +21,12 @@ import Glibc
 /// previous <n> <base64 32 bytes>        (only while a rotation is in progress)
 /// ```
 ///
-/// Thread safety: the owner (``PatientRecords``) serializes rotations; reads of the current
-/// key are guarded by a lock.
+/// Several processes (or several ``PatientRecords``) may share one file: rotations run inside
+/// the ledger's write transaction, which LMDB grants one process at a time, and a generation
+/// that memory lacks makes the file be read again.
+///
+/// Thread safety: reads of the keys are guarded by a lock; reading and replacing the file by
+/// another.
 public final class MasterKeyFile: @unchecked Sendable, CustomStringConvertible {
     // Sendable: `lock` guards the mutable generations.
     /// The file's path.
@@ -35,6 +39,10 @@ public final class MasterKeyFile: @unchecked Sendable, CustomStringConvertible {
     private var currentGeneration: UInt64
     private var currentKey: SecureBytes
     private var previousKey: (generation: UInt64, key: SecureBytes)?
+    /// Serializes reading the file again and replacing it, within this process.
+    private let fileLock = NSLock()
+    /// The file as last read or written (guarded by `fileLock`).
+    private var loadedIdentity: FileIdentity?
 
     private init(path: String, pseudonymSecret: SecureBytes, generation: UInt64, key: SecureBytes,
                  previous: (UInt64, SecureBytes)?) throws {
@@ -52,6 +60,7 @@ public final class MasterKeyFile: @unchecked Sendable, CustomStringConvertible {
         let file = try MasterKeyFile(path: path, pseudonymSecret: try SecureBytes(randomCount: 32), generation: 1,
                                  key: try SecureBytes(randomCount: 32), previous: nil)
         try file.withText { text in try Ledger.writeSecretFile(path, contents: text) }
+        file.loadedIdentity = FileIdentity(path: path)
         return file
     }
 
@@ -59,6 +68,44 @@ public final class MasterKeyFile: @unchecked Sendable, CustomStringConvertible {
     /// - Throws: ``LedgerError`` `.keyFile` when it is missing, readable by others than its
     ///   owner, or malformed.
     public convenience init(path: String) throws {
+        let (identity, contents) = try Self.read(path)
+        try self.init(path: path, pseudonymSecret: contents.pseudonymSecret, generation: contents.generation,
+                      key: contents.key, previous: contents.previous)
+        loadedIdentity = identity
+    }
+
+    /// What a key file holds.
+    private struct Contents {
+        let pseudonymSecret: SecureBytes
+        let generation: UInt64
+        let key: SecureBytes
+        let previous: (UInt64, SecureBytes)?
+    }
+
+    /// Which file a path named when it was read: a rewrite renames a new file into place, so a
+    /// changed inode, size or modification time means the file must be read again.
+    private struct FileIdentity: Equatable {
+        let device: UInt64
+        let inode: UInt64
+        let size: Int64
+        let modifiedSeconds: Int
+        let modifiedNanoseconds: Int
+
+        init?(path: String) {
+            var info = stat()
+            guard stat(path, &info) == 0 else { return nil }
+            device = UInt64(info.st_dev)
+            inode = UInt64(info.st_ino)
+            size = Int64(info.st_size)
+            modifiedSeconds = Int(info.st_mtim.tv_sec)
+            modifiedNanoseconds = Int(info.st_mtim.tv_nsec)
+        }
+    }
+
+    /// Reads and parses the file at `path`, with the identity it had just before the read (so
+    /// that a replacement racing the read is seen as a change next time).
+    private static func read(_ path: String) throws -> (FileIdentity?, Contents) {
+        let identity = FileIdentity(path: path)
         var info = stat()
         guard stat(path, &info) == 0 else { throw LedgerError(.keyFile, "cannot read master key file \(path)") }
         guard info.st_mode & 0o077 == 0 else {
@@ -92,15 +139,23 @@ public final class MasterKeyFile: @unchecked Sendable, CustomStringConvertible {
         } else if lines.count != 3 {
             throw LedgerError(.keyFile, "\(path) is not a master key file")
         }
-        try self.init(path: path, pseudonymSecret: try secret(lines[1][1]), generation: generation,
-                  key: try secret(lines[2][2]), previous: previous)
+        return (identity, Contents(pseudonymSecret: try secret(lines[1][1]), generation: generation,
+                                   key: try secret(lines[2][2]), previous: previous))
     }
 
     /// The current generation number.
     public var generation: UInt64 { lock.withLock { currentGeneration } }
 
-    /// The key of `generation`, if this file holds it.
+    /// The key of `generation`, if this file holds it. A generation that memory lacks sends
+    /// the file to be read again when it changed on disk: another process (or another
+    /// ``PatientRecords`` of this one) may have rotated it by erasing a patient.
     func key(generation: UInt64) -> SecureBytes? {
+        if let key = heldKey(generation) { return key }
+        guard (try? reloadIfChanged()) == true else { return nil }
+        return heldKey(generation)
+    }
+
+    private func heldKey(_ generation: UInt64) -> SecureBytes? {
         lock.withLock {
             if generation == currentGeneration { return currentKey }
             if let previousKey, previousKey.generation == generation { return previousKey.key }
@@ -111,32 +166,82 @@ public final class MasterKeyFile: @unchecked Sendable, CustomStringConvertible {
     /// The generation a rotation is moving away from, when one is in progress.
     var previousGeneration: UInt64? { lock.withLock { previousKey?.generation } }
 
-    /// Starts a rotation: a new current generation is written next to the old one.
-    func beginRotation() throws {
-        let next = try SecureBytes(randomCount: 32)
+    /// Reads the file again if it changed on disk since this object last read or wrote it;
+    /// true when it did. A file whose pseudonym secret differs belongs to another ledger and
+    /// is refused (memory keeps what it held).
+    @discardableResult
+    func reloadIfChanged() throws -> Bool {
+        fileLock.lock()
+        defer { fileLock.unlock() }
+        return try reloadLocked()
+    }
+
+    /// ``reloadIfChanged()`` with `fileLock` held.
+    @discardableResult
+    private func reloadLocked() throws -> Bool {
+        guard let identity = FileIdentity(path: path) else { throw LedgerError(.keyFile, "cannot read master key file \(path)") }
+        if identity == loadedIdentity { return false }
+        let (readIdentity, contents) = try Self.read(path)
+        let sameSecret = contents.pseudonymSecret.withUnsafeBytes { new in
+            pseudonymSecret.withUnsafeBytes { old in constantTimeEqual(new, old) }
+        }
+        guard sameSecret else {
+            throw LedgerError(.wrongMasterKey, "the master key file \(path) now holds another ledger's secrets")
+        }
         lock.withLock {
+            currentGeneration = contents.generation
+            currentKey = contents.key
+            previousKey = contents.previous.map { (generation: $0.0, key: $0.1) }
+        }
+        loadedIdentity = readIdentity
+        return true
+    }
+
+    /// Brings the file in line with the generation the ledger committed: finishes a rotation
+    /// that committed (its old generation is removed) and undoes one that did not (its new
+    /// generation was never used). The caller holds the ledger's write transaction, so no
+    /// other process rotates meanwhile; reads the file first, since one may have before.
+    func settle(committed: UInt64) throws {
+        fileLock.lock()
+        defer { fileLock.unlock() }
+        try reloadLocked()
+        let changed: Bool = lock.withLock {
+            guard let previous = previousKey else { return false }
+            if currentGeneration == committed {
+                previousKey = nil
+            } else if previous.generation == committed {
+                (currentGeneration, currentKey) = (previous.generation, previous.key)
+                previousKey = nil
+            } else {
+                return false  // neither is the ledger's: its key check reports that
+            }
+            return true
+        }
+        if changed { try rewrite() }
+    }
+
+    /// Starts a rotation away from `committed`, the generation the ledger uses (inside its
+    /// write transaction, after ``settle(committed:)``): a new current generation is written
+    /// next to the old one. Returns the new generation and its key.
+    /// - Throws: ``LedgerError`` `.wrongMasterKey` when the file's current generation is not
+    ///   the ledger's.
+    func beginRotation(from committed: UInt64) throws -> (generation: UInt64, key: SecureBytes) {
+        fileLock.lock()
+        defer { fileLock.unlock() }
+        try reloadLocked()
+        let next = try SecureBytes(randomCount: 32)
+        let started: (generation: UInt64, key: SecureBytes)? = lock.withLock {
+            guard previousKey == nil, currentGeneration == committed else { return nil }
             previousKey = (currentGeneration, currentKey)
             currentGeneration += 1
             currentKey = next
+            return (currentGeneration, next)
+        }
+        guard let started else {
+            throw LedgerError(.wrongMasterKey, "the master key file \(path) is at generation \(generation), the ledger at \(committed)")
         }
         try rewrite()
-    }
-
-    /// Finishes a rotation: the old generation is removed from the file.
-    func finishRotation() throws {
-        lock.withLock { previousKey = nil }
-        try rewrite()
-    }
-
-    /// Undoes a rotation whose ledger write did not commit.
-    func abandonRotation() throws {
-        lock.withLock {
-            guard let previousKey else { return }
-            currentGeneration = previousKey.generation
-            currentKey = previousKey.key
-            self.previousKey = nil
-        }
-        try rewrite()
+        return started
     }
 
     /// Replaces the file atomically (write a temporary file, fsync, rename, fsync the directory).
@@ -148,6 +253,8 @@ public final class MasterKeyFile: @unchecked Sendable, CustomStringConvertible {
             unlink(temporary)
             throw LedgerError(.keyFile, "cannot replace master key file \(path) (errno \(errno))")
         }
+        // What memory holds is what the file now holds (`fileLock` is held: no read races it).
+        loadedIdentity = FileIdentity(path: path)
         let directory = (path as NSString).deletingLastPathComponent
         let fd = open(directory.isEmpty ? "." : directory, O_RDONLY)
         if fd >= 0 {

@@ -118,34 +118,71 @@ public final class PatientRecords: @unchecked Sendable {
     static func checkAAD(_ generation: UInt64) -> [UInt8] { Array("medledger-key-check/1|\(generation)".utf8) }
 
     private func bindMasterKey() throws {
-        let stored: (UInt64, [UInt8])? = try Ledger.storage {
-            try ledger.environment.read { txn in
-                guard let g = try txn.value(meta, key: "master.generation"), let check = try txn.value(meta, key: "master.check") else { return nil }
-                return (g.withUnsafeBytes { UInt64(bigEndianBytes: $0) } ?? 0, check)
+        let environment = ledger.environment
+        var check = try Ledger.storage { try environment.read { txn in try storedKeyCheck(txn.unsafeView) } }
+        if !environment.isReadOnly, check == nil || masterKey.previousGeneration != nil || masterKey.generation != check?.0 {
+            // A first bind or an interrupted erasure's rotation: settled inside a write
+            // transaction, so that no other process rotates the key file meanwhile.
+            check = try Ledger.storage {
+                try environment.write { txn in
+                    let view = txn.unsafeView
+                    guard let stored = try storedKeyCheck(view) else {
+                        try writeKeyCheck(view, generation: masterKey.generation)
+                        return nil
+                    }
+                    try masterKey.settle(committed: stored.0)
+                    return stored
+                }
             }
         }
-        guard let (generation, check) = stored else {
-            guard !ledger.environment.isReadOnly else { return }
-            try Ledger.storage {
-                try ledger.environment.write { txn in try writeKeyCheck(txn.unsafeView, generation: masterKey.generation) }
-            }
-            return
-        }
-        if !ledger.environment.isReadOnly {
-            if masterKey.previousGeneration == generation {
-                try masterKey.abandonRotation()  // the erasure that started it never committed
-            } else if masterKey.generation == generation, masterKey.previousGeneration != nil {
-                try masterKey.finishRotation()  // it committed; the old generation must go
-            }
-        }
+        guard let (generation, sealedCheck) = check else { return }
         guard let key = masterKey.key(generation: generation),
-              (try? AESGCM.open(check, key: key, associatedData: Self.checkAAD(generation))) == Self.checkText else {
+              (try? AESGCM.open(sealedCheck, key: key, associatedData: Self.checkAAD(generation))) == Self.checkText else {
             throw LedgerError(.wrongMasterKey, "the master key file \(masterKey.path) does not belong to this ledger (or is an old generation)")
+        }
+    }
+
+    /// Why no key of `generation` can be had: an older one was destroyed by an erasure that
+    /// committed after the snapshot that named it was taken (a retry reads the new one), a
+    /// newer one is missing from the key file.
+    func missingGeneration(_ generation: UInt64) -> LedgerError {
+        if generation < masterKey.generation {
+            return LedgerError(.wrongMasterKey, "master key generation \(generation) was destroyed by an erasure after this snapshot was taken; retry")
+        }
+        return LedgerError(.wrongMasterKey, "the master key file \(masterKey.path) holds no key of generation \(generation)")
+    }
+
+    /// The master key generation the ledger uses and its key check; nil before the first bind.
+    private func storedKeyCheck(_ view: TransactionView) throws -> (UInt64, [UInt8])? {
+        guard let g = try view.value(meta, key: "master.generation"), let check = try view.value(meta, key: "master.check") else { return nil }
+        guard let generation = g.withUnsafeBytes({ UInt64(bigEndianBytes: $0) }) else {
+            throw LedgerError(.storage, "malformed pl.meta master.generation")
+        }
+        return (generation, check)
+    }
+
+    /// The master key generation the ledger uses, read inside `view`: a writer wraps keys under
+    /// it, not under the generation its key file had when it was read (another process may have
+    /// rotated it since).
+    func storedGeneration(_ view: TransactionView) throws -> UInt64 {
+        guard let (generation, _) = try storedKeyCheck(view) else { throw LedgerError(.storage, "the ledger has no master key generation") }
+        return generation
+    }
+
+    /// Finishes or undoes the key file's rotation by the generation the ledger committed, in a
+    /// write transaction of its own (so that no other process rotates meanwhile).
+    private func settleMasterKey() throws {
+        try Ledger.storage {
+            try ledger.environment.write { txn in try masterKey.settle(committed: try storedGeneration(txn.unsafeView)) }
         }
     }
 
     private func writeKeyCheck(_ view: TransactionView, generation: UInt64) throws {
         guard let key = masterKey.key(generation: generation) else { throw LedgerError(.wrongMasterKey, "no key for generation \(generation)") }
+        try writeKeyCheck(view, generation: generation, key: key)
+    }
+
+    private func writeKeyCheck(_ view: TransactionView, generation: UInt64, key: SecureBytes) throws {
         try view.put(meta, key: "master.generation", value: generation)
         try view.put(meta, key: "master.check", value: try AESGCM.seal(Self.checkText, key: key, associatedData: Self.checkAAD(generation)))
     }
@@ -182,9 +219,7 @@ public final class PatientRecords: @unchecked Sendable {
     private func unwrap(_ state: PatientState, _ p: Hash, epoch: UInt32?,
                         open: (UnsafeRawBufferPointer, SecureBytes, UnsafeRawBufferPointer) throws -> [UInt8]) throws -> SecureBytes {
         guard state.status == .active else { throw LedgerError(.erased, "the patient was erased") }
-        guard let master = masterKey.key(generation: state.generation) else {
-            throw LedgerError(.wrongMasterKey, "no master key of generation \(state.generation)")
-        }
+        guard let master = masterKey.key(generation: state.generation) else { throw missingGeneration(state.generation) }
         let epoch = epoch ?? state.epoch
         guard epoch >= 1, epoch <= state.epoch else { throw LedgerError(.storage, "no patient data key of epoch \(epoch)") }
         do {
@@ -319,12 +354,10 @@ public final class PatientRecords: @unchecked Sendable {
     /// Registers many patients in one transaction (one commit): all or none.
     @discardableResult
     public func addPatients(_ patients: [(externalId: String, signingKey: Ed25519PublicKey?)]) throws -> [(pseudonym: Hash, index: UInt64)] {
-        var prepared: [(p: Hash, wrapped: [UInt8], signingKey: [UInt8]?)] = []
+        var prepared: [(p: Hash, signingKey: [UInt8]?)] = []
         var entries: [LedgerEntry] = []
         writeLock.lock()
         defer { writeLock.unlock() }
-        let generation = masterKey.generation
-        guard let master = masterKey.key(generation: generation) else { throw LedgerError(.wrongMasterKey, "no current master key") }
         var seen = Set<Hash>()
         for (externalId, signingKey) in patients {
             guard !externalId.isEmpty, externalId.utf8.count <= 1024 else { throw LedgerError(.invalidArgument, "patient id must be 1 to 1024 bytes") }
@@ -332,17 +365,21 @@ public final class PatientRecords: @unchecked Sendable {
             guard seen.insert(p).inserted else { throw LedgerError(.patientExists, "a patient id appears twice in the batch") }
             var payload: [String: Any] = ["type": "patient", "v": 1, "patient": p.hex]
             if let signingKey { payload["signing_key"] = Base64.encode(signingKey.rawRepresentation) }
-            var rawKey = try SecureRandom.bytes(32)
-            defer { secureZero(&rawKey) }
-            let wrapped = try AESGCM.seal(rawKey, key: master, associatedData: Self.dataKeyAAD(p, generation, 1))
-            prepared.append((p, wrapped, signingKey?.rawRepresentation))
+            prepared.append((p, signingKey?.rawRepresentation))
             entries.append(try LedgerEntry(set: PatientPayload.patientKey(p), payload: PatientPayload.encode(payload)))
         }
         guard !entries.isEmpty else { return [] }
         let first = try ledger.append(entries) { view, first in
+            // Wrapped here, under the generation the ledger holds in this transaction: an
+            // erasure in another process may have rotated the key file since it was read.
+            let generation = try self.storedGeneration(view)
+            guard let master = self.masterKey.key(generation: generation) else { throw self.missingGeneration(generation) }
             for (i, item) in prepared.enumerated() {
                 if try self.patientState(view, item.p) != nil { throw LedgerError(.patientExists, "a patient with that id is already registered") }
-                let state = PatientState(status: .active, index: first + UInt64(i), generation: generation, wrappedKeys: [item.wrapped],
+                var rawKey = try SecureRandom.bytes(32)
+                defer { secureZero(&rawKey) }
+                let wrapped = try AESGCM.seal(rawKey, key: master, associatedData: Self.dataKeyAAD(item.p, generation, 1))
+                let state = PatientState(status: .active, index: first + UInt64(i), generation: generation, wrappedKeys: [wrapped],
                                          signingKey: item.signingKey)
                 try view.put(self.patients, key: item.p.bytes, value: state.encoded())
             }
@@ -1002,9 +1039,7 @@ public final class PatientRecords: @unchecked Sendable {
         var state = try requirePatient(view, p)
         guard state.status == .active else { throw LedgerError(.erased, "the patient was erased") }
         guard state.epoch + 1 == expected else { throw LedgerError(.conflict, "the patient's key changed during the revocation; retry") }
-        guard let master = masterKey.key(generation: state.generation) else {
-            throw LedgerError(.wrongMasterKey, "no master key of generation \(state.generation)")
-        }
+        guard let master = masterKey.key(generation: state.generation) else { throw missingGeneration(state.generation) }
         state.wrappedKeys.append(try AESGCM.seal(raw, key: master, associatedData: Self.dataKeyAAD(p, state.generation, expected)))
         try view.put(patients, key: p.bytes, value: state.encoded())
         let dataKey = raw.withUnsafeBytes { SecureBytes(copying: $0) }
@@ -1249,17 +1284,22 @@ public final class PatientRecords: @unchecked Sendable {
                 ["type": "revoke", "v": 1, "patient": p.hex, "grantee": g, "revoked_at": at, "reason": "erasure"])))
         }
         let recordTables = self.recordTables  // before the transaction: finding them may open them
-        let oldGeneration = masterKey.generation
-        try masterKey.beginRotation()
-        let newGeneration = masterKey.generation
+        var newGeneration: UInt64 = 0
         var deleted = 0
         var extents: [BlobExtent] = []
         let index: UInt64
         do {
             index = try ledger.append(entries) { view, first in
                 deleted = 0
+                // The rotation starts inside this transaction, from the generation the ledger
+                // holds in it: LMDB lets one process write at a time, so no other erasure
+                // rotates the key file between this one's read of it and its commit.
+                let oldGeneration = try self.storedGeneration(view)
+                try self.masterKey.settle(committed: oldGeneration)  // a retried write's own rotation
+                let (generation, newKey) = try self.masterKey.beginRotation(from: oldGeneration)
+                newGeneration = generation
                 extents = try self.deleteBlobRows(view, p)
-                try self.rewrapAll(view, from: oldGeneration, to: newGeneration, erasing: p, erasureIndex: first)
+                try self.rewrapAll(view, from: oldGeneration, to: generation, newKey: newKey, erasing: p, erasureIndex: first)
                 // Ciphertexts, record rows and grants of the erased patient. The staged rows are
                 // folded first: rows never vanish from pl.records.recent under one fold point,
                 // which readers' in-memory staged index relies on (RecordIndex.swift), and the
@@ -1286,26 +1326,24 @@ public final class PatientRecords: @unchecked Sendable {
                 if let boxTable = recordTables.boxes {
                     for index in boxes { _ = try view.delete(boxTable, key: index) }
                 }
-                try self.writeKeyCheck(view, generation: newGeneration)
+                try self.writeKeyCheck(view, generation: generation, key: newKey)
             }
         } catch {
-            // A commit can reach the disk and still report failure (an fsync error): decide by
-            // what the ledger holds, never drop the generation it uses.
-            let committed = (try? ledger.environment.read { txn in
-                try txn.value(meta, key: "master.generation").flatMap { $0.withUnsafeBytes { UInt64(bigEndianBytes: $0) } }
-            }) ?? nil
-            if committed == newGeneration { try? masterKey.finishRotation() } else if committed == oldGeneration { try? masterKey.abandonRotation() }
+            // A commit can reach the disk and still report failure (an fsync error): settle the
+            // key file by what the ledger holds, never drop the generation it uses.
+            try? settleMasterKey()
             throw error
         }
-        // The erasure committed; a failure to rewrite the key file is finished on the next open.
-        try? masterKey.finishRotation()
+        // The erasure committed; a failure to rewrite the key file is settled on the next open
+        // (or the next erasure).
+        try? settleMasterKey()
         let freed = freeExtents(extents)
         return ErasureReport(index: index, recordVersionsDeleted: deleted, grantsRevoked: activeGrantees.count,
                              masterKeyGeneration: newGeneration, blobVersionsDeleted: extents.count, blobBytesFreed: freed)
     }
 
-    private func rewrapAll(_ view: TransactionView, from old: UInt64, to new: UInt64, erasing p: Hash, erasureIndex: UInt64) throws {
-        guard let newKey = masterKey.key(generation: new) else { throw LedgerError(.wrongMasterKey, "no key for generation \(new)") }
+    private func rewrapAll(_ view: TransactionView, from old: UInt64, to new: UInt64, newKey: SecureBytes, erasing p: Hash,
+                           erasureIndex: UInt64) throws {
         var updates: [([UInt8], PatientState)] = []
         try view.withCursor(patients) { cursor in
             var more = try cursor.first()

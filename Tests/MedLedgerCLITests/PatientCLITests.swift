@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import LedgerCrypto
+import MedLedger
 
 /// The patient-layer commands end to end, as a script would drive them.
 @Suite(.serialized) struct PatientCLITests {
@@ -70,5 +71,52 @@ import LedgerCrypto
         #expect(try CLI.run(["verify-proof"], stdin: inclusion.stdout).status == 0)
         let data = try Data(contentsOf: URL(fileURLWithPath: dir + "/data.mdb"))
         #expect(data.range(of: Data("cli-secret-7".utf8)) == nil)
+    }
+    /// A service keeps the ledger open while a script erases patients from another process:
+    /// the service reads keys the erasure re-wrapped, wraps a new patient's key under the
+    /// generation the erasure made (not the destroyed one it had read), and everything still
+    /// opens and verifies under the key file the script left.
+    @Test func erasureInAnotherProcessWhileALibraryInstanceIsOpen() throws {
+        let dir = scratch("patients-two-processes")
+        let key = dir + ".master.key"
+        defer { for p in [dir, key] { try? FileManager.default.removeItem(atPath: p) } }
+        #expect(try CLI.run(["init", dir, "--origin", "test.example/two", "--master-key", key]).status == 0)
+        let mk = ["--master-key", key]
+        let ledger = try Ledger(path: dir)
+        let records = try PatientRecords(ledger: ledger, masterKey: try MasterKeyFile(path: key))
+        func fhir(_ p: String) -> [UInt8] { Array(#"{"resourceType":"Observation","status":"final","valueString":"\#(p)"}"#.utf8) }
+        for p in ["Patient/1", "Patient/2"] {
+            try records.addPatient(externalId: p)
+            try records.putRecord(patient: p, recordId: "obs", content: fhir(p))
+        }
+        #expect(try CLI.run(["erase", dir, "--patient", "Patient/1"] + mk).status == 0)
+        #expect(try records.read(patient: "Patient/2", recordId: "obs", as: .custodian("svc")).content == fhir("Patient/2"))
+        try records.addPatient(externalId: "Patient/3")
+        try records.putRecord(patient: "Patient/3", recordId: "obs", content: fhir("Patient/3"))
+        let get = try CLI.run(["record", "get", dir, "--record", "obs", "--patient", "Patient/3", "--as", "c", "--role", "custodian"] + mk)
+        #expect(get.status == 0 && get.stdout == Data(fhir("Patient/3")))
+        #expect(try CLI.run(["erase", dir, "--patient", "Patient/2"] + mk).status == 0)
+        #expect(try records.read(patient: "Patient/3", recordId: "obs", as: .custodian("svc")).content == fhir("Patient/3"))
+        #expect(try CLI.run(["verify", dir] + mk).status == 0)
+
+        // Two erasures at once, one per process: LMDB's write lock orders their rotations.
+        for p in ["Patient/4", "Patient/5", "Patient/6"] {
+            try records.addPatient(externalId: p)
+            try records.putRecord(patient: p, recordId: "obs", content: fhir(p))
+        }
+        final class Status: @unchecked Sendable { var code: Int32 = -1 }  // written before `wait` returns
+        let script = Status(), done = DispatchGroup()
+        DispatchQueue.global().async(group: done) {
+            script.code = (try? CLI.run(["erase", dir, "--patient", "Patient/4"] + mk).status) ?? -2
+        }
+        try records.erase(patient: "Patient/5")
+        done.wait()
+        #expect(script.code == 0)
+        #expect(try MasterKeyFile(path: key).generation == 5)
+        #expect(try String(contentsOfFile: key, encoding: .utf8).split(separator: "\n").count == 3)
+        #expect(try records.read(patient: "Patient/6", recordId: "obs", as: .custodian("svc")).content == fhir("Patient/6"))
+        let get6 = try CLI.run(["record", "get", dir, "--record", "obs", "--patient", "Patient/6", "--as", "c", "--role", "custodian"] + mk)
+        #expect(get6.status == 0 && get6.stdout == Data(fhir("Patient/6")))
+        #expect(try CLI.run(["verify", dir] + mk).status == 0)
     }
 }

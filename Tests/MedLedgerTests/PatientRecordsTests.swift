@@ -284,6 +284,56 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         #expect(try String(contentsOfFile: f.keyPath, encoding: .utf8).split(separator: "\n").count == 3)
     }
 
+    /// Two instances sharing one ledger and one key file, each erasing in turn: the one whose
+    /// memory still holds a destroyed generation reads the rotated keys, wraps new patients'
+    /// keys under the ledger's generation and starts its own rotation from it, so no key is
+    /// lost and the key file ends holding the ledger's generation alone.
+    @Test func instancesSharingAKeyFilePickUpEachOthersRotations() throws {
+        let f = try PatientFixture("shared-key")
+        for p in ["Patient/a", "Patient/b"] {
+            try f.records.addPatient(externalId: p)
+            try f.records.putRecord(patient: p, recordId: "obs", content: observation(p))
+        }
+        let other = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
+        try other.erase(patient: "Patient/a")
+        #expect(other.masterKey.generation == 2)
+
+        // `f.records` read the file at generation 1, which the erasure destroyed.
+        #expect(try f.records.read(patient: "Patient/b", recordId: "obs", as: .custodian("c")).content == observation("Patient/b"))
+        try f.records.addPatient(externalId: "Patient/c")
+        try f.records.putRecord(patient: "Patient/c", recordId: "obs", content: observation("Patient/c"))
+        let batch = try f.records.readRecords([.init(patient: "Patient/b", recordId: "obs"), .init(patient: "Patient/c", recordId: "obs")],
+                                              as: .custodian("c"))
+        #expect(try batch.map { try $0.get().content } == [observation("Patient/b"), observation("Patient/c")])
+        #expect(try f.records.erase(patient: "Patient/b").masterKeyGeneration == 3)
+
+        #expect(try other.read(patient: "Patient/c", recordId: "obs", as: .custodian("c")).content == observation("Patient/c"))
+        let fresh = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
+        #expect(fresh.masterKey.generation == 3 && fresh.masterKey.previousGeneration == nil)
+        #expect(try fresh.read(patient: "Patient/c", recordId: "obs", as: .custodian("c")).content == observation("Patient/c"))
+        #expect(try String(contentsOfFile: f.keyPath, encoding: .utf8).split(separator: "\n").count == 3)
+        var options = VerificationOptions()
+        options.masterKey = try MasterKeyFile(path: f.keyPath)
+        let report = try f.ledger.verify(options)
+        #expect(report.problems.isEmpty, "\(report.problems)")
+    }
+
+    /// A key file replaced by one with another ledger's secrets is refused when it is read
+    /// again, and the instance keeps serving what it held.
+    @Test func aReplacedKeyFileOfAnotherLedgerIsRefused() throws {
+        let f = try PatientFixture("replaced-key")
+        try f.records.addPatient(externalId: "Patient/r")
+        try f.records.putRecord(patient: "Patient/r", recordId: "obs", content: observation("r"))
+        let stranger = f.directory + ".stranger.key"
+        defer { try? FileManager.default.removeItem(atPath: stranger) }
+        _ = try MasterKeyFile.create(at: stranger)
+        #expect(rename(stranger, f.keyPath) == 0)
+        #expect(throws: LedgerError.self) { try f.records.masterKey.reloadIfChanged() }
+        #expect(f.records.masterKey.generation == 1)
+        #expect(try f.records.read(patient: "Patient/r", recordId: "obs", as: .custodian("c")).content == observation("r"))
+        #expect(throws: LedgerError.self) { try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath)) }
+    }
+
     @Test func exportVerifiesOfflineAndTamperingFails() throws {
         let f = try PatientFixture("export")
         let p = "Patient/ivy"
