@@ -21,9 +21,9 @@ import Glibc
 /// previous <n> <base64 32 bytes>        (only while a rotation is in progress)
 /// ```
 ///
-/// Several processes (or several ``PatientRecords``) may share one file: rotations run inside
-/// the ledger's write transaction, which LMDB grants one process at a time, and a generation
-/// that memory lacks makes the file be read again.
+/// Several processes (or several ``PatientRecords``) may share one file: rotations start and
+/// are settled inside the ledger's write transactions, which LMDB grants one process at a
+/// time, and a generation that memory lacks makes the file be read again.
 ///
 /// Thread safety: reads of the keys are guarded by a lock; reading and replacing the file by
 /// another.
@@ -41,8 +41,6 @@ public final class MasterKeyFile: @unchecked Sendable, CustomStringConvertible {
     private var previousKey: (generation: UInt64, key: SecureBytes)?
     /// Serializes reading the file again and replacing it, within this process.
     private let fileLock = NSLock()
-    /// The file as last read or written (guarded by `fileLock`).
-    private var loadedIdentity: FileIdentity?
 
     private init(path: String, pseudonymSecret: SecureBytes, generation: UInt64, key: SecureBytes,
                  previous: (UInt64, SecureBytes)?) throws {
@@ -60,7 +58,6 @@ public final class MasterKeyFile: @unchecked Sendable, CustomStringConvertible {
         let file = try MasterKeyFile(path: path, pseudonymSecret: try SecureBytes(randomCount: 32), generation: 1,
                                  key: try SecureBytes(randomCount: 32), previous: nil)
         try file.withText { text in try Ledger.writeSecretFile(path, contents: text) }
-        file.loadedIdentity = FileIdentity(path: path)
         return file
     }
 
@@ -68,10 +65,9 @@ public final class MasterKeyFile: @unchecked Sendable, CustomStringConvertible {
     /// - Throws: ``LedgerError`` `.keyFile` when it is missing, readable by others than its
     ///   owner, or malformed.
     public convenience init(path: String) throws {
-        let (identity, contents) = try Self.read(path)
+        let contents = try Self.read(path)
         try self.init(path: path, pseudonymSecret: contents.pseudonymSecret, generation: contents.generation,
                       key: contents.key, previous: contents.previous)
-        loadedIdentity = identity
     }
 
     /// What a key file holds.
@@ -82,30 +78,8 @@ public final class MasterKeyFile: @unchecked Sendable, CustomStringConvertible {
         let previous: (UInt64, SecureBytes)?
     }
 
-    /// Which file a path named when it was read: a rewrite renames a new file into place, so a
-    /// changed inode, size or modification time means the file must be read again.
-    private struct FileIdentity: Equatable {
-        let device: UInt64
-        let inode: UInt64
-        let size: Int64
-        let modifiedSeconds: Int
-        let modifiedNanoseconds: Int
-
-        init?(path: String) {
-            var info = stat()
-            guard stat(path, &info) == 0 else { return nil }
-            device = UInt64(info.st_dev)
-            inode = UInt64(info.st_ino)
-            size = Int64(info.st_size)
-            modifiedSeconds = Int(info.st_mtim.tv_sec)
-            modifiedNanoseconds = Int(info.st_mtim.tv_nsec)
-        }
-    }
-
-    /// Reads and parses the file at `path`, with the identity it had just before the read (so
-    /// that a replacement racing the read is seen as a change next time).
-    private static func read(_ path: String) throws -> (FileIdentity?, Contents) {
-        let identity = FileIdentity(path: path)
+    /// Reads and parses the file at `path`.
+    private static func read(_ path: String) throws -> Contents {
         var info = stat()
         guard stat(path, &info) == 0 else { throw LedgerError(.keyFile, "cannot read master key file \(path)") }
         guard info.st_mode & 0o077 == 0 else {
@@ -139,23 +113,15 @@ public final class MasterKeyFile: @unchecked Sendable, CustomStringConvertible {
         } else if lines.count != 3 {
             throw LedgerError(.keyFile, "\(path) is not a master key file")
         }
-        return (identity, Contents(pseudonymSecret: try secret(lines[1][1]), generation: generation,
-                                   key: try secret(lines[2][2]), previous: previous))
+        return Contents(pseudonymSecret: try secret(lines[1][1]), generation: generation,
+                        key: try secret(lines[2][2]), previous: previous)
     }
 
     /// The current generation number.
     public var generation: UInt64 { lock.withLock { currentGeneration } }
 
-    /// The key of `generation`, if this file holds it. A generation that memory lacks sends
-    /// the file to be read again when it changed on disk: another process (or another
-    /// ``PatientRecords`` of this one) may have rotated it by erasing a patient.
+    /// The key of `generation`, if memory holds it (``reload()`` reads the file again).
     func key(generation: UInt64) -> SecureBytes? {
-        if let key = heldKey(generation) { return key }
-        guard (try? reloadIfChanged()) == true else { return nil }
-        return heldKey(generation)
-    }
-
-    private func heldKey(_ generation: UInt64) -> SecureBytes? {
         lock.withLock {
             if generation == currentGeneration { return currentKey }
             if let previousKey, previousKey.generation == generation { return previousKey.key }
@@ -166,22 +132,22 @@ public final class MasterKeyFile: @unchecked Sendable, CustomStringConvertible {
     /// The generation a rotation is moving away from, when one is in progress.
     var previousGeneration: UInt64? { lock.withLock { previousKey?.generation } }
 
-    /// Reads the file again if it changed on disk since this object last read or wrote it;
-    /// true when it did. A file whose pseudonym secret differs belongs to another ledger and
-    /// is refused (memory keeps what it held).
-    @discardableResult
-    func reloadIfChanged() throws -> Bool {
+    /// Reads the file again: another process (or another ``PatientRecords`` of this one) may
+    /// have rotated it by erasing a patient. A file whose pseudonym secret differs belongs to
+    /// another ledger and is refused (memory keeps what it held).
+    ///
+    /// A file read while another process's erasure is under way holds that erasure's new
+    /// generation before (and unless) it commits; callers that wrap keys check the key against
+    /// the ledger's key check, and a data key that does not open makes readers read again.
+    func reload() throws {
         fileLock.lock()
         defer { fileLock.unlock() }
-        return try reloadLocked()
+        try reloadLocked()
     }
 
-    /// ``reloadIfChanged()`` with `fileLock` held.
-    @discardableResult
-    private func reloadLocked() throws -> Bool {
-        guard let identity = FileIdentity(path: path) else { throw LedgerError(.keyFile, "cannot read master key file \(path)") }
-        if identity == loadedIdentity { return false }
-        let (readIdentity, contents) = try Self.read(path)
+    /// ``reload()`` with `fileLock` held.
+    private func reloadLocked() throws {
+        let contents = try Self.read(path)
         let sameSecret = contents.pseudonymSecret.withUnsafeBytes { new in
             pseudonymSecret.withUnsafeBytes { old in constantTimeEqual(new, old) }
         }
@@ -193,8 +159,6 @@ public final class MasterKeyFile: @unchecked Sendable, CustomStringConvertible {
             currentKey = contents.key
             previousKey = contents.previous.map { (generation: $0.0, key: $0.1) }
         }
-        loadedIdentity = readIdentity
-        return true
     }
 
     /// Brings the file in line with the generation the ledger committed: finishes a rotation
@@ -253,8 +217,6 @@ public final class MasterKeyFile: @unchecked Sendable, CustomStringConvertible {
             unlink(temporary)
             throw LedgerError(.keyFile, "cannot replace master key file \(path) (errno \(errno))")
         }
-        // What memory holds is what the file now holds (`fileLock` is held: no read races it).
-        loadedIdentity = FileIdentity(path: path)
         let directory = (path as NSString).deletingLastPathComponent
         let fd = open(directory.isEmpty ? "." : directory, O_RDONLY)
         if fd >= 0 {

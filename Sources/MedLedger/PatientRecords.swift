@@ -83,6 +83,9 @@ public final class PatientRecords: @unchecked Sendable {
     var afterPutSnapshot: (() throws -> Void)?
     /// The fewest staged audit rows that are folded into `pl.audit` (tests lower it).
     var minimumAuditFold = 65_536
+    /// Tests only: runs inside each attempt of an erasure's write, once its rotation has begun
+    /// (the attempt number, from 0), to read the key file there or make the write retry.
+    var duringErasureWrite: ((Int) throws -> Void)?
 
     /// Opens the patient layer of `ledger` with `masterKey`, binding the key to the ledger on
     /// first use and finishing (or undoing) a key rotation an earlier process left half done.
@@ -219,18 +222,55 @@ public final class PatientRecords: @unchecked Sendable {
     private func unwrap(_ state: PatientState, _ p: Hash, epoch: UInt32?,
                         open: (UnsafeRawBufferPointer, SecureBytes, UnsafeRawBufferPointer) throws -> [UInt8]) throws -> SecureBytes {
         guard state.status == .active else { throw LedgerError(.erased, "the patient was erased") }
-        guard let master = masterKey.key(generation: state.generation) else { throw missingGeneration(state.generation) }
         let epoch = epoch ?? state.epoch
         guard epoch >= 1, epoch <= state.epoch else { throw LedgerError(.storage, "no patient data key of epoch \(epoch)") }
-        do {
-            var raw = try state.wrappedKeys[Int(epoch) - 1].withUnsafeBytes { wrapped in
-                try Self.withDataKeyAAD(p, state.generation, epoch) { try open(wrapped, master, $0) }
+        // A key that does not open may have been read from the key file while another
+        // process's erasure was under way (its new generation, which a retry then replaced):
+        // the file is read once more before the key counts as wrong.
+        for attempt in 0..<2 {
+            guard let master = try masterKey(generation: state.generation, reread: attempt > 0) else {
+                throw missingGeneration(state.generation)
             }
-            defer { secureZero(&raw) }
-            return raw.withUnsafeBytes { SecureBytes(copying: $0) }
-        } catch {
-            throw LedgerError(.wrongMasterKey, "a patient data key does not open under the master key")
+            do {
+                var raw = try state.wrappedKeys[Int(epoch) - 1].withUnsafeBytes { wrapped in
+                    try Self.withDataKeyAAD(p, state.generation, epoch) { try open(wrapped, master, $0) }
+                }
+                defer { secureZero(&raw) }
+                return raw.withUnsafeBytes { SecureBytes(copying: $0) }
+            } catch where attempt == 0 {
+                continue
+            } catch {
+                break
+            }
         }
+        throw LedgerError(.wrongMasterKey, "a patient data key does not open under the master key")
+    }
+
+    /// The master key of `generation`: from memory, else (or when `reread`) after reading the
+    /// key file again, since another process or instance may have rotated it.
+    /// - Throws: ``LedgerError`` `.keyFile` or `.wrongMasterKey` when the file cannot be read
+    ///   again or now belongs to another ledger.
+    func masterKey(generation: UInt64, reread: Bool = false) throws -> SecureBytes? {
+        if !reread, let key = masterKey.key(generation: generation) { return key }
+        try masterKey.reload()
+        return masterKey.key(generation: generation)
+    }
+
+    /// The generation the ledger uses in `view` (a write transaction) and its key, checked
+    /// against the ledger's key check: keys wrapped in `view` must open for every later
+    /// reader, so neither a generation an erasure destroyed nor a key read from the file while
+    /// another process's erasure was under way will do.
+    func committedMasterKey(_ view: TransactionView) throws -> (generation: UInt64, key: SecureBytes) {
+        guard let (generation, check) = try storedKeyCheck(view) else {
+            throw LedgerError(.storage, "the ledger has no master key generation")
+        }
+        for attempt in 0..<2 {
+            if let key = try masterKey(generation: generation, reread: attempt > 0),
+               (try? AESGCM.open(check, key: key, associatedData: Self.checkAAD(generation))) == Self.checkText {
+                return (generation, key)
+            }
+        }
+        throw LedgerError(.wrongMasterKey, "the master key file \(masterKey.path) holds no key that opens the ledger's key check of generation \(generation)")
     }
 
     /// The key of one record version: HMAC-SHA-256(data key, label). Exports hand it out to
@@ -372,8 +412,7 @@ public final class PatientRecords: @unchecked Sendable {
         let first = try ledger.append(entries) { view, first in
             // Wrapped here, under the generation the ledger holds in this transaction: an
             // erasure in another process may have rotated the key file since it was read.
-            let generation = try self.storedGeneration(view)
-            guard let master = self.masterKey.key(generation: generation) else { throw self.missingGeneration(generation) }
+            let (generation, master) = try self.committedMasterKey(view)
             for (i, item) in prepared.enumerated() {
                 if try self.patientState(view, item.p) != nil { throw LedgerError(.patientExists, "a patient with that id is already registered") }
                 var rawKey = try SecureRandom.bytes(32)
@@ -1039,7 +1078,10 @@ public final class PatientRecords: @unchecked Sendable {
         var state = try requirePatient(view, p)
         guard state.status == .active else { throw LedgerError(.erased, "the patient was erased") }
         guard state.epoch + 1 == expected else { throw LedgerError(.conflict, "the patient's key changed during the revocation; retry") }
-        guard let master = masterKey.key(generation: state.generation) else { throw missingGeneration(state.generation) }
+        let (generation, master) = try committedMasterKey(view)
+        guard state.generation == generation else {
+            throw LedgerError(.storage, "a patient's keys are wrapped under generation \(state.generation), not the ledger's \(generation)")
+        }
         state.wrappedKeys.append(try AESGCM.seal(raw, key: master, associatedData: Self.dataKeyAAD(p, state.generation, expected)))
         try view.put(patients, key: p.bytes, value: state.encoded())
         let dataKey = raw.withUnsafeBytes { SecureBytes(copying: $0) }
@@ -1285,6 +1327,7 @@ public final class PatientRecords: @unchecked Sendable {
         }
         let recordTables = self.recordTables  // before the transaction: finding them may open them
         var newGeneration: UInt64 = 0
+        var attempts = 0
         var deleted = 0
         var extents: [BlobExtent] = []
         let index: UInt64
@@ -1295,9 +1338,12 @@ public final class PatientRecords: @unchecked Sendable {
                 // holds in it: LMDB lets one process write at a time, so no other erasure
                 // rotates the key file between this one's read of it and its commit.
                 let oldGeneration = try self.storedGeneration(view)
-                try self.masterKey.settle(committed: oldGeneration)  // a retried write's own rotation
+                try self.masterKey.settle(committed: oldGeneration)  // an earlier attempt's or process's rotation
+                _ = try self.committedMasterKey(view)  // the file's key of that generation is the ledger's
                 let (generation, newKey) = try self.masterKey.beginRotation(from: oldGeneration)
                 newGeneration = generation
+                attempts += 1
+                try self.duringErasureWrite?(attempts - 1)
                 extents = try self.deleteBlobRows(view, p)
                 try self.rewrapAll(view, from: oldGeneration, to: generation, newKey: newKey, erasing: p, erasureIndex: first)
                 // Ciphertexts, record rows and grants of the erased patient. The staged rows are
@@ -1651,15 +1697,16 @@ final class AuditCommitter: @unchecked Sendable {
 /// generation, expanded once per batch (not once per patient).
 struct BatchOpeners {
     let boxes: AESGCM.Opener
-    private var master: (generation: UInt64, opener: AESGCM.Opener)?
+    /// The key is compared too: a key file read again may give a generation another key.
+    private var master: (generation: UInt64, key: SecureBytes, opener: AESGCM.Opener)?
 
     init() throws { boxes = try AESGCM.Opener() }
 
     /// The opener for data keys wrapped under master key `generation` (which is `key`).
     mutating func master(_ generation: UInt64, key: SecureBytes) throws -> AESGCM.Opener {
-        if let master, master.generation == generation { return master.opener }
+        if let master, master.generation == generation, master.key === key { return master.opener }
         let opener = try AESGCM.Opener(key: key)
-        master = (generation, opener)
+        master = (generation, key, opener)
         return opener
     }
 }

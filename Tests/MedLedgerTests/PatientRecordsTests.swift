@@ -4,6 +4,7 @@ import LedgerCrypto
 @testable import MedLedger
 import TestSupport
 import MerkleLog
+import LMDBKit
 
 /// A count threads add to.
 final class FailureCount: @unchecked Sendable {
@@ -318,20 +319,110 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         #expect(report.problems.isEmpty, "\(report.problems)")
     }
 
+    /// An instance that reads the key file while another's erasure is under way sees that
+    /// erasure's new generation before it commits. When the erasure's write is retried (or
+    /// another erasure runs) under a different key for that generation, the instance reads the
+    /// file again instead of wrapping new keys, or failing reads, under the key it saw.
+    @Test func aKeyReadDuringAnotherErasureIsNotTrusted() throws {
+        let f = try PatientFixture("mid-rotation")
+        for p in ["Patient/a", "Patient/b", "Patient/c"] {
+            try f.records.addPatient(externalId: p)
+            try f.records.putRecord(patient: p, recordId: "obs", content: observation(p))
+        }
+        let other = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
+        let reader = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
+        try other.erase(patient: "Patient/a")  // generation 2; `f.records` and `reader` still hold 1
+        // The file as an erasure to generation 3 leaves it before its transaction commits.
+        let text = try String(contentsOfFile: f.keyPath, encoding: .utf8).split(separator: "\n")
+        let current = text[2].split(separator: " ")
+        let uncommitted = Base64.encode(try SecureRandom.bytes(32))
+        try Data("\(text[0])\n\(text[1])\ngeneration 3 \(uncommitted)\nprevious 2 \(current[2])\n".utf8)
+            .write(to: URL(fileURLWithPath: f.keyPath))
+        for instance in [f.records, reader] {
+            #expect(try instance.read(patient: "Patient/b", recordId: "obs", as: .custodian("c")).content == observation("Patient/b"))
+            #expect(instance.masterKey.key(generation: 3) != nil)  // the uncommitted key, now in memory
+        }
+        // That erasure never commits; the next one undoes its rotation and commits generation 3
+        // under a key of its own.
+        try other.erase(patient: "Patient/c")
+        // A writer checks the key against the ledger's key check; a reader whose key does not
+        // open reads the file again.
+        try f.records.addPatient(externalId: "Patient/d")
+        try f.records.putRecord(patient: "Patient/d", recordId: "obs", content: observation("Patient/d"))
+        #expect(try reader.read(patient: "Patient/b", recordId: "obs", as: .custodian("c")).content == observation("Patient/b"))
+        let fresh = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
+        #expect(fresh.masterKey.generation == 3)
+        for p in ["Patient/b", "Patient/d"] {
+            #expect(try fresh.read(patient: p, recordId: "obs", as: .custodian("c")).content == observation(p))
+        }
+        var options = VerificationOptions()
+        options.masterKey = try MasterKeyFile(path: f.keyPath)
+        let report = try f.ledger.verify(options)
+        #expect(report.problems.isEmpty, "\(report.problems)")
+    }
+
+    /// An erasure whose write is retried (the map grew) draws a new key for its generation; an
+    /// instance that read the file during the first attempt holds the key that never
+    /// committed, and neither its reads nor its writes use it.
+    @Test func aRetriedErasureWriteRotatesOnceAndOthersFollow() throws {
+        let f = try PatientFixture("erasure-retry")
+        for p in ["Patient/a", "Patient/b"] {
+            try f.records.addPatient(externalId: p)
+            try f.records.putRecord(patient: p, recordId: "obs", content: observation(p))
+        }
+        let reader = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
+        let writer = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
+        var firstAttemptKey: [UInt8]?
+        f.records.duringErasureWrite = { attempt in
+            guard attempt == 0 else { return }
+            for instance in [reader, writer] { try instance.masterKey.reload() }
+            firstAttemptKey = reader.masterKey.key(generation: 2)?.withUnsafeBytes { Array($0) }
+            throw LMDBError(code: .mapFull, operation: "test: grow the map and write again")
+        }
+        let mapBefore = f.ledger.environment.mapSize
+        #expect(try f.records.erase(patient: "Patient/a").masterKeyGeneration == 2)
+        #expect(f.ledger.environment.mapSize > mapBefore)
+        let committed = try #require(try MasterKeyFile(path: f.keyPath).key(generation: 2)?.withUnsafeBytes { Array($0) })
+        #expect(firstAttemptKey != nil && firstAttemptKey != committed)
+        #expect(try String(contentsOfFile: f.keyPath, encoding: .utf8).split(separator: "\n").count == 3)
+
+        try writer.addPatient(externalId: "Patient/c")
+        try writer.putRecord(patient: "Patient/c", recordId: "obs", content: observation("Patient/c"))
+        for p in ["Patient/b", "Patient/c"] {
+            #expect(try reader.read(patient: p, recordId: "obs", as: .custodian("c")).content == observation(p))
+        }
+        var options = VerificationOptions()
+        options.masterKey = try MasterKeyFile(path: f.keyPath)
+        let report = try f.ledger.verify(options)
+        #expect(report.problems.isEmpty, "\(report.problems)")
+    }
+
     /// A key file replaced by one with another ledger's secrets is refused when it is read
-    /// again, and the instance keeps serving what it held.
+    /// again (a read that needs it reports the refusal), and the instance keeps what it held.
     @Test func aReplacedKeyFileOfAnotherLedgerIsRefused() throws {
         let f = try PatientFixture("replaced-key")
-        try f.records.addPatient(externalId: "Patient/r")
-        try f.records.putRecord(patient: "Patient/r", recordId: "obs", content: observation("r"))
+        for p in ["Patient/r", "Patient/s"] {
+            try f.records.addPatient(externalId: p)
+            try f.records.putRecord(patient: p, recordId: "obs", content: observation(p))
+        }
+        let other = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
+        try other.erase(patient: "Patient/s")  // generation 2, which `f.records` has not read
         let stranger = f.directory + ".stranger.key"
         defer { try? FileManager.default.removeItem(atPath: stranger) }
         _ = try MasterKeyFile.create(at: stranger)
+        let saved = try Data(contentsOf: URL(fileURLWithPath: f.keyPath))
         #expect(rename(stranger, f.keyPath) == 0)
-        #expect(throws: LedgerError.self) { try f.records.masterKey.reloadIfChanged() }
+        #expect(throws: LedgerError.self) { try f.records.masterKey.reload() }
         #expect(f.records.masterKey.generation == 1)
-        #expect(try f.records.read(patient: "Patient/r", recordId: "obs", as: .custodian("c")).content == observation("r"))
+        do {
+            _ = try f.records.read(patient: "Patient/r", recordId: "obs", as: .custodian("c"))
+            Issue.record("a read under another ledger's key file succeeded")
+        } catch let error as LedgerError {
+            #expect(error.code == .wrongMasterKey && error.message.contains("another ledger"), "\(error)")
+        }
         #expect(throws: LedgerError.self) { try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath)) }
+        try saved.write(to: URL(fileURLWithPath: f.keyPath))
+        #expect(try f.records.read(patient: "Patient/r", recordId: "obs", as: .custodian("c")).content == observation("Patient/r"))
     }
 
     @Test func exportVerifiesOfflineAndTamperingFails() throws {
