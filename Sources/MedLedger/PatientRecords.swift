@@ -1281,6 +1281,11 @@ public final class PatientRecords: @unchecked Sendable {
         public let grantsRevoked: Int
         /// The master key generation now in use (the old one is destroyed).
         public let masterKeyGeneration: UInt64
+        /// Whether the key file was rewritten without the old generation. When false (the
+        /// file could not be replaced) the old generation stays in it, and the patient's key
+        /// stays recoverable from LMDB's freed pages with it, until the next erasure or
+        /// read-write open settles the file.
+        public let masterKeyFileSettled: Bool
         /// Blob versions of the patient deleted.
         public let blobVersionsDeleted: Int
         /// Disk space their chunks gave back (0 where the file system cannot punch holes).
@@ -1381,11 +1386,11 @@ public final class PatientRecords: @unchecked Sendable {
             throw error
         }
         // The erasure committed; a failure to rewrite the key file is settled on the next open
-        // (or the next erasure).
-        try? settleMasterKey()
+        // (or the next erasure), and reported.
+        let settled = (try? settleMasterKey()) != nil && masterKey.key(generation: newGeneration - 1) == nil
         let freed = freeExtents(extents)
         return ErasureReport(index: index, recordVersionsDeleted: deleted, grantsRevoked: activeGrantees.count,
-                             masterKeyGeneration: newGeneration, blobVersionsDeleted: extents.count, blobBytesFreed: freed)
+                             masterKeyGeneration: newGeneration, masterKeyFileSettled: settled, blobVersionsDeleted: extents.count, blobBytesFreed: freed)
     }
 
     private func rewrapAll(_ view: TransactionView, from old: UInt64, to new: UInt64, newKey: SecureBytes, erasing p: Hash,

@@ -275,8 +275,12 @@ struct EraseCommand: ParsableCommand {
 
     func run() throws {
         let report = try ledger.open().erase(patient: patient)
+        if !report.masterKeyFileSettled {
+            FileHandle.standardError.write(Data("warning: the master key file still holds the old generation; open the ledger read-write again to remove it\n".utf8))
+        }
         try printJSON(["index": report.index, "record_versions_deleted": report.recordVersionsDeleted,
-                       "grants_revoked": report.grantsRevoked, "master_key_generation": report.masterKeyGeneration])
+                       "grants_revoked": report.grantsRevoked, "master_key_generation": report.masterKeyGeneration,
+                       "key_file_settled": report.masterKeyFileSettled])
     }
 }
 

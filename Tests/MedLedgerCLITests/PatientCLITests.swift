@@ -89,7 +89,9 @@ import MedLedger
             try records.addPatient(externalId: p)
             try records.putRecord(patient: p, recordId: "obs", content: fhir(p))
         }
-        #expect(try CLI.run(["erase", dir, "--patient", "Patient/1"] + mk).status == 0)
+        let erased = try CLI.run(["erase", dir, "--patient", "Patient/1"] + mk)
+        let settled = try erased.json()["key_file_settled"] as? Bool
+        #expect(erased.status == 0 && settled == true)
         #expect(try records.read(patient: "Patient/2", recordId: "obs", as: .custodian("svc")).content == fhir("Patient/2"))
         try records.addPatient(externalId: "Patient/3")
         try records.putRecord(patient: "Patient/3", recordId: "obs", content: fhir("Patient/3"))

@@ -237,6 +237,7 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
 
         let report = try f.records.erase(patient: "Patient/gone")
         #expect(report.recordVersionsDeleted == 1 && report.grantsRevoked == 1 && report.masterKeyGeneration == 2)
+        #expect(report.masterKeyFileSettled)
         #expect(throws: LedgerError(.erased, "")) { try f.records.read(patient: "Patient/gone", recordId: "obs", as: .custodian("c")) }
         #expect(throws: LedgerError(.erased, "")) { try f.records.erase(patient: "Patient/gone") }
         #expect(throws: LedgerError(.erased, "")) { try f.records.putRecord(patient: "Patient/gone", recordId: "obs", content: observation("again")) }
@@ -395,6 +396,29 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         options.masterKey = try MasterKeyFile(path: f.keyPath)
         let report = try f.ledger.verify(options)
         #expect(report.problems.isEmpty, "\(report.problems)")
+    }
+
+    /// An erasure whose key file cannot be rewritten after its commit says so: the old
+    /// generation is still in the file until a read-write open settles it.
+    @Test func anUnsettledKeyFileIsReportedAndSettledOnOpen() throws {
+        let f = try PatientFixture("unsettled")
+        for p in ["Patient/a", "Patient/b"] {
+            try f.records.addPatient(externalId: p)
+            try f.records.putRecord(patient: p, recordId: "obs", content: observation(p))
+        }
+        let blocker = f.keyPath + ".tmp"
+        defer { try? FileManager.default.removeItem(atPath: blocker) }
+        // Once the rotation's file is written, a directory where the next rewrite writes its
+        // temporary file makes that rewrite fail.
+        f.records.duringErasureWrite = { _ in try FileManager.default.createDirectory(atPath: blocker, withIntermediateDirectories: false) }
+        let report = try f.records.erase(patient: "Patient/a")
+        #expect(report.masterKeyGeneration == 2 && !report.masterKeyFileSettled)
+        #expect(try String(contentsOfFile: f.keyPath, encoding: .utf8).split(separator: "\n").count == 4)
+        try FileManager.default.removeItem(atPath: blocker)
+        let reopened = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
+        #expect(try String(contentsOfFile: f.keyPath, encoding: .utf8).split(separator: "\n").count == 3)
+        #expect(reopened.masterKey.generation == 2 && reopened.masterKey.previousGeneration == nil)
+        #expect(try reopened.read(patient: "Patient/b", recordId: "obs", as: .custodian("c")).content == observation("Patient/b"))
     }
 
     /// A key file replaced by one with another ledger's secrets is refused when it is read
