@@ -139,10 +139,13 @@ public final class PatientRecords: @unchecked Sendable {
             }
         }
         guard let (generation, sealedCheck) = check else { return }
-        guard let key = masterKey.key(generation: generation),
-              (try? AESGCM.open(sealedCheck, key: key, associatedData: Self.checkAAD(generation))) == Self.checkText else {
-            throw LedgerError(.wrongMasterKey, "the master key file \(masterKey.path) does not belong to this ledger (or is an old generation)")
+        // Read once more before refusing: the file may have been read just before another
+        // process's erasure committed (or during an attempt it then retried).
+        for attempt in 0..<2 {
+            if let key = try masterKey(generation: generation, reread: attempt > 0),
+               (try? AESGCM.open(sealedCheck, key: key, associatedData: Self.checkAAD(generation))) == Self.checkText { return }
         }
+        throw LedgerError(.wrongMasterKey, "the master key file \(masterKey.path) does not belong to this ledger (or is an old generation)")
     }
 
     /// Why no key of `generation` can be had: an older one was destroyed by an erasure that
