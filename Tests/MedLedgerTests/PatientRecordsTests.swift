@@ -40,6 +40,26 @@ final class PatientFixture: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: directory + ".master.key")
     }
 
+    /// Registers `patients`, each with an `obs` record holding `observation(id)`.
+    func addPatientsWithObservation(_ patients: [String]) throws {
+        for p in patients {
+            try records.addPatient(externalId: p)
+            try records.putRecord(patient: p, recordId: "obs", content: observation(p))
+        }
+    }
+
+    /// What `verify` finds wrong, given the key file as it is on disk now.
+    func verificationProblems() throws -> [VerificationReport.Problem] {
+        var options = VerificationOptions()
+        options.masterKey = try MasterKeyFile(path: keyPath)
+        return try ledger.verify(options).problems
+    }
+
+    /// The key file's lines: 3 when settled, 4 while it holds a previous generation.
+    func keyFileLineCount() throws -> Int {
+        try String(contentsOfFile: keyPath, encoding: .utf8).split(separator: "\n").count
+    }
+
     /// Every byte of every file of the ledger and its key file.
     func allFileBytes() throws -> [UInt8] {
         var out: [UInt8] = []
@@ -283,7 +303,7 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         let recovered = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
         #expect(recovered.masterKey.generation == 1)
         #expect(try recovered.read(patient: "Patient/h", recordId: "obs", as: .custodian("c")).content == observation("h"))
-        #expect(try String(contentsOfFile: f.keyPath, encoding: .utf8).split(separator: "\n").count == 3)
+        #expect(try f.keyFileLineCount() == 3)
     }
 
     /// Two instances sharing one ledger and one key file, each erasing in turn: the one whose
@@ -292,10 +312,7 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
     /// lost and the key file ends holding the ledger's generation alone.
     @Test func instancesSharingAKeyFilePickUpEachOthersRotations() throws {
         let f = try PatientFixture("shared-key")
-        for p in ["Patient/a", "Patient/b"] {
-            try f.records.addPatient(externalId: p)
-            try f.records.putRecord(patient: p, recordId: "obs", content: observation(p))
-        }
+        try f.addPatientsWithObservation(["Patient/a", "Patient/b"])
         let other = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
         try other.erase(patient: "Patient/a")
         #expect(other.masterKey.generation == 2)
@@ -313,11 +330,9 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         let fresh = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
         #expect(fresh.masterKey.generation == 3 && fresh.masterKey.previousGeneration == nil)
         #expect(try fresh.read(patient: "Patient/c", recordId: "obs", as: .custodian("c")).content == observation("Patient/c"))
-        #expect(try String(contentsOfFile: f.keyPath, encoding: .utf8).split(separator: "\n").count == 3)
-        var options = VerificationOptions()
-        options.masterKey = try MasterKeyFile(path: f.keyPath)
-        let report = try f.ledger.verify(options)
-        #expect(report.problems.isEmpty, "\(report.problems)")
+        #expect(try f.keyFileLineCount() == 3)
+        let problems = try f.verificationProblems()
+        #expect(problems.isEmpty, "\(problems)")
     }
 
     /// An instance that reads the key file while another's erasure is under way sees that
@@ -326,10 +341,7 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
     /// file again instead of wrapping new keys, or failing reads, under the key it saw.
     @Test func aKeyReadDuringAnotherErasureIsNotTrusted() throws {
         let f = try PatientFixture("mid-rotation")
-        for p in ["Patient/a", "Patient/b", "Patient/c"] {
-            try f.records.addPatient(externalId: p)
-            try f.records.putRecord(patient: p, recordId: "obs", content: observation(p))
-        }
+        try f.addPatientsWithObservation(["Patient/a", "Patient/b", "Patient/c"])
         let other = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
         let reader = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
         try other.erase(patient: "Patient/a")  // generation 2; `f.records` and `reader` still hold 1
@@ -356,10 +368,8 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         for p in ["Patient/b", "Patient/d"] {
             #expect(try fresh.read(patient: p, recordId: "obs", as: .custodian("c")).content == observation(p))
         }
-        var options = VerificationOptions()
-        options.masterKey = try MasterKeyFile(path: f.keyPath)
-        let report = try f.ledger.verify(options)
-        #expect(report.problems.isEmpty, "\(report.problems)")
+        let problems = try f.verificationProblems()
+        #expect(problems.isEmpty, "\(problems)")
     }
 
     /// An erasure whose write is retried (the map grew) draws a new key for its generation; an
@@ -367,10 +377,7 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
     /// committed, and neither its reads nor its writes use it.
     @Test func aRetriedErasureWriteRotatesOnceAndOthersFollow() throws {
         let f = try PatientFixture("erasure-retry")
-        for p in ["Patient/a", "Patient/b"] {
-            try f.records.addPatient(externalId: p)
-            try f.records.putRecord(patient: p, recordId: "obs", content: observation(p))
-        }
+        try f.addPatientsWithObservation(["Patient/a", "Patient/b"])
         let reader = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
         let writer = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
         var firstAttemptKey: [UInt8]?
@@ -385,27 +392,22 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         #expect(f.ledger.environment.mapSize > mapBefore)
         let committed = try #require(try MasterKeyFile(path: f.keyPath).key(generation: 2)?.withUnsafeBytes { Array($0) })
         #expect(firstAttemptKey != nil && firstAttemptKey != committed)
-        #expect(try String(contentsOfFile: f.keyPath, encoding: .utf8).split(separator: "\n").count == 3)
+        #expect(try f.keyFileLineCount() == 3)
 
         try writer.addPatient(externalId: "Patient/c")
         try writer.putRecord(patient: "Patient/c", recordId: "obs", content: observation("Patient/c"))
         for p in ["Patient/b", "Patient/c"] {
             #expect(try reader.read(patient: p, recordId: "obs", as: .custodian("c")).content == observation(p))
         }
-        var options = VerificationOptions()
-        options.masterKey = try MasterKeyFile(path: f.keyPath)
-        let report = try f.ledger.verify(options)
-        #expect(report.problems.isEmpty, "\(report.problems)")
+        let problems = try f.verificationProblems()
+        #expect(problems.isEmpty, "\(problems)")
     }
 
     /// An erasure whose key file cannot be rewritten after its commit says so: the old
     /// generation is still in the file until a read-write open settles it.
     @Test func anUnsettledKeyFileIsReportedAndSettledOnOpen() throws {
         let f = try PatientFixture("unsettled")
-        for p in ["Patient/a", "Patient/b"] {
-            try f.records.addPatient(externalId: p)
-            try f.records.putRecord(patient: p, recordId: "obs", content: observation(p))
-        }
+        try f.addPatientsWithObservation(["Patient/a", "Patient/b"])
         let blocker = f.keyPath + ".tmp"
         defer { try? FileManager.default.removeItem(atPath: blocker) }
         // Once the rotation's file is written, a directory where the next rewrite writes its
@@ -413,10 +415,10 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         f.records.duringErasureWrite = { _ in try FileManager.default.createDirectory(atPath: blocker, withIntermediateDirectories: false) }
         let report = try f.records.erase(patient: "Patient/a")
         #expect(report.masterKeyGeneration == 2 && !report.masterKeyFileSettled)
-        #expect(try String(contentsOfFile: f.keyPath, encoding: .utf8).split(separator: "\n").count == 4)
+        #expect(try f.keyFileLineCount() == 4)
         try FileManager.default.removeItem(atPath: blocker)
         let reopened = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
-        #expect(try String(contentsOfFile: f.keyPath, encoding: .utf8).split(separator: "\n").count == 3)
+        #expect(try f.keyFileLineCount() == 3)
         #expect(reopened.masterKey.generation == 2 && reopened.masterKey.previousGeneration == nil)
         #expect(try reopened.read(patient: "Patient/b", recordId: "obs", as: .custodian("c")).content == observation("Patient/b"))
     }
@@ -425,10 +427,7 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
     /// again (a read that needs it reports the refusal), and the instance keeps what it held.
     @Test func aReplacedKeyFileOfAnotherLedgerIsRefused() throws {
         let f = try PatientFixture("replaced-key")
-        for p in ["Patient/r", "Patient/s"] {
-            try f.records.addPatient(externalId: p)
-            try f.records.putRecord(patient: p, recordId: "obs", content: observation(p))
-        }
+        try f.addPatientsWithObservation(["Patient/r", "Patient/s"])
         let other = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
         try other.erase(patient: "Patient/s")  // generation 2, which `f.records` has not read
         let stranger = f.directory + ".stranger.key"
@@ -790,10 +789,8 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
             }
         }
         #expect(folds >= 3)
-        var options = VerificationOptions()
-        options.masterKey = try MasterKeyFile(path: f.keyPath)
-        let report = try f.ledger.verify(options)
-        #expect(report.problems.isEmpty, "\(report.problems)")
+        let problems = try f.verificationProblems()
+        #expect(problems.isEmpty, "\(problems)")
     }
 
     /// A batch large enough to be read on two threads gives each request its own result and
