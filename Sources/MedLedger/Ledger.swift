@@ -497,6 +497,37 @@ public final class Ledger: @unchecked Sendable {
         }
     }
 
+    /// One proof of what each of `keys` maps to (or that it is absent) in the map after `size`
+    /// entries (the current size when `nil`), sharing the sibling hashes of their paths, with
+    /// the map root it proves against. Duplicate keys are proven once.
+    /// - Throws: ``LedgerError`` `.invalidArgument` for no key or more than
+    ///   ``SparseMultiProof/maxKeys``, `.notFound` for a size with no map version.
+    public func keyProofs(keys: [String], size: UInt64? = nil) throws -> (proof: SparseMultiProof, mapRoot: Hash, treeSize: UInt64) {
+        guard !keys.isEmpty else { throw LedgerError(.invalidArgument, "a multi-key proof needs at least one key") }
+        guard keys.count <= SparseMultiProof.maxKeys else {
+            throw LedgerError(.invalidArgument, "a multi-key proof covers at most \(SparseMultiProof.maxKeys) keys")
+        }
+        let hashes = keys.map { SHA256.hash(utf8: $0) }
+        return try Self.storage {
+            try store.read { reader in
+                let n = size ?? reader.treeSize
+                guard n <= reader.treeSize else { throw LedgerError(.notFound, "size \(n) exceeds tree size \(reader.treeSize)") }
+                if n == 0 {
+                    // The empty map: every key's search ends at the root, EMPTY.
+                    let sorted = Array(Set(hashes)).sorted()
+                    let proof = SparseMultiProof(keyHashes: sorted, values: sorted.map { _ in nil }, nodes: [.empty])
+                    return (proof, SparseHash.empty, 0)
+                }
+                let view = LMDBSparseStore.View(reader.view, store: sparse)
+                guard try view.root(version: n) != nil else {
+                    throw LedgerError(.notFound, "no map version at tree size \(n) (versions exist where appends committed)")
+                }
+                let proof = try SparseMerkleTree.multiProof(keyHashes: hashes, version: n, reader: view)
+                return (proof, try mapRoot(view: reader.view, size: n), n)
+            }
+        }
+    }
+
     /// The signed checkpoint note of the current state. Ed25519 signatures are deterministic,
     /// so the same size always yields the same note.
     /// - Throws: ``LedgerError`` `.keyFile` when the ledger was opened read-only.

@@ -22,6 +22,35 @@ public enum ProofDocument: Sendable, Equatable {
     /// `{"type":"key","key":K,"key_hash":k,"tree_size":N,"map_root":R,"present":B,"value":V,
     /// "terminal":T,"siblings":[...]}`: `key` holds `value` (or is absent) in the map after N entries.
     case key(Key)
+    /// `{"type":"keys","tree_size":N,"map_root":R,"keys":[{"key":K,"key_hash":k,"present":B,
+    /// "value":V},...],"nodes":[...]}`: one proof for several keys (``SparseMultiProof``), the
+    /// keys in ascending key-hash order, each node `{"type":"interior"}`, `{"type":"empty"}`,
+    /// `{"type":"leaf","key_hash":k,"value_hash":v}` or `{"type":"sibling","hash":h}`.
+    case keys(Keys)
+
+    public struct Keys: Sendable, Equatable {
+        /// The keys as UTF-8 text, in the proof's order (ascending SHA-256).
+        public var keys: [String]
+        public var treeSize: UInt64
+        public var mapRoot: Hash
+        public var proof: SparseMultiProof
+        /// Takes `keys` in any order, with duplicates, and puts them in the proof's order.
+        /// - Throws: ``LedgerError`` `.invalidArgument` when the keys are not the proof's.
+        public init(keys: [String], treeSize: UInt64, mapRoot: Hash, proof: SparseMultiProof) throws {
+            var byHash: [Hash: String] = [:]
+            for key in keys { byHash[SHA256.hash(utf8: key)] = key }
+            guard byHash.count == proof.keyHashes.count else {
+                throw LedgerError(.invalidArgument, "\(byHash.count) distinct keys for a proof of \(proof.keyHashes.count)")
+            }
+            self.keys = try proof.keyHashes.map { h in
+                guard let key = byHash[h] else { throw LedgerError(.invalidArgument, "key hash \(h.hex) has no key") }
+                return key
+            }
+            self.treeSize = treeSize
+            self.mapRoot = mapRoot
+            self.proof = proof
+        }
+    }
 
     public struct Key: Sendable, Equatable {
         /// The key as UTF-8 text.
@@ -59,8 +88,9 @@ public enum ProofDocument: Sendable, Equatable {
         }
     }
 
-    /// Largest proof document accepted, in bytes.
-    public static let maxSize = 1 << 20
+    /// Largest proof document accepted, in bytes (a multi-key proof of 10,000 keys in a map
+    /// of a million takes about 9 MB).
+    public static let maxSize = 16 << 20
 
     private struct Wire: Codable {
         var type: String
@@ -80,6 +110,22 @@ public enum ProofDocument: Sendable, Equatable {
         var value: String?
         var terminal: TerminalWire?
         var siblings: [String]?
+        var keys: [KeyWire]?
+        var nodes: [NodeWire]?
+    }
+
+    private struct KeyWire: Codable {
+        var key: String
+        var key_hash: String
+        var present: Bool
+        var value: String?
+    }
+
+    private struct NodeWire: Codable {
+        var type: String
+        var key_hash: String?
+        var value_hash: String?
+        var hash: String?
     }
 
     private struct TerminalWire: Codable {
@@ -91,7 +137,7 @@ public enum ProofDocument: Sendable, Equatable {
     /// Parses a proof document.
     /// - Throws: ``LedgerError`` `.invalidArgument` with a message naming the bad field.
     public init(json: Data) throws {
-        guard json.count <= Self.maxSize else { throw LedgerError(.invalidArgument, "proof document larger than 1 MiB") }
+        guard json.count <= Self.maxSize else { throw LedgerError(.invalidArgument, "proof document larger than 16 MiB") }
         do { _ = try JSONCheck.check([UInt8](json), rejectingDuplicates: true) } catch {
             throw LedgerError(.invalidArgument, "proof is not valid JSON: \(error)")
         }
@@ -137,6 +183,10 @@ public enum ProofDocument: Sendable, Equatable {
                             proof: SparseProof(keyHash: keyHash, terminal: terminal, siblings: siblings, value: value)))
             return
         }
+        if wire.type == "keys" {
+            self = .keys(try Self.keys(wire, hash: hash, need: need))
+            return
+        }
         let hashTexts = try need(wire.hashes, "hashes")
         guard hashTexts.count <= 128 else { throw LedgerError(.invalidArgument, "proof has more than 128 hashes") }
         let hashes = try hashTexts.enumerated().map { try hash($0.element, "hashes[\($0.offset)]") }
@@ -154,6 +204,44 @@ public enum ProofDocument: Sendable, Equatable {
         default:
             throw LedgerError(.invalidArgument, "unknown proof type")
         }
+    }
+
+    private static func keys(_ wire: Wire, hash: (String?, String) throws -> Hash,
+                             need: (UInt64?, String) throws -> UInt64) throws -> Keys {
+        guard let keyWires = wire.keys else { throw LedgerError(.invalidArgument, "proof lacks keys") }
+        guard let nodeWires = wire.nodes else { throw LedgerError(.invalidArgument, "proof lacks nodes") }
+        guard !keyWires.isEmpty else { throw LedgerError(.invalidArgument, "multi-key proof has no keys") }
+        guard keyWires.count <= SparseMultiProof.maxKeys else {
+            throw LedgerError(.invalidArgument, "multi-key proof has more than \(SparseMultiProof.maxKeys) keys")
+        }
+        var keyHashes: [Hash] = [], values: [[UInt8]?] = []
+        for (i, k) in keyWires.enumerated() {
+            let keyHash = try hash(k.key_hash, "keys[\(i)].key_hash")
+            guard keyHash == SHA256.hash(utf8: k.key) else { throw LedgerError(.invalidArgument, "keys[\(i)].key_hash is not SHA-256 of its key") }
+            keyHashes.append(keyHash)
+            if k.present {
+                guard let text = k.value else { throw LedgerError(.invalidArgument, "proof lacks keys[\(i)].value") }
+                guard let v = Hex.decode(text) else { throw LedgerError(.invalidArgument, "keys[\(i)].value is not hex") }
+                values.append(v)
+            } else {
+                guard k.value == nil else { throw LedgerError(.invalidArgument, "keys[\(i)] is absent but carries a value") }
+                values.append(nil)
+            }
+        }
+        let nodes = try nodeWires.enumerated().map { i, node -> SparseMultiProof.Node in
+            let fields = (node.key_hash != nil, node.value_hash != nil, node.hash != nil)
+            switch node.type {
+            case "interior" where fields == (false, false, false): return .interior
+            case "empty" where fields == (false, false, false): return .empty
+            case "leaf" where !fields.2:
+                return .leaf(keyHash: try hash(node.key_hash, "nodes[\(i)].key_hash"), valueHash: try hash(node.value_hash, "nodes[\(i)].value_hash"))
+            case "sibling" where !fields.0 && !fields.1: return .sibling(try hash(node.hash, "nodes[\(i)].hash"))
+            default: throw LedgerError(.invalidArgument, "nodes[\(i)] is not an interior, empty, leaf or sibling node")
+            }
+        }
+        let proof = SparseMultiProof(keyHashes: keyHashes, values: values, nodes: nodes)
+        return try Keys(keys: keyWires.map(\.key), treeSize: try need(wire.tree_size, "tree_size"),
+                        mapRoot: try hash(wire.map_root, "map_root"), proof: proof)
     }
 
     private static func describe(_ error: any Error) -> String {
@@ -186,6 +274,20 @@ public enum ProofDocument: Sendable, Equatable {
             wire = Wire(type: "key", tree_size: k.treeSize, key: k.key, key_hash: k.proof.keyHash.hex, map_root: k.mapRoot.hex,
                         present: k.proof.isInclusion, value: k.proof.value.map { Hex.encode($0) }, terminal: terminal,
                         siblings: k.proof.siblings.map { $0 == SparseHash.empty ? "" : $0.hex })
+        case .keys(let k):
+            let keys = k.keys.indices.map { i in
+                KeyWire(key: k.keys[i], key_hash: k.proof.keyHashes[i].hex, present: k.proof.values[i] != nil,
+                        value: k.proof.values[i].map { Hex.encode($0) })
+            }
+            let nodes = k.proof.nodes.map { node -> NodeWire in
+                switch node {
+                case .interior: return NodeWire(type: "interior")
+                case .empty: return NodeWire(type: "empty")
+                case .leaf(let kh, let vh): return NodeWire(type: "leaf", key_hash: kh.hex, value_hash: vh.hex)
+                case .sibling(let h): return NodeWire(type: "sibling", hash: h.hex)
+                }
+            }
+            wire = Wire(type: "keys", tree_size: k.treeSize, map_root: k.mapRoot.hex, keys: keys, nodes: nodes)
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
@@ -201,6 +303,10 @@ public enum ProofDocument: Sendable, Equatable {
         case .key(let k):
             do { try k.proof.verify(root: k.mapRoot) } catch let error as SparseMerkleError {
                 throw MerkleLogError(.verificationFailed, "key proof: \(error.message)")
+            }
+        case .keys(let k):
+            do { try k.proof.verify(root: k.mapRoot) } catch let error as SparseMerkleError {
+                throw MerkleLogError(.verificationFailed, error.message)
             }
         }
     }
@@ -223,6 +329,10 @@ public enum ProofDocument: Sendable, Equatable {
         case .key(let k):
             guard k.treeSize == checkpoint.size, let mapRoot = checkpoint.mapRoot, mapRoot == k.mapRoot else {
                 throw MerkleLogError(.verificationFailed, "key proof is not for the checkpoint's map")
+            }
+        case .keys(let k):
+            guard k.treeSize == checkpoint.size, let mapRoot = checkpoint.mapRoot, mapRoot == k.mapRoot else {
+                throw MerkleLogError(.verificationFailed, "multi-key proof is not for the checkpoint's map")
             }
         }
     }

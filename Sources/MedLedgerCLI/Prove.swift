@@ -12,18 +12,40 @@ struct Prove: ParsableCommand {
     struct KeyCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "key",
-            abstract: "Prove what --key maps to (or that it is absent) in the key map after --size entries.")
+            abstract: "Prove what --key maps to (or that it is absent) in the key map after --size entries.",
+            discussion: """
+            One key prints {"type":"key",...}; several (--key repeated, or --keys-from a file of \
+            one key per line) print one multi-key proof, {"type":"keys",...}, whose shared \
+            sibling hashes appear once.
+            """)
 
         @OptionGroup var location: LedgerLocation
-        @Option(help: "The key (UTF-8).") var key: String
+        @Option(help: "The key (UTF-8); repeat for a multi-key proof.") var key: [String] = []
+        @Option(help: "A file of keys, one per line, for a multi-key proof ('-' for stdin).") var keysFrom: String?
         @Option(help: "The tree size; a size where an append committed (default: the current size).") var size: UInt64?
 
+        func validate() throws {
+            if key.isEmpty && keysFrom == nil { throw ValidationError("give --key or --keys-from") }
+        }
+
         func run() throws {
+            var keys = key
+            if let keysFrom {
+                let text = try readInput(keysFrom, limit: ProofDocument.maxSize)
+                guard let lines = String(data: text, encoding: .utf8) else { throw CLIError(.usage, "\(keysFrom) is not UTF-8") }
+                keys += lines.split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
+            }
             var options = Ledger.Options()
             options.readOnly = true
             let ledger = try Ledger(path: location.directory, options: options)
-            let (proof, mapRoot, treeSize) = try ledger.keyProof(key: key, size: size)
-            let document = ProofDocument.key(.init(key: key, treeSize: treeSize, mapRoot: mapRoot, proof: proof))
+            let document: ProofDocument
+            if keys.count == 1 && keysFrom == nil {
+                let (proof, mapRoot, treeSize) = try ledger.keyProof(key: keys[0], size: size)
+                document = .key(.init(key: keys[0], treeSize: treeSize, mapRoot: mapRoot, proof: proof))
+            } else {
+                let (proof, mapRoot, treeSize) = try ledger.keyProofs(keys: keys, size: size)
+                document = .keys(try .init(keys: keys, treeSize: treeSize, mapRoot: mapRoot, proof: proof))
+            }
             writeStdout(try document.jsonData() + Data("\n".utf8))
         }
     }
@@ -188,6 +210,11 @@ struct VerifyProof: ParsableCommand {
             out["key"] = k.key
             out["tree_size"] = k.treeSize
             out["present"] = k.proof.isInclusion
+        case .keys(let k):
+            out["type"] = "keys"
+            out["tree_size"] = k.treeSize
+            out["keys"] = k.keys.count
+            out["present"] = k.proof.values.filter { $0 != nil }.count
         }
         if checkpointed { out["checkpoint_verified"] = true }
         if let error { out["error"] = error }

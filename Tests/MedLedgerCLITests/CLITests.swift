@@ -280,6 +280,29 @@ func independentInclusionRoot(index: UInt64, size: UInt64, leaf: Hash, path: [Ha
         #expect(try CLI.run(["verify-proof", "--checkpoint", work + "/cp.txt", "--key", key], stdin: older.stdout).status == 1)
         #expect(try CLI.run(["prove", "key", dir, "--key", "record/6", "--size", "1499"]).status == 3)
 
+        // Several keys: one multi-key proof, verified offline and against the checkpoint.
+        let multi = try CLI.run(["prove", "key", dir, "--key", "record/6", "--key", "record/5", "--key", "nobody"])
+        let multiJSON = try multi.json()
+        #expect(multiJSON["type"] as? String == "keys")
+        let multiKeys = multiJSON["keys"] as? [[String: Any]] ?? []
+        #expect(Set(multiKeys.compactMap { $0["key"] as? String }) == ["record/6", "record/5", "nobody"])
+        #expect(multiKeys.first { $0["key"] as? String == "record/6" }?["present"] as? Bool == true)
+        let multiCheck = try CLI.run(["verify-proof", "--checkpoint", work + "/cp.txt", "--key", key], stdin: multi.stdout)
+        #expect(multiCheck.status == 0)
+        #expect(try multiCheck.json()["keys"] as? Int == 3 && multiCheck.json()["present"] as? Int == 1)
+        try "record/6\nrecord/5\nnobody\n".write(toFile: work + "/keys.txt", atomically: true, encoding: .utf8)
+        #expect(try CLI.run(["prove", "key", dir, "--keys-from", work + "/keys.txt"]).stdout == multi.stdout)
+        let claimed = multi.text.replacingOccurrences(of: "\"present\":false", with: "\"present\":true,\"value\":\"00\"")
+        #expect(claimed != multi.text)
+        #expect(try CLI.run(["verify-proof"], stdin: Data(claimed.utf8)).status == 1)
+        if let node = (multiJSON["nodes"] as? [[String: Any]])?.compactMap({ $0["hash"] as? String }).first(where: { $0 != String(repeating: "0", count: 64) }) {
+            let changed = multi.text.replacingOccurrences(of: node, with: String(node.reversed()))
+            #expect(try CLI.run(["verify-proof"], stdin: Data(changed.utf8)).status == 1)
+        } else {
+            Issue.record("the multi-key proof has no sibling hash")
+        }
+        #expect(try CLI.run(["prove", "key", dir]).status == 2, "no key given")
+
         let rebuilt = try CLI.run(["rebuild-index", dir])
         #expect(rebuilt.status == 0)
         #expect(try rebuilt.json()["mismatches"] as? [Int] == [])

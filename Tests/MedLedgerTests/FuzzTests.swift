@@ -79,7 +79,7 @@ import TestSupport
     }
 
     @Test func proofDocuments() throws {
-        let seeds = try ["inclusion.json", "consistency.json", "key-present.json", "key-absent.json"].map(Self.seed)
+        let seeds = try ["inclusion.json", "consistency.json", "key-present.json", "key-absent.json", "keys.json"].map(Self.seed)
         Self.fuzz("proof JSON", seeds: seeds) { input in
             do {
                 let document = try ProofDocument(json: Data(input))
@@ -104,6 +104,24 @@ import TestSupport
                 let proof = try SparseProof(decoding: input)
                 #expect(proof.encoded() == input, "a binary key proof parsed from bytes it would not write")
                 _ = try? proof.verify(root: .zero)
+                return true
+            } catch is SparseMerkleError { return false } catch {
+                Issue.record("untyped error \(error)")
+                return false
+            }
+        }
+    }
+
+    @Test func binaryMultiKeyProofsRoundTripOrFail() throws {
+        guard case .keys(let keys) = try ProofDocument(json: Data(try Self.seed("keys.json"))) else {
+            throw LedgerError(.invalidArgument, "keys.json")
+        }
+        try keys.proof.verify(root: keys.mapRoot)
+        Self.fuzz("binary multi-key proof", seeds: [keys.proof.encoded()]) { input in
+            do {
+                let proof = try SparseMultiProof(decoding: input)
+                #expect(proof.encoded() == input, "a binary multi-key proof parsed from bytes it would not write")
+                _ = try? proof.verify(root: keys.mapRoot)
                 return true
             } catch is SparseMerkleError { return false } catch {
                 Issue.record("untyped error \(error)")

@@ -146,6 +146,33 @@ func scratchOptions() -> Ledger.Options {
                 #expect(!proof.isInclusion, "\(key) is absent")
             }
         }
+        // One multi-key proof for present and absent keys (a duplicate among them) says the
+        // same as the single proofs, survives JSON, and is anchored in the checkpoint.
+        let asked = (0..<32).map { "patient/\($0)" } + ["nobody", "patient/3"]
+        let (multi, multiRoot, multiSize) = try ledger.keyProofs(keys: asked)
+        #expect(multi.keyHashes.count == 33 && multiRoot == checkpoint.mapRoot && multiSize == checkpoint.size)
+        let keysDocument = ProofDocument.keys(try .init(keys: asked, treeSize: multiSize, mapRoot: multiRoot, proof: multi))
+        try keysDocument.verify(against: checkpoint)
+        #expect(try ProofDocument(json: try keysDocument.jsonData()) == keysDocument)
+        for key in asked {
+            #expect(multi.value(of: SHA256.hash(utf8: key)) == .some(try ledger.keyProof(key: key).proof.value), "\(key)")
+        }
+        if case .keys(let parsed) = try ProofDocument(json: try keysDocument.jsonData()) {
+            #expect(parsed.keys == parsed.proof.keyHashes.map { h in asked.first { SHA256.hash(utf8: $0) == h }! })
+        }
+        #expect(throws: LedgerError(.invalidArgument, "")) { try ledger.keyProofs(keys: []) }
+        #expect(throws: LedgerError(.invalidArgument, "")) {
+            try ProofDocument.Keys(keys: ["other"], treeSize: multiSize, mapRoot: multiRoot, proof: multi)
+        }
+        // At an earlier committed size it proves that size's map, not the checkpoint's.
+        if let early = sizes.first, early < checkpoint.size {
+            let (old, oldRoot, _) = try ledger.keyProofs(keys: asked, size: early)
+            try old.verify(root: oldRoot)
+            #expect(oldRoot == replayed[early])
+            let oldDocument = ProofDocument.keys(try .init(keys: asked, treeSize: early, mapRoot: oldRoot, proof: old))
+            #expect(throws: MerkleLogError.self) { try oldDocument.verify(against: checkpoint) }
+        }
+
         // Rebuilding from the log reproduces every root.
         let report = try ledger.rebuildIndex()
         #expect(report.mismatches.isEmpty && report.versions == sizes.count && report.mapRoot == checkpoint.mapRoot)

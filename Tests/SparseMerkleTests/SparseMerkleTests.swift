@@ -53,6 +53,7 @@ protocol SparseWriterBox {
     func proof(_ k: Hash, version: UInt64) throws -> SparseProof
     func value(_ k: Hash, version: UInt64) throws -> [UInt8]?
     func prune(before: UInt64) throws -> Int
+    func multiProof(_ keys: [Hash], version: UInt64) throws -> SparseMultiProof
 }
 
 struct MemoryBox: SparseWriterBox {
