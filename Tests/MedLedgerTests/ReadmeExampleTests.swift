@@ -29,10 +29,16 @@ import MerkleLog
     let (keyProof, mapRoot, size) = try ledger.keyProof(key: "observation/42")
     try ProofDocument.key(.init(key: "observation/42", treeSize: size, mapRoot: mapRoot, proof: keyProof))
         .verify(against: checkpoint)
+    // Several keys in one proof, the siblings their paths share sent once.
+    let asked = ["observation/7", "observation/8", "observation/2001"]
+    let (keysProof, _, _) = try ledger.keyProofs(keys: asked)
+    try ProofDocument.keys(try .init(keys: asked, treeSize: size, mapRoot: mapRoot, proof: keysProof))
+        .verify(against: checkpoint)
     // --- README example ends ---
 
     #expect(checkpoint.size == 1000)
     #expect(keyProof.isInclusion)
+    #expect(asked.map { keysProof.value(of: SHA256.hash(utf8: $0)).map { $0 != nil } } == [true, true, false])
 
     let keyFile = directory + ".master.key"
     defer { try? FileManager.default.removeItem(atPath: keyFile) }
