@@ -141,8 +141,10 @@ public struct Hash: Sendable, Hashable, Comparable, CustomStringConvertible {
     /// Byte-wise (big-endian) order, the order of the hashes' hex strings.
     @inlinable
     public static func < (a: Hash, b: Hash) -> Bool {
-        let x = (a.words.0.byteSwapped, a.words.1.byteSwapped, a.words.2.byteSwapped, a.words.3.byteSwapped)
-        let y = (b.words.0.byteSwapped, b.words.1.byteSwapped, b.words.2.byteSwapped, b.words.3.byteSwapped)
+        // The words hold the bytes in memory order: read big-endian, they compare as the bytes do
+        // on any host.
+        let x = (UInt64(bigEndian: a.words.0), UInt64(bigEndian: a.words.1), UInt64(bigEndian: a.words.2), UInt64(bigEndian: a.words.3))
+        let y = (UInt64(bigEndian: b.words.0), UInt64(bigEndian: b.words.1), UInt64(bigEndian: b.words.2), UInt64(bigEndian: b.words.3))
         return x < y
     }
 }

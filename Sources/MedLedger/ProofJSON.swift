@@ -29,11 +29,12 @@ public enum ProofDocument: Sendable, Equatable {
     case keys(Keys)
 
     public struct Keys: Sendable, Equatable {
-        /// The keys as UTF-8 text, in the proof's order (ascending SHA-256).
-        public var keys: [String]
+        /// The keys as UTF-8 text, in the proof's order (ascending SHA-256). Set only by the
+        /// initializer, which checks them against the proof's key hashes.
+        public private(set) var keys: [String]
         public var treeSize: UInt64
         public var mapRoot: Hash
-        public var proof: SparseMultiProof
+        public private(set) var proof: SparseMultiProof
         /// Takes `keys` in any order, with duplicates, and puts them in the proof's order.
         /// - Throws: ``LedgerError`` `.invalidArgument` when the keys are not the proof's.
         public init(keys: [String], treeSize: UInt64, mapRoot: Hash, proof: SparseMultiProof) throws {
@@ -222,6 +223,9 @@ public enum ProofDocument: Sendable, Equatable {
             if k.present {
                 guard let text = k.value else { throw LedgerError(.invalidArgument, "proof lacks keys[\(i)].value") }
                 guard let v = Hex.decode(text) else { throw LedgerError(.invalidArgument, "keys[\(i)].value is not hex") }
+                guard v.count <= SparseMultiProof.maxValueLength else {
+                    throw LedgerError(.invalidArgument, "keys[\(i)].value is longer than 65,535 bytes")
+                }
                 values.append(v)
             } else {
                 guard k.value == nil else { throw LedgerError(.invalidArgument, "keys[\(i)] is absent but carries a value") }

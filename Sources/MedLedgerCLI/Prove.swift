@@ -32,8 +32,15 @@ struct Prove: ParsableCommand {
             var keys = key
             if let keysFrom {
                 let text = try readInput(keysFrom, limit: ProofDocument.maxSize)
-                guard let lines = String(data: text, encoding: .utf8) else { throw CLIError(.usage, "\(keysFrom) is not UTF-8") }
-                keys += lines.split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
+                // Split on the newline byte: as Characters, "\r\n" is one and would not split.
+                for var line in text.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true) {
+                    if line.last == UInt8(ascii: "\r") { line = line.dropLast() }
+                    guard !line.isEmpty else { continue }
+                    guard let key = String(validating: line, as: UTF8.self) else {
+                        throw CLIError(.usage, "\(keysFrom) is not UTF-8")
+                    }
+                    keys.append(key)
+                }
             }
             var options = Ledger.Options()
             options.readOnly = true

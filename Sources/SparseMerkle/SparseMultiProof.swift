@@ -59,6 +59,9 @@ public struct SparseMultiProof: Sendable, Equatable {
     /// Largest number of keys one proof covers: bounds what a decoder allocates.
     public static let maxKeys = 1 << 20
 
+    /// Largest value a proof carries, as the tree stores them.
+    public static let maxValueLength = Int(UInt16.max)
+
     /// Checks the proof against `root`: the keys are sorted and distinct, every present key's
     /// value hashes to the value hash of its own leaf, every absent key's search ends at
     /// `EMPTY` or at another key's leaf sharing its path, no node lies deeper than 256, every
@@ -69,6 +72,7 @@ public struct SparseMultiProof: Sendable, Equatable {
         guard !keyHashes.isEmpty else { throw fail("proves no key") }
         guard keyHashes.count <= Self.maxKeys else { throw fail("more than \(Self.maxKeys) keys") }
         guard values.count == keyHashes.count else { throw fail("\(values.count) values for \(keyHashes.count) keys") }
+        if let i = values.firstIndex(where: { ($0?.count ?? 0) > Int(UInt16.max) }) { throw fail("key \(i)'s value is longer than 65,535 bytes") }
         for i in 1..<keyHashes.count where !(keyHashes[i - 1] < keyHashes[i]) {
             throw fail("key hashes are not strictly ascending at \(i)")
         }
@@ -156,8 +160,10 @@ public struct SparseMultiProof: Sendable, Equatable {
         func u32(_ n: Int) { for shift in stride(from: 24, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: n >> shift)) } }
         u32(keyHashes.count)
         for k in keyHashes { out += k.bytes }
+        // A proof that would not verify (values and keys of different counts, a value over
+        // 65,535 bytes) still encodes without trapping; its bytes then fail to decode or verify.
         var bitmap = [UInt8](repeating: 0, count: (keyHashes.count + 7) / 8)
-        for (i, v) in values.enumerated() where v != nil { bitmap[i / 8] |= 0x80 >> UInt8(i % 8) }
+        for i in keyHashes.indices where i < values.count && values[i] != nil { bitmap[i / 8] |= 0x80 >> UInt8(i % 8) }
         out += bitmap
         u32(nodes.count)
         for node in nodes {
@@ -169,7 +175,12 @@ public struct SparseMultiProof: Sendable, Equatable {
             case .sibling(let h): out.append(4); out += h.bytes
             }
         }
-        for value in values { if let value { out.append(UInt8(value.count >> 8)); out.append(UInt8(value.count & 0xff)); out += value } }
+        for value in values.prefix(keyHashes.count) {
+            guard let value else { continue }
+            out.append(UInt8(truncatingIfNeeded: value.count >> 8))
+            out.append(UInt8(truncatingIfNeeded: value.count))
+            out += value
+        }
         return out
     }
 
@@ -197,7 +208,9 @@ public struct SparseMultiProof: Sendable, Equatable {
         let bitmap = Array(try take((n + 7) / 8))
         if n % 8 != 0, bitmap[bitmap.count - 1] & (0xff >> UInt8(n % 8)) != 0 { throw malformed("bitmap padding not zero") }
         let m = try u32()
-        // Each node takes at least one byte: a count beyond the bytes left is truncation.
+        // A proof has at most 256 interior nodes, 256 siblings and a terminal per key; and
+        // each node takes at least one byte, so a count beyond the bytes left is truncation.
+        guard m <= 513 * n else { throw malformed("more than 513 nodes per key") }
         guard m <= bytes.count - at else { throw malformed("truncated") }
         var nodes: [Node] = []
         nodes.reserveCapacity(m)

@@ -292,6 +292,8 @@ func independentInclusionRoot(index: UInt64, size: UInt64, leaf: Hash, path: [Ha
         #expect(try multiCheck.json()["keys"] as? Int == 3 && multiCheck.json()["present"] as? Int == 1)
         try "record/6\nrecord/5\nnobody\n".write(toFile: work + "/keys.txt", atomically: true, encoding: .utf8)
         #expect(try CLI.run(["prove", "key", dir, "--keys-from", work + "/keys.txt"]).stdout == multi.stdout)
+        try "record/6\r\nrecord/5\r\n\r\nnobody\r\n".write(toFile: work + "/keys-crlf.txt", atomically: true, encoding: .utf8)
+        #expect(try CLI.run(["prove", "key", dir, "--keys-from", work + "/keys-crlf.txt"]).stdout == multi.stdout, "CRLF lines")
         let claimed = multi.text.replacingOccurrences(of: "\"present\":false", with: "\"present\":true,\"value\":\"00\"")
         #expect(claimed != multi.text)
         #expect(try CLI.run(["verify-proof"], stdin: Data(claimed.utf8)).status == 1)

@@ -340,5 +340,43 @@ func scratchOptions() -> Ledger.Options {
             #expect(throws: LedgerError(.invalidArgument, ""), "\(bad)") { try ProofDocument(json: Data(bad.utf8)) }
         }
     }
-}
 
+    /// Multi-key proof JSON (`Tests/Corpus/keys.json`, written by `prove key` with four keys):
+    /// malformed documents are refused when parsed, wrong claims when verified.
+    @Test func multiKeyProofDocumentsRejectGarbageAndFalseClaims() throws {
+        let corpus = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Corpus/keys.json")
+        let text = try String(contentsOf: corpus, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let document = try ProofDocument(json: Data(text.utf8))
+        try document.verify()
+        guard case .keys(let keys) = document else { Issue.record("not a multi-key proof"); return }
+        #expect(keys.keys == ["alice", "carol", "nobody", "frank"])
+        let aliceHash = SHA256.hash(utf8: "alice").hex
+        let carolEntry = "{\"key\":\"carol\",\"key_hash\":\"\(SHA256.hash(utf8: "carol").hex)\",\"present\":false}"
+        let unparsable = [
+            text.replacingOccurrences(of: "\"key\":\"alice\"", with: "\"key\":\"alicia\""),   // key_hash no longer its key
+            text.replacingOccurrences(of: carolEntry, with: carolEntry.replacingOccurrences(of: "false}", with: "false,\"value\":\"00\"}")),
+            text.replacingOccurrences(of: carolEntry, with: carolEntry.replacingOccurrences(of: "false}", with: "true}")),
+            text.replacingOccurrences(of: "{\"type\":\"interior\"}", with: "{\"hash\":\"\(aliceHash)\",\"type\":\"interior\"}"),
+            text.replacingOccurrences(of: "{\"type\":\"interior\"}", with: "{\"type\":\"branch\"}"),
+            text.replacingOccurrences(of: "\"keys\":[", with: "\"keys\":[{\"key\":\"alice\",\"key_hash\":\"\(aliceHash)\",\"present\":false},"),
+            text.replacing(#/"keys":\[.*\],"map_root"/#, with: "\"keys\":[],\"map_root\""),
+            text.replacing(#/,"nodes":\[.*\]/#, with: ""),
+        ]
+        for bad in unparsable {
+            #expect(bad != text)
+            #expect(throws: LedgerError(.invalidArgument, ""), "\(bad)") { try ProofDocument(json: Data(bad.utf8)) }
+        }
+        // Parsed, but false: a value changed, an absent key claimed present.
+        let frankValue = Hex.encode(try #require(keys.proof.values[3]))
+        let falseClaims = [
+            text.replacingOccurrences(of: frankValue, with: String(frankValue.dropLast()) + (frankValue.hasSuffix("0") ? "1" : "0")),
+            text.replacingOccurrences(of: carolEntry, with: carolEntry.replacingOccurrences(of: "false}", with: "true,\"value\":\"00\"}")),
+        ]
+        for bad in falseClaims {
+            #expect(bad != text)
+            let parsed = try ProofDocument(json: Data(bad.utf8))
+            #expect(throws: MerkleLogError.self, "\(bad)") { try parsed.verify() }
+        }
+    }
+}

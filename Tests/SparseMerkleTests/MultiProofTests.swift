@@ -166,6 +166,18 @@ import LedgerCrypto
         #expect(expected.keys.allSatisfy { why in bads.contains { $0.0 == why } })
     }
 
+    @Test func overlongValuesAreRefusedAndEncodingNeverTraps() throws {
+        let k = keyHash("long")
+        let long = SparseMultiProof(keyHashes: [k], values: [[UInt8](repeating: 1, count: 65_536)],
+                                    nodes: [.leaf(keyHash: k, valueHash: SHA256.hash([UInt8](repeating: 1, count: 65_536)))])
+        let root = SparseHash.leaf(keyHash: k, valueHash: SHA256.hash([UInt8](repeating: 1, count: 65_536)))
+        let error = #expect(throws: SparseMerkleError.self) { try long.verify(root: root) }
+        #expect(error?.message.contains("65,535") == true)
+        #expect(throws: SparseMerkleError.self) { try SparseMultiProof(decoding: long.encoded()) }
+        let mismatched = SparseMultiProof(keyHashes: [k], values: [[1], [2]], nodes: [.empty])
+        #expect(throws: SparseMerkleError.self) { try SparseMultiProof(decoding: mismatched.encoded()).verify(root: .zero) }
+    }
+
     @Test func interiorNodesEndAtDepth256() throws {
         let k = keyHash("deep")
         // 256 interior nodes down k's path, then one more at depth 256.
@@ -197,10 +209,16 @@ import LedgerCrypto
         #expect(throws: SparseMerkleError(.malformed, "")) { try SparseMultiProof(decoding: bytes + [0]) }
         #expect(throws: SparseMerkleError(.malformed, "")) { try SparseMultiProof(decoding: [1] + bytes.dropFirst()) }
         #expect(throws: SparseMerkleError(.malformed, "")) { try SparseMultiProof(decoding: []) }
-        // No keys; a key count beyond the bytes; bitmap padding; an unknown tag; EMPTY under tag 4.
+        // No keys; more keys than allowed, or than the bytes hold; more nodes than keys allow,
+        // or than the bytes hold; bitmap padding; an unknown tag; EMPTY under tag 4.
         #expect(throws: SparseMerkleError(.malformed, "")) { try SparseMultiProof(decoding: [2, 0, 0, 0, 0, 0, 0, 0, 1, 1]) }
         #expect(throws: SparseMerkleError(.malformed, "")) { try SparseMultiProof(decoding: [2, 0xff, 0xff, 0xff, 0xff]) }
         let k = keyHash("one").bytes
+        #expect(throws: SparseMerkleError(.malformed, "")) { try SparseMultiProof(decoding: [2, 0, 0, 0, 2] + k + [0x00, 0, 0, 0, 1, 1]) }
+        #expect(throws: SparseMerkleError(.malformed, "")) {
+            try SparseMultiProof(decoding: [2, 0, 0, 0, 1] + k + [0x00, 0, 0, 0x02, 0x02] + [UInt8](repeating: 0, count: 514))
+        }
+        #expect(throws: SparseMerkleError(.malformed, "")) { try SparseMultiProof(decoding: [2, 0, 0, 0, 1] + k + [0x00, 0, 0, 0, 3, 0]) }
         #expect(try SparseMultiProof(decoding: [2, 0, 0, 0, 1] + k + [0x00, 0, 0, 0, 1, 1]).nodes == [.empty])
         #expect(throws: SparseMerkleError(.malformed, "")) { try SparseMultiProof(decoding: [2, 0, 0, 0, 1] + k + [0x40, 0, 0, 0, 1, 1]) }
         #expect(throws: SparseMerkleError(.malformed, "")) { try SparseMultiProof(decoding: [2, 0, 0, 0, 1] + k + [0x00, 0, 0, 0, 1, 5]) }
