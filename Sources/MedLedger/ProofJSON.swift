@@ -89,8 +89,9 @@ public enum ProofDocument: Sendable, Equatable {
         }
     }
 
-    /// Largest proof document accepted, in bytes (a multi-key proof of 10,000 keys in a map
-    /// of a million takes about 9 MB).
+    /// Largest proof document accepted, in bytes: room for multi-key proofs of thousands of
+    /// keys (in a map of a million keys, 100 keys took 526 bytes each in the binary form,
+    /// which JSON's hex roughly doubles).
     public static let maxSize = 16 << 20
 
     private struct Wire: Codable {
