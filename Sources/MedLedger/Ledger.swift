@@ -482,19 +482,10 @@ public final class Ledger: @unchecked Sendable {
     /// (the current size when `nil`), with the map root it proves against.
     public func keyProof(key: String, size: UInt64? = nil) throws -> (proof: SparseProof, mapRoot: Hash, treeSize: UInt64) {
         let k = SHA256.hash(utf8: key)
-        return try Self.storage {
-            try store.read { reader in
-                let n = size ?? reader.treeSize
-                guard n <= reader.treeSize else { throw LedgerError(.notFound, "size \(n) exceeds tree size \(reader.treeSize)") }
-                if n == 0 { return (SparseProof(keyHash: k, terminal: .empty, siblings: []), SparseHash.empty, 0) }
-                let view = LMDBSparseStore.View(reader.view, store: sparse)
-                guard try view.root(version: n) != nil else {
-                    throw LedgerError(.notFound, "no map version at tree size \(n) (versions exist where appends committed)")
-                }
-                let proof = try SparseMerkleTree.proof(keyHash: k, version: n, reader: view)
-                return (proof, try mapRoot(view: reader.view, size: n), n)
-            }
+        let (proof, mapRoot, n) = try atMapVersion(size: size, empty: { SparseProof(keyHash: k, terminal: .empty, siblings: []) }) {
+            try SparseMerkleTree.proof(keyHash: k, version: $1, reader: $0)
         }
+        return (proof, mapRoot, n)
     }
 
     /// One proof of what each of `keys` maps to (or that it is absent) in the map after `size`
@@ -508,22 +499,33 @@ public final class Ledger: @unchecked Sendable {
             throw LedgerError(.invalidArgument, "a multi-key proof covers at most \(SparseMultiProof.maxKeys) keys")
         }
         let hashes = keys.map { SHA256.hash(utf8: $0) }
-        return try Self.storage {
+        // The empty map: every key's search ends at the root, EMPTY.
+        let empty = {
+            let sorted = Array(Set(hashes)).sorted()
+            return SparseMultiProof(keyHashes: sorted, values: sorted.map { _ in nil }, nodes: [.empty])
+        }
+        let (proof, mapRoot, n) = try atMapVersion(size: size, empty: empty) {
+            try SparseMerkleTree.multiProof(keyHashes: hashes, version: $1, reader: $0)
+        }
+        return (proof, mapRoot, n)
+    }
+
+    /// Runs `prove` over the map version after `size` entries (the current size when `nil`) in
+    /// one read transaction, and returns its result with that version's map root and size; the
+    /// map after 0 entries, which has no stored version, is `empty()` under the root `EMPTY`.
+    /// - Throws: ``LedgerError`` `.notFound` for a size past the log or with no map version.
+    private func atMapVersion<R>(size: UInt64?, empty: () -> R,
+                                 _ prove: (LMDBSparseStore.View, UInt64) throws -> R) throws -> (R, Hash, UInt64) {
+        try Self.storage {
             try store.read { reader in
                 let n = size ?? reader.treeSize
                 guard n <= reader.treeSize else { throw LedgerError(.notFound, "size \(n) exceeds tree size \(reader.treeSize)") }
-                if n == 0 {
-                    // The empty map: every key's search ends at the root, EMPTY.
-                    let sorted = Array(Set(hashes)).sorted()
-                    let proof = SparseMultiProof(keyHashes: sorted, values: sorted.map { _ in nil }, nodes: [.empty])
-                    return (proof, SparseHash.empty, 0)
-                }
+                if n == 0 { return (empty(), SparseHash.empty, 0) }
                 let view = LMDBSparseStore.View(reader.view, store: sparse)
                 guard try view.root(version: n) != nil else {
                     throw LedgerError(.notFound, "no map version at tree size \(n) (versions exist where appends committed)")
                 }
-                let proof = try SparseMerkleTree.multiProof(keyHashes: hashes, version: n, reader: view)
-                return (proof, try mapRoot(view: reader.view, size: n), n)
+                return (try prove(view, n), try mapRoot(view: reader.view, size: n), n)
             }
         }
     }

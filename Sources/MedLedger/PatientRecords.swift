@@ -139,13 +139,22 @@ public final class PatientRecords: @unchecked Sendable {
             }
         }
         guard let (generation, sealedCheck) = check else { return }
-        // Read once more before refusing: the file may have been read just before another
-        // process's erasure committed (or during an attempt it then retried).
-        for attempt in 0..<2 {
-            if let key = try masterKey(generation: generation, reread: attempt > 0),
-               (try? AESGCM.open(sealedCheck, key: key, associatedData: Self.checkAAD(generation))) == Self.checkText { return }
+        guard try Self.keyOpening(sealedCheck, generation: generation, in: masterKey) != nil else {
+            throw LedgerError(.wrongMasterKey, "the master key file \(masterKey.path) does not belong to this ledger (or is an old generation)")
         }
-        throw LedgerError(.wrongMasterKey, "the master key file \(masterKey.path) does not belong to this ledger (or is an old generation)")
+    }
+
+    /// The key of `generation` in `file` that opens the ledger's key check `sealedCheck`, or
+    /// nil. The file is read once more before giving up: it may have been read just before
+    /// another process's erasure committed, or during an attempt that erasure then retried.
+    /// - Throws: ``LedgerError`` when the file cannot be read again or belongs to another ledger.
+    static func keyOpening(_ sealedCheck: [UInt8], generation: UInt64, in file: MasterKeyFile) throws -> SecureBytes? {
+        for attempt in 0..<2 {
+            if attempt > 0 { try file.reload() }
+            if let key = file.key(generation: generation),
+               (try? AESGCM.open(sealedCheck, key: key, associatedData: checkAAD(generation))) == checkText { return key }
+        }
+        return nil
     }
 
     /// Why no key of `generation` can be had: an older one was destroyed by an erasure that
@@ -267,12 +276,7 @@ public final class PatientRecords: @unchecked Sendable {
         guard let (generation, check) = try storedKeyCheck(view) else {
             throw LedgerError(.storage, "the ledger has no master key generation")
         }
-        for attempt in 0..<2 {
-            if let key = try masterKey(generation: generation, reread: attempt > 0),
-               (try? AESGCM.open(check, key: key, associatedData: Self.checkAAD(generation))) == Self.checkText {
-                return (generation, key)
-            }
-        }
+        if let key = try Self.keyOpening(check, generation: generation, in: masterKey) { return (generation, key) }
         throw LedgerError(.wrongMasterKey, "the master key file \(masterKey.path) holds no key that opens the ledger's key check of generation \(generation)")
     }
 

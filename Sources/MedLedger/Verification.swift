@@ -834,11 +834,7 @@ extension LedgerVerifier {
         }
         if let masterKey = options.masterKey, let generation, let check, generation.count == 8 {
             let g = generation.withUnsafeBytes { UInt64(bigEndianBytes: $0) } ?? 0
-            func opened() -> [UInt8]? { masterKey.key(generation: g).flatMap { try? AESGCM.open(check, key: $0, associatedData: PatientRecords.checkAAD(g)) } }
-            // A key file read before another process's erasure committed is read once more.
-            var checked = opened()
-            if checked != PatientRecords.checkText, (try? masterKey.reload()) != nil { checked = opened() }
-            if checked != PatientRecords.checkText {
+            if (try? PatientRecords.keyOpening(check, generation: g, in: masterKey)) == nil {
                 report.add(.patients, "pl.meta master.check", "does not open under the given master key (generation \(g))")
             }
         }

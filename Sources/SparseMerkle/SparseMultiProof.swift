@@ -262,13 +262,9 @@ extension SparseMerkleTree {
         guard keyHashes.count <= SparseMultiProof.maxKeys else {
             throw SparseMerkleError(.malformed, "a multi-key proof covers at most \(SparseMultiProof.maxKeys) keys")
         }
-        var keys = keyHashes.sorted()
-        var unique = 0
-        for k in keys where unique == 0 || keys[unique - 1] != k {
-            keys[unique] = k
-            unique += 1
-        }
-        keys.removeLast(keys.count - unique)
+        var keys: [Hash] = []
+        keys.reserveCapacity(keyHashes.count)
+        for k in keyHashes.sorted() where keys.last != k { keys.append(k) }
         return keys
     }
 }
