@@ -41,10 +41,11 @@ final class PatientFixture: @unchecked Sendable {
     }
 
     /// Registers `patients`, each with an `obs` record holding `observation(id)`.
-    func addPatientsWithObservation(_ patients: [String]) throws {
+    func addPatientsWithObservation(_ patients: [String], via instance: PatientRecords? = nil) throws {
+        let instance = instance ?? records
         for p in patients {
-            try records.addPatient(externalId: p)
-            try records.putRecord(patient: p, recordId: "obs", content: observation(p))
+            try instance.addPatient(externalId: p)
+            try instance.putRecord(patient: p, recordId: "obs", content: observation(p))
         }
     }
 
@@ -319,8 +320,7 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
 
         // `f.records` read the file at generation 1, which the erasure destroyed.
         #expect(try f.records.read(patient: "Patient/b", recordId: "obs", as: .custodian("c")).content == observation("Patient/b"))
-        try f.records.addPatient(externalId: "Patient/c")
-        try f.records.putRecord(patient: "Patient/c", recordId: "obs", content: observation("Patient/c"))
+        try f.addPatientsWithObservation(["Patient/c"])
         let batch = try f.records.readRecords([.init(patient: "Patient/b", recordId: "obs"), .init(patient: "Patient/c", recordId: "obs")],
                                               as: .custodian("c"))
         #expect(try batch.map { try $0.get().content } == [observation("Patient/b"), observation("Patient/c")])
@@ -360,8 +360,7 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         try other.erase(patient: "Patient/c")
         // A writer checks the key against the ledger's key check; a reader whose key does not
         // open reads the file again.
-        try f.records.addPatient(externalId: "Patient/d")
-        try f.records.putRecord(patient: "Patient/d", recordId: "obs", content: observation("Patient/d"))
+        try f.addPatientsWithObservation(["Patient/d"])
         #expect(try reader.read(patient: "Patient/b", recordId: "obs", as: .custodian("c")).content == observation("Patient/b"))
         let fresh = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
         #expect(fresh.masterKey.generation == 3)
@@ -394,8 +393,7 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         #expect(firstAttemptKey != nil && firstAttemptKey != committed)
         #expect(try f.keyFileLineCount() == 3)
 
-        try writer.addPatient(externalId: "Patient/c")
-        try writer.putRecord(patient: "Patient/c", recordId: "obs", content: observation("Patient/c"))
+        try f.addPatientsWithObservation(["Patient/c"], via: writer)
         for p in ["Patient/b", "Patient/c"] {
             #expect(try reader.read(patient: p, recordId: "obs", as: .custodian("c")).content == observation(p))
         }
