@@ -705,11 +705,36 @@ public final class PatientRecords: @unchecked Sendable {
         let time = clock()
         let tables = recordTables  // before the transactions: finding them may open them
         let encoder = AuditEncoder(action: "read", accessor: accessor, agent: agent, purpose: purpose, breakGlass: breakGlass, time: time)
+        let timings = Self.readTimings
+        let start = timings == nil ? 0 : DispatchTime.now().uptimeNanoseconds
         let (read, _) = try inSnapshot(requests.count) { view, range in
             try readPart(requests[range], view: view, tables: tables, accessor: accessor, encoder: encoder, breakGlass: breakGlass, time: time)
         }
-        try auditCommitter.record(read.map(\.row))
+        let rows = read.map(\.row)
+        let readDone = timings == nil ? 0 : DispatchTime.now().uptimeNanoseconds
+        try auditCommitter.record(rows)
+        if let timings {
+            timings.readNs = readDone - start
+            timings.auditNs = DispatchTime.now().uptimeNanoseconds - readDone
+        }
         return read.map(\.outcome)
+    }
+
+    /// Where the last ``readRecords(_:as:purpose:breakGlass:)`` on this task spent its time,
+    /// filled when ``readTimings`` is set; for benchmarks, which hold what reads cost against
+    /// what their audit costs.
+    @TaskLocal public static var readTimings: ReadTimings? = nil
+
+    /// Wall time of one batch read's two phases.
+    public final class ReadTimings: @unchecked Sendable {
+        // Sendable: written by the one call the task-local hands it to, read after it returns.
+        /// Nanoseconds from the call to its outcomes and audit rows being ready: lookups,
+        /// access checks, decryption and the encoding of the audit events.
+        public var readNs: UInt64 = 0
+        /// Nanoseconds from then until the audit entries were durable (the commit, or the
+        /// wait for a shared one).
+        public var auditNs: UInt64 = 0
+        public init() {}
     }
 
     /// Batches of at least this many requests (reads, puts) run on two threads.

@@ -487,6 +487,94 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         #expect(try auditEvents(f, p).contains { $0["action"] as? String == "list" && $0["agent"] as? String != nil })
     }
 
+    /// An export reads its records in one batch (one audit commit), writes each FHIR resource
+    /// as stored, and its verifier fails with the typed error, naming the part that failed.
+    @Test func exportWritesStoredResourcesAndNamesFailures() throws {
+        let f = try PatientFixture("export-written")
+        let p = "Patient/juno"
+        try f.addPatientsWithObservation([p], via: f.records)
+        // Stored as written: spacing, member order and a number's spelling survive the export.
+        let spelled = Array(#"{ "resourceType" : "Observation", "valueQuantity": {"value": 7.20, "unit": "mmol/L"}, "id": "o/1" }"#.utf8)
+        try f.records.putRecord(patient: p, recordId: "bp", content: observation("bp v1"))
+        try f.records.putRecord(patient: p, recordId: "bp", content: spelled)
+        // A member named twice: a put takes it, the export writes it parsed (the last wins).
+        let twice = Array(#"{"resourceType":"Observation","status":"preliminary","status":"final"}"#.utf8)
+        try f.records.putRecord(patient: p, recordId: "twice", content: twice)
+        try f.records.putRecord(patient: p, recordId: "note.txt", content: Array("plain \"text\"\n".utf8), mediaType: "text/plain; x=\"y\"")
+        let commitsBefore = f.records.auditCommitter.commits
+        let export = try f.records.export(patient: p, as: .custodian("c"))
+        // The list event, then the four reads in one commit.
+        #expect(f.records.auditCommitter.commits == commitsBefore + 2)
+        #expect(try auditEvents(f, p).filter { $0["action"] as? String == "read" }.count == 4)
+        let verifier = try NoteVerifier(parsing: f.verifierKey)
+        #expect(try PatientExport.verify(bundle: export.bundle, proof: export.proof, verifier: verifier) == 4)
+        #expect(export.bundle.range(of: Data(spelled)) != nil)
+        let bundleText = String(decoding: export.bundle, as: UTF8.self)
+        #expect(bundleText.contains(#""status":"final""#) && !bundleText.contains("preliminary"))
+        let bundle = try JSONSerialization.jsonObject(with: export.bundle) as! [String: Any]
+        let resources = (bundle["entry"] as! [[String: Any]]).map { $0["resource"] as! [String: Any] }
+        let binary = try #require(resources.first { $0["resourceType"] as? String == "Binary" })
+        #expect(binary["contentType"] as? String == "text/plain; x=\"y\"")
+        #expect(Base64.decode(binary["data"] as! String) == Array("plain \"text\"\n".utf8))
+        // Both documents are compact JSON with sorted keys at the levels the export writes.
+        let proof = try JSONSerialization.jsonObject(with: export.proof) as! [String: Any]
+        let proofText = String(decoding: export.proof, as: UTF8.self)
+        #expect(proofText.hasPrefix(#"{"checkpoint":""#) && proofText.contains(#"],"tree_size":"#)
+                && proofText.hasSuffix(#","type":"export","v":1}"#))
+        #expect(proofText.contains(#"{"box":""#) && proofText.contains(#"","entry":""#) && proofText.contains(#","key_proof":{"#))
+        #expect(bundleText.hasPrefix(#"{"entry":[{"fullUrl":"#) && bundleText.hasSuffix(#"}],"resourceType":"Bundle","type":"collection"}"#))
+
+        func failure(_ change: (inout [String: Any]) -> Void) throws -> String? {
+            var altered = proof
+            change(&altered)
+            do {
+                try PatientExport.verify(bundle: export.bundle, proof: try JSONSerialization.data(withJSONObject: altered), verifier: verifier)
+                return nil
+            } catch let error as MerkleLogError {
+                #expect(error.code == .verificationFailed)
+                return error.message
+            }
+        }
+        func item(_ i: Int, _ change: @escaping (inout [String: Any]) -> Void) -> (inout [String: Any]) -> Void {
+            { d in
+                var items = d["records"] as! [[String: Any]]
+                change(&items[i])
+                d["records"] = items
+            }
+        }
+        #expect(try failure { _ in } == nil)
+        for (why, change) in [
+            ("record 1: inclusion is not an object", item(1) { $0["inclusion"] = "x" }),
+            ("record 0: key_proof is not an object", item(0) { $0["key_proof"] = [1, 2] }),
+            ("record 2: key_proof: ", item(2) { $0["key_proof"] = ["type": "key"] }),
+            ("record 0: inclusion: ", item(0) { i in
+                var inclusion = i["inclusion"] as! [String: Any]
+                inclusion["tree_size"] = 1
+                i["inclusion"] = inclusion
+            }),
+            ("record 3: the entry is not the proven leaf", item(3) { $0["entry"] = Base64.encode([1, 2, 3]) }),
+            ("record 1: entry_index is not the proven index", item(1) { $0["entry_index"] = 0 }),
+        ] as [(String, (inout [String: Any]) -> Void)] {
+            let message = try failure(change)
+            #expect(message?.contains(why) == true, "expected a failure naming \"\(why)\", got \(message ?? "success")")
+        }
+    }
+
+    /// The benchmarks' split of a batch read's time: both phases are timed, and only while
+    /// the task-local is set.
+    @Test func batchReadTimingsSplitReadsFromTheirAudit() throws {
+        let f = try PatientFixture("read-timings")
+        try f.addPatientsWithObservation(["Patient/t"], via: f.records)
+        let request = PatientRecords.ReadRequest(patient: "Patient/t", recordId: "obs")
+        let phases = PatientRecords.ReadTimings()
+        _ = try f.records.readRecords([request], as: .custodian("c"))
+        #expect(phases.readNs == 0 && phases.auditNs == 0)
+        let read = try PatientRecords.$readTimings.withValue(phases) { try f.records.readRecords([request, request], as: .custodian("c")) }
+        #expect(read.count == 2 && read.allSatisfy { (try? $0.get()) != nil })
+        // The audit phase covers a durable commit, the read phase at least the lookups.
+        #expect(phases.readNs > 0 && phases.auditNs > 0)
+    }
+
     @Test func concurrentReadsShareAuditCommits() async throws {
         let f = try PatientFixture("groupcommit")
         try f.records.addPatient(externalId: "Patient/j")
