@@ -31,10 +31,13 @@ enum JSONCheck {
 
     /// Checks `bytes` as one JSON text.
     /// With `rejectingDuplicates`, an object naming a member twice is refused: parsers
-    /// disagree on which of the two wins, so a verifier must not accept it.
-    static func check(_ bytes: UnsafeRawBufferPointer, rejectingDuplicates: Bool = false) throws(Failure) -> Summary {
+    /// disagree on which of the two wins, so a verifier must not accept it. `maxDepth` is for
+    /// documents that embed stored records a few levels down (an export's Bundle).
+    static func check(_ bytes: UnsafeRawBufferPointer, rejectingDuplicates: Bool = false,
+                      maxDepth: Int = JSONCheck.maxDepth) throws(Failure) -> Summary {
         var parser = Parser(bytes: bytes)
         parser.rejectDuplicates = rejectingDuplicates
+        parser.maxDepth = maxDepth
         var summary = Summary()
         parser.skipSpace()
         try parser.value(depth: 0, summary: &summary)
@@ -44,10 +47,10 @@ enum JSONCheck {
     }
 
     /// Checks a byte array as one JSON text.
-    static func check(_ bytes: [UInt8], rejectingDuplicates: Bool = false) throws(Failure) -> Summary {
+    static func check(_ bytes: [UInt8], rejectingDuplicates: Bool = false, maxDepth: Int = JSONCheck.maxDepth) throws(Failure) -> Summary {
         // Array.withUnsafeBytes rethrows untyped; the body throws only Failure.
         do {
-            return try bytes.withUnsafeBytes { raw in try check(raw, rejectingDuplicates: rejectingDuplicates) }
+            return try bytes.withUnsafeBytes { raw in try check(raw, rejectingDuplicates: rejectingDuplicates, maxDepth: maxDepth) }
         } catch let failure as Failure {
             throw failure
         } catch {
@@ -59,6 +62,7 @@ enum JSONCheck {
         let bytes: UnsafeRawBufferPointer
         var at = 0
         var rejectDuplicates = false
+        var maxDepth = JSONCheck.maxDepth
 
         init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
 
@@ -89,7 +93,7 @@ enum JSONCheck {
 
         /// An object; at depth 1 it records the top-level `resourceType`.
         mutating func object(depth: Int, summary: inout Summary) throws(Failure) {
-            guard depth <= JSONCheck.maxDepth else { throw fail("nesting deeper than \(JSONCheck.maxDepth)") }
+            guard depth <= maxDepth else { throw fail("nesting deeper than \(maxDepth)") }
             if depth == 1 { summary.isObject = true }
             at += 1
             skipSpace()
@@ -136,7 +140,7 @@ enum JSONCheck {
         }
 
         mutating func array(depth: Int) throws(Failure) {
-            guard depth <= JSONCheck.maxDepth else { throw fail("nesting deeper than \(JSONCheck.maxDepth)") }
+            guard depth <= maxDepth else { throw fail("nesting deeper than \(maxDepth)") }
             at += 1
             skipSpace()
             if at < bytes.count && bytes[at] == UInt8(ascii: "]") { at += 1; return }
@@ -199,9 +203,18 @@ enum JSONCheck {
                          UInt8(ascii: "f"), UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
                         at += 1
                     case UInt8(ascii: "u"):
-                        guard at + 4 < bytes.count else { throw fail("truncated \\u escape") }
-                        for i in 1...4 where !isHexDigit(bytes[at + i]) { throw fail("bad \\u escape") }
-                        at += 5
+                        // A UTF-16 surrogate must come as a high-low pair: a lone one is no
+                        // character, and Foundation's parser (an export's verifier) refuses it.
+                        let unit = try escapedUnit()
+                        if unit >= 0xDC00 && unit <= 0xDFFF { throw fail("unpaired surrogate in a \\u escape") }
+                        if unit >= 0xD800 && unit <= 0xDBFF {
+                            guard at + 1 < bytes.count, bytes[at] == UInt8(ascii: "\\"), bytes[at + 1] == UInt8(ascii: "u") else {
+                                throw fail("unpaired surrogate in a \\u escape")
+                            }
+                            at += 1
+                            let low = try escapedUnit()
+                            guard low >= 0xDC00 && low <= 0xDFFF else { throw fail("unpaired surrogate in a \\u escape") }
+                        }
                     default:
                         throw fail("bad escape")
                     }
@@ -293,6 +306,19 @@ enum JSONCheck {
             guard s.escaped else { return String(decoding: raw, as: UTF8.self) }
             let literal = Data([UInt8(ascii: "["), UInt8(ascii: "\"")]) + Data(raw) + Data([UInt8(ascii: "\""), UInt8(ascii: "]")])
             return ((try? JSONSerialization.jsonObject(with: literal)) as? [String])?.first ?? ""
+        }
+
+        /// The code unit of the `\\u` escape whose `u` is at `at`; moves past its four digits.
+        mutating func escapedUnit() throws(Failure) -> UInt16 {
+            guard at + 4 < bytes.count else { throw fail("truncated \\u escape") }
+            var unit: UInt16 = 0
+            for i in 1...4 {
+                let b = bytes[at + i]
+                guard isHexDigit(b) else { throw fail("bad \\u escape") }
+                unit = unit << 4 | UInt16(isDigit(b) ? b - UInt8(ascii: "0") : (b | 0x20) - UInt8(ascii: "a") + 10)
+            }
+            at += 5
+            return unit
         }
 
         @inline(__always) func isDigit(_ b: UInt8) -> Bool { b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") }

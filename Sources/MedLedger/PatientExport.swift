@@ -25,9 +25,10 @@ public struct PatientExport: Sendable {
     @discardableResult
     public static func verify(bundle: Data, proof: Data, verifier: NoteVerifier) throws -> Int {
         func fail(_ why: String) -> MerkleLogError { MerkleLogError(.verificationFailed, "export: \(why)") }
-        // A member named twice could read differently to another verifier: refused.
-        for (name, document) in [("proof bundle", proof), ("Bundle", bundle)] {
-            do { _ = try JSONCheck.check([UInt8](document), rejectingDuplicates: true) } catch {
+        // A member named twice could read differently to another verifier: refused. The Bundle
+        // holds stored records three levels down (the Bundle, `entry`, the entry).
+        for (name, document, depth) in [("proof bundle", proof, JSONCheck.maxDepth), ("Bundle", bundle, JSONCheck.maxDepth + 3)] {
+            do { _ = try JSONCheck.check([UInt8](document), rejectingDuplicates: true, maxDepth: depth) } catch {
                 throw fail("the \(name) is not valid JSON with unique member names: \(error)")
             }
         }
@@ -107,16 +108,18 @@ public struct PatientExport: Sendable {
     /// Writes the Bundle resource of a record: its FHIR JSON as stored (a put checked it is an
     /// object), or a FHIR `Binary`. Stored JSON with a member named twice, which a put allows
     /// but an export's verifier refuses, is written as parsed instead (the last value wins).
+    /// - Throws: ``LedgerError`` `.storage` for FHIR JSON the verifier's parser cannot read
+    ///   (the export would not verify).
     static func writeResource(mediaType: String, content: [UInt8], into out: inout [UInt8]) throws {
         if PatientRecords.isFHIR(mediaType) {
-            if (try? JSONCheck.check(content, rejectingDuplicates: true)) != nil {
-                out += content
-                return
-            }
             guard let object = resourceObject(mediaType: mediaType, content: content) else {
                 throw LedgerError(.storage, "a stored FHIR record no longer parses")
             }
-            out += try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+            if (try? JSONCheck.check(content, rejectingDuplicates: true)) != nil {
+                out += content
+            } else {
+                out += try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+            }
             return
         }
         out += Array(#"{"contentType":"#.utf8)

@@ -706,6 +706,7 @@ public final class PatientRecords: @unchecked Sendable {
         let tables = recordTables  // before the transactions: finding them may open them
         let encoder = AuditEncoder(action: "read", accessor: accessor, agent: agent, purpose: purpose, breakGlass: breakGlass, time: time)
         let timings = Self.readTimings
+        if let timings { (timings.readNs, timings.auditNs) = (0, 0) }
         let start = timings == nil ? 0 : DispatchTime.now().uptimeNanoseconds
         let (read, _) = try inSnapshot(requests.count) { view, range in
             try readPart(requests[range], view: view, tables: tables, accessor: accessor, encoder: encoder, breakGlass: breakGlass, time: time)
@@ -725,7 +726,8 @@ public final class PatientRecords: @unchecked Sendable {
     /// what their audit costs.
     @TaskLocal public static var readTimings: ReadTimings? = nil
 
-    /// Wall time of one batch read's two phases.
+    /// Wall time of one batch read's two phases. Bind one to one call at a time: its fields
+    /// are plain, and zero when the call threw before the phase ended.
     public final class ReadTimings: @unchecked Sendable {
         // Sendable: written by the one call the task-local hands it to, read after it returns.
         /// Nanoseconds from the call to its outcomes and audit rows being ready: lookups,

@@ -40,6 +40,16 @@ import TestSupport
         for doc in bad {
             #expect(throws: JSONCheck.Failure.self, "\(String(decoding: doc, as: UTF8.self))") { try JSONCheck.check(doc) }
         }
+        // \u escapes of UTF-16 surrogates come in high-low pairs, as Foundation's parser wants.
+        for lone in [#"["\ud800"]"#, #"["\uDBFF x"]"#, #"["\udc00"]"#, #"["\ud800\u0041"]"#, #"["\ud800\ud800"]"#,
+                     #"["\ud800\"]"#, #"["a\uDFFF\uD800"]"#, #"{"\ud83d":1}"#] {
+            #expect(throws: JSONCheck.Failure.self, "\(lone)") { try JSONCheck.check(Array(lone.utf8)) }
+            #expect((try? JSONSerialization.jsonObject(with: Data(lone.utf8), options: .fragmentsAllowed)) == nil, "\(lone)")
+        }
+        for paired in [#"["\ud83d\ude00"]"#, #"["\uD800\uDC00 \uDBFF\uDFFF"]"#, #"{"\ud83d\ude00":"\u00e9\uffff"}"#] {
+            #expect((try? JSONCheck.check(Array(paired.utf8))) != nil, "\(paired)")
+            #expect((try? JSONSerialization.jsonObject(with: Data(paired.utf8))) != nil, "\(paired)")
+        }
         let deepButAllowed = Array(repeating: UInt8(ascii: "["), count: JSONCheck.maxDepth) + Array(repeating: UInt8(ascii: "]"), count: JSONCheck.maxDepth)
         #expect((try? JSONCheck.check(deepButAllowed)) != nil)
     }

@@ -501,13 +501,21 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         let twice = Array(#"{"resourceType":"Observation","status":"preliminary","status":"final"}"#.utf8)
         try f.records.putRecord(patient: p, recordId: "twice", content: twice)
         try f.records.putRecord(patient: p, recordId: "note.txt", content: Array("plain \"text\"\n".utf8), mediaType: "text/plain; x=\"y\"")
+        // A lone surrogate escape, which an export's verifier could not parse, is refused at the put.
+        #expect(throws: LedgerError(.invalidRecord, "")) {
+            try f.records.putRecord(patient: p, recordId: "lone", content: Array(#"{"resourceType":"Observation","x":"\ud800"}"#.utf8))
+        }
+        // Nested as deep as a put allows: the Bundle holds it three levels further down.
+        let deep = Array(#"{"resourceType":"Observation","x":"#.utf8) + Array(repeating: UInt8(ascii: "["), count: JSONCheck.maxDepth - 1)
+            + Array(repeating: UInt8(ascii: "]"), count: JSONCheck.maxDepth - 1) + Array("}".utf8)
+        try f.records.putRecord(patient: p, recordId: "deep", content: deep)
         let commitsBefore = f.records.auditCommitter.commits
         let export = try f.records.export(patient: p, as: .custodian("c"))
-        // The list event, then the four reads in one commit.
+        // The list event, then the five reads in one commit.
         #expect(f.records.auditCommitter.commits == commitsBefore + 2)
-        #expect(try auditEvents(f, p).filter { $0["action"] as? String == "read" }.count == 4)
+        #expect(try auditEvents(f, p).filter { $0["action"] as? String == "read" }.count == 5)
         let verifier = try NoteVerifier(parsing: f.verifierKey)
-        #expect(try PatientExport.verify(bundle: export.bundle, proof: export.proof, verifier: verifier) == 4)
+        #expect(try PatientExport.verify(bundle: export.bundle, proof: export.proof, verifier: verifier) == 5)
         #expect(export.bundle.range(of: Data(spelled)) != nil)
         let bundleText = String(decoding: export.bundle, as: UTF8.self)
         #expect(bundleText.contains(#""status":"final""#) && !bundleText.contains("preliminary"))
