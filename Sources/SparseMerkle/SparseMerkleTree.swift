@@ -58,15 +58,18 @@ public enum SparseMerkleTree {
         try applyChanges(changes, version: version, writer: writer, snapshot: Optional<LMDBSparseStore>.none)
     }
 
-    /// Applies `changes` as version `version`; a batch of at least 2,048 distinct keys under a
-    /// root page updates the root page's subtrees on two threads, each reading its own
-    /// snapshot of the committed tree from `snapshot`.
+    /// Applies `changes` as version `version`; a batch of at least ``parallelApplyThreshold``
+    /// distinct keys under a root page updates the root page's subtrees on two threads, each
+    /// reading its own snapshot of the committed tree from `snapshot`.
     @discardableResult
     public static func apply<W: SparseWriter, S: SparseSnapshotSource>(
         _ changes: [SparseChange], version: UInt64, writer: W, snapshot: S?
     ) throws -> SparseNode {
         try applyChanges(changes, version: version, writer: writer, snapshot: snapshot)
     }
+
+    /// Batches of at least this many distinct keys update the root page's subtrees on two threads.
+    static let parallelApplyThreshold = 512
 
     // Concrete entry points for the two stores: callers in other modules reach the generic
     // functions unspecialized (every page access through a witness table and runtime
@@ -230,7 +233,7 @@ public enum SparseMerkleTree {
         }
         let newRoot = try prepared.withUnsafeBufferPointer { changes -> NodeRef in
             if changes.isEmpty { return root }
-            if let snapshot, changes.count >= 2048, root.kind == .page {
+            if let snapshot, changes.count >= parallelApplyThreshold, root.kind == .page {
                 let (node, workers) = try updateRootInParallel(root, changes: changes, writer: writer, snapshot: snapshot, output: output)
                 outputs += workers
                 return node

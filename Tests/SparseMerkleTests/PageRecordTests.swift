@@ -155,6 +155,17 @@ func rewriteBatches(seed: UInt64, keys: Int, batches: Int, perBatch: Int) -> [[S
                     let c = try SparseMerkleTree.apply(changes, version: version, writer: memory)
                     #expect(a == b && b == c)
                 }
+                // Batches around the size from which an apply runs on two threads (a put batch).
+                let threshold = SparseMerkleTree.parallelApplyThreshold
+                for perBatch in [threshold - 1, threshold, threshold + 1] {
+                    for changes in rewriteBatches(seed: UInt64(perBatch), keys: 20_000, batches: 2, perBatch: perBatch) {
+                        version += UInt64(perBatch)
+                        let a = try parallel.write { try SparseMerkleTree.apply(changes, version: version, writer: $0, snapshot: parallel) }
+                        let b = try sequential.write { try SparseMerkleTree.apply(changes, version: version, writer: $0) }
+                        let c = try SparseMerkleTree.apply(changes, version: version, writer: memory)
+                        #expect(a == b && b == c)
+                    }
+                }
                 for db in [\LMDBSparseStore.pagesDatabase, \.rootsDatabase, \.staleDatabase] {
                     let left = try allRecords(parallel, parallel[keyPath: db]), right = try allRecords(sequential, sequential[keyPath: db])
                     #expect(left.count == right.count)
