@@ -188,40 +188,33 @@ public struct SparseMultiProof: Sendable, Equatable {
     /// under tag 4 when tag 3 means `EMPTY`, nonzero bitmap padding, more than ``maxKeys``
     /// keys, truncation and trailing bytes. Values are limited to 65,535 bytes by their length.
     public init(decoding bytes: [UInt8]) throws {
-        func malformed(_ why: String) -> SparseMerkleError { SparseMerkleError(.malformed, "binary multi-key proof: \(why)") }
-        var at = 0
-        func take(_ n: Int) throws -> ArraySlice<UInt8> {
-            guard n >= 0, n <= bytes.count - at else { throw malformed("truncated") }
-            defer { at += n }
-            return bytes[at..<(at + n)]
-        }
-        func u32() throws -> Int { try take(4).reduce(0) { $0 << 8 | Int($1) } }
-        func hash() throws -> Hash { Hash(try take(32))! }
-        guard try take(1).first == 2 else { throw malformed("not format 2") }
-        let n = try u32()
+        var reader = ProofBytesReader(bytes) { SparseMerkleError(.malformed, "binary multi-key proof: \($0)") }
+        let malformed = reader.malformed
+        guard try reader.byte() == 2 else { throw malformed("not format 2") }
+        let n = try reader.integer(width: 4)
         guard n >= 1 else { throw malformed("no keys") }
         guard n <= Self.maxKeys else { throw malformed("more than \(Self.maxKeys) keys") }
-        guard n * 32 <= bytes.count - at else { throw malformed("truncated") }
+        guard n * 32 <= reader.remaining else { throw malformed("truncated") }
         var keys: [Hash] = []
         keys.reserveCapacity(n)
-        for _ in 0..<n { keys.append(try hash()) }
-        let bitmap = Array(try take((n + 7) / 8))
+        for _ in 0..<n { keys.append(try reader.hash()) }
+        let bitmap = Array(try reader.take((n + 7) / 8))
         if n % 8 != 0, bitmap[bitmap.count - 1] & (0xff >> UInt8(n % 8)) != 0 { throw malformed("bitmap padding not zero") }
-        let m = try u32()
+        let m = try reader.integer(width: 4)
         // A proof has at most 256 interior nodes, 256 siblings and a terminal per key; and
         // each node takes at least one byte, so a count beyond the bytes left is truncation.
         guard m <= 513 * n else { throw malformed("more than 513 nodes per key") }
-        guard m <= bytes.count - at else { throw malformed("truncated") }
+        guard m <= reader.remaining else { throw malformed("truncated") }
         var nodes: [Node] = []
         nodes.reserveCapacity(m)
         for _ in 0..<m {
-            switch try take(1).first! {
+            switch try reader.byte() {
             case 0: nodes.append(.interior)
             case 1: nodes.append(.empty)
-            case 2: nodes.append(.leaf(keyHash: try hash(), valueHash: try hash()))
+            case 2: nodes.append(.leaf(keyHash: try reader.hash(), valueHash: try reader.hash()))
             case 3: nodes.append(.sibling(SparseHash.empty))
             case 4:
-                let h = try hash()
+                let h = try reader.hash()
                 guard h != SparseHash.empty else { throw malformed("EMPTY sibling under tag 4") }
                 nodes.append(.sibling(h))
             case let tag: throw malformed("unknown node tag \(tag)")
@@ -230,11 +223,9 @@ public struct SparseMultiProof: Sendable, Equatable {
         var values: [[UInt8]?] = []
         values.reserveCapacity(n)
         for i in 0..<n {
-            guard bitmap[i / 8] & (0x80 >> UInt8(i % 8)) != 0 else { values.append(nil); continue }
-            let length = try take(2)
-            values.append(Array(try take(Int(length.first!) << 8 | Int(length.last!))))
+            values.append(bitmap[i / 8] & (0x80 >> UInt8(i % 8)) != 0 ? try reader.value() : nil)
         }
-        guard at == bytes.count else { throw malformed("trailing bytes") }
+        try reader.finish()
         self.init(keyHashes: keys, values: values, nodes: nodes)
     }
 }

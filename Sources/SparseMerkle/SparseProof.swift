@@ -90,41 +90,65 @@ public struct SparseProof: Sendable, Equatable {
 
     /// Parses ``encoded()``, rejecting trailing bytes, depth over 256 and values over 64 KiB.
     public init(decoding bytes: [UInt8]) throws {
-        func malformed(_ why: String) -> SparseMerkleError { SparseMerkleError(.malformed, "binary key proof: \(why)") }
-        var at = 0
-        func take(_ n: Int) throws -> ArraySlice<UInt8> {
-            guard n >= 0, at + n <= bytes.count else { throw malformed("truncated") }
-            defer { at += n }
-            return bytes[at..<(at + n)]
-        }
-        guard try take(1).first == 1 else { throw malformed("unknown version") }
-        let flags = try take(1).first!
-        guard flags & ~3 == 0 else { throw malformed("unknown flags") }
-        let depthBytes = try take(2)
-        let d = Int(depthBytes.first!) << 8 | Int(depthBytes.last!)
-        guard d <= 256 else { throw malformed("depth over 256") }
-        let k = Hash(try take(32))!
+        var reader = ProofBytesReader(bytes) { SparseMerkleError(.malformed, "binary key proof: \($0)") }
+        guard try reader.byte() == 1 else { throw reader.malformed("unknown version") }
+        let flags = try reader.byte()
+        guard flags & ~3 == 0 else { throw reader.malformed("unknown flags") }
+        let d = try reader.integer(width: 2)
+        guard d <= 256 else { throw reader.malformed("depth over 256") }
+        let k = try reader.hash()
         var terminal = Terminal.empty
-        if flags & 2 != 0 { terminal = .leaf(keyHash: Hash(try take(32))!, valueHash: Hash(try take(32))!) }
-        let bitmap = Array(try take((d + 7) / 8))
+        if flags & 2 != 0 { terminal = .leaf(keyHash: try reader.hash(), valueHash: try reader.hash()) }
+        let bitmap = Array(try reader.take((d + 7) / 8))
         var siblings: [Hash] = []
         siblings.reserveCapacity(d)
         for i in 0..<d {
             if bitmap[i / 8] & (0x80 >> UInt8(i % 8)) != 0 {
-                let h = Hash(try take(32))!
-                guard h != SparseHash.empty else { throw malformed("EMPTY sibling marked present") }
+                let h = try reader.hash()
+                guard h != SparseHash.empty else { throw reader.malformed("EMPTY sibling marked present") }
                 siblings.append(h)
             } else {
                 siblings.append(SparseHash.empty)
             }
         }
-        if d % 8 != 0, let last = bitmap.last, last & (0xff >> UInt8(d % 8)) != 0 { throw malformed("bitmap padding not zero") }
-        var value: [UInt8]? = nil
-        if flags & 1 != 0 {
-            let lengthBytes = try take(2)
-            value = Array(try take(Int(lengthBytes.first!) << 8 | Int(lengthBytes.last!)))
-        }
-        guard at == bytes.count else { throw malformed("trailing bytes") }
+        if d % 8 != 0, let last = bitmap.last, last & (0xff >> UInt8(d % 8)) != 0 { throw reader.malformed("bitmap padding not zero") }
+        let value = flags & 1 != 0 ? try reader.value() : nil
+        try reader.finish()
         self.init(keyHash: k, terminal: terminal, siblings: siblings, value: value)
     }
+}
+
+/// Reads a binary proof front to back for both proof forms' parsers: a read past the end is
+/// `truncated`, and every refusal is worded by the parser's `malformed`.
+struct ProofBytesReader {
+    private let bytes: [UInt8]
+    private(set) var at = 0
+    let malformed: (String) -> SparseMerkleError
+
+    init(_ bytes: [UInt8], malformed: @escaping (String) -> SparseMerkleError) {
+        self.bytes = bytes
+        self.malformed = malformed
+    }
+
+    /// Bytes not read yet.
+    var remaining: Int { bytes.count - at }
+
+    mutating func take(_ n: Int) throws -> ArraySlice<UInt8> {
+        guard n >= 0, n <= remaining else { throw malformed("truncated") }
+        defer { at += n }
+        return bytes[at..<(at + n)]
+    }
+
+    mutating func byte() throws -> UInt8 { try take(1).first! }
+
+    /// A big-endian integer of `width` bytes.
+    mutating func integer(width: Int) throws -> Int { try take(width).reduce(0) { $0 << 8 | Int($1) } }
+
+    mutating func hash() throws -> Hash { Hash(try take(32))! }
+
+    /// A value written as u16 length and bytes.
+    mutating func value() throws -> [UInt8] { Array(try take(try integer(width: 2))) }
+
+    /// Refuses bytes after the proof.
+    func finish() throws { guard remaining == 0 else { throw malformed("trailing bytes") } }
 }
