@@ -511,10 +511,26 @@ public final class PatientRecords: @unchecked Sendable {
         guard !inputs.isEmpty else { return [] }
         writeLock.lock()
         defer { writeLock.unlock() }
-        // Shapes and names first, outside any transaction (a record may be 16 MiB of JSON to
-        // check, and a read transaction keeps its snapshot's pages from reuse); then patient
-        // keys and stored versions in a read snapshot; the versions in input order; the
-        // sealing. All but the numbering run on two threads for large batches.
+        let timings = Self.putTimings
+        let started = timings == nil ? 0 : DispatchTime.now().uptimeNanoseconds
+        return try writePut(try sealPut(inputs), started: started, timings: timings)
+    }
+
+    /// A put's batch sealed in one read snapshot, ready to write.
+    struct SealedPut {
+        let prepared: [Prepared]
+        let entries: [LedgerEntry]
+        /// The read snapshot's id and the staged record rows it saw.
+        let snapshot: UInt64
+        let bounds: StagedRecords.Bounds
+    }
+
+    /// Checks, names, numbers and seals a put's records. Shapes and names first, outside any
+    /// transaction (a record may be 16 MiB of JSON to check, and a read transaction keeps its
+    /// snapshot's pages from reuse); then patient keys and stored versions in a read snapshot;
+    /// the versions in input order; the sealing. All but the numbering run on two threads for
+    /// large batches.
+    private func sealPut(_ inputs: [RecordInput]) throws -> SealedPut {
         let named = try Self.inParallel(inputs.count) { i -> (p: Hash, r: Hash, resourceType: String?) in
             let resourceType = try Self.validate(inputs[i])
             let p = try pseudonym(of: inputs[i].patient)
@@ -563,24 +579,60 @@ public final class PatientRecords: @unchecked Sendable {
                              mediaType: input.mediaType, recordId: input.recordId),
                     try LedgerEntry(set: PatientPayload.recordKey(item.p, item.r), payload: payload))
         }
-        let prepared = sealed.map(\.0)
-        let entries = sealed.map(\.1)
+        return SealedPut(prepared: sealed.map(\.0), entries: sealed.map(\.1), snapshot: snapshot, bounds: looked[0].bounds)
+    }
+
+    /// Writes a sealed put in one transaction; the caller holds the write lock, taken before
+    /// the sealing.
+    private func writePut(_ batch: SealedPut, started: UInt64, timings: PutTimings?) throws -> [RecordVersionInfo] {
         try afterPutSnapshot?()
-        let first = try ledger.append(entries) { view, first in
+        let tables = recordTables, prepared = batch.prepared
+        var marks = (write: started, tables: started, tablesDone: started)
+        if timings != nil { marks.write = DispatchTime.now().uptimeNanoseconds }
+        let first = try ledger.append(batch.entries) { view, first in
+            if timings != nil { marks.tables = DispatchTime.now().uptimeNanoseconds }
             // Versions were chosen in a read snapshot; when another commit (another process's,
             // or this one's audit entries) came between it and this transaction, check them again.
-            if view.snapshotID != snapshot + 1 {
-                try self.checkNoNewerVersions(view, tables: tables, prepared, since: looked[0].bounds)
+            if view.snapshotID != batch.snapshot + 1 {
+                try self.checkNoNewerVersions(view, tables: tables, prepared, since: batch.bounds)
             }
             for (i, item) in prepared.enumerated() {
                 try tables.append(view, index: first + UInt64(i), p: item.p, r: item.r, version: item.version, epoch: item.epoch, box: item.box)
             }
             try tables.foldIfDue(view, minimum: self.minimumRecordFold, sizeAfter: first + UInt64(prepared.count))
+            if timings != nil { marks.tablesDone = DispatchTime.now().uptimeNanoseconds }
+        }
+        if let timings {
+            timings.prepareNs = marks.write - started
+            timings.logAndMapNs = marks.tables - marks.write
+            timings.recordRowsNs = marks.tablesDone - marks.tables
+            timings.commitNs = DispatchTime.now().uptimeNanoseconds - marks.tablesDone
         }
         return prepared.enumerated().map { i, item in
             RecordVersionInfo(recordId: item.recordId, version: item.version, index: first + UInt64(i),
                               ciphertextHash: item.boxHash, mediaType: item.mediaType)
         }
+    }
+
+    /// Where the last ``putRecords(_:)`` on this task spent its time, filled when
+    /// ``putTimings`` is set; for benchmarks, which split a put's cost into its phases.
+    @TaskLocal public static var putTimings: PutTimings? = nil
+
+    /// Wall time of one batch put's phases. Bind one to one call at a time: its fields are
+    /// plain, and only meaningful when the call returned.
+    public final class PutTimings: @unchecked Sendable {
+        // Sendable: written by the one call the task-local hands it to, read after it returns.
+        /// Nanoseconds before the write transaction: shapes checked, names derived, patient
+        /// keys and stored versions looked up, records sealed and hashed, entries built.
+        public var prepareNs: UInt64 = 0
+        /// In the write transaction: the entries stored and hashed into the log, and the key
+        /// map updated (with any attempt that was undone because the map grew mid-write).
+        public var logAndMapNs: UInt64 = 0
+        /// In the write transaction: the sealed records and their rows stored.
+        public var recordRowsNs: UInt64 = 0
+        /// From then until the call returned: the commit and its fsync.
+        public var commitNs: UInt64 = 0
+        public init() {}
     }
 
     /// Inside a put's write transaction, when other commits came after its read snapshot (whose

@@ -826,6 +826,41 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         #expect(try other.read(patient: "Patient/1", recordId: "obs-9", as: .custodian("test")).content == inputs[9].content)
     }
 
+    /// Puts from several threads, all writing the same records: every put succeeds, and each
+    /// record's versions are 1...n with none written twice.
+    @Test func concurrentPutsOfTheSameRecordsAllLand() throws {
+        let f = try PatientFixture("put-concurrent")
+        let records = f.records
+        try records.addPatients((0..<20).map { ("Patient/\($0)", nil) })
+        let threads = 4, rounds = 5
+        let inputs = (0..<300).map { i in
+            PatientRecords.RecordInput(patient: "Patient/\(i % 20)", recordId: "obs-\(i / 20)", content: observation("c\(i)"))
+        }
+        let lock = NSLock()
+        nonisolated(unsafe) var all: [[RecordVersionInfo]] = [], failures: [String] = []
+        DispatchQueue.concurrentPerform(iterations: threads) { _ in
+            for _ in 0..<rounds {
+                do {
+                    let put = try records.putRecords(inputs)
+                    lock.withLock { all.append(put) }
+                } catch {
+                    lock.withLock { failures.append("\(error)") }
+                }
+            }
+        }
+        #expect(failures == [])
+        #expect(all.count == threads * rounds)
+        for (i, input) in inputs.enumerated() {
+            let versions = all.map { $0[i].version }.sorted()
+            #expect(versions == Array(1...UInt32(threads * rounds)), "\(input.patient) \(input.recordId)")
+        }
+        let indexes = all.flatMap { $0.map(\.index) }
+        #expect(Set(indexes).count == indexes.count)
+        let history = try records.history(patient: "Patient/3", recordId: "obs-2", as: .custodian("test"))
+        #expect(history.map(\.version) == Array(1...UInt32(threads * rounds)))
+        #expect(try f.ledger.verify().isValid)
+    }
+
     /// Patient ids are names by their bytes: two canonically equivalent spellings are two
     /// patients, also when one batch reads both (Swift's `String ==` would equate them).
     @Test func aBatchTellsCanonicallyEquivalentIdsApart() throws {
