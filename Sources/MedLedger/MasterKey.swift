@@ -121,9 +121,18 @@ public final class MasterKeyFile: @unchecked Sendable, CustomStringConvertible {
     public var generation: UInt64 { lock.withLock { currentGeneration } }
 
     /// The key of `generation`, if memory holds it (``reload()`` reads the file again).
-    func key(generation: UInt64) -> SecureBytes? {
+    ///
+    /// With `forgettingOlder`, when memory holds `generation`, it drops every older generation
+    /// it holds: for a caller that read `generation` from the ledger's committed state, where
+    /// an older one has been destroyed by the erasure that moved the ledger past it. (Reading
+    /// the file again restores one that was not: the file keeps a generation until the
+    /// ledger's state has moved past it.)
+    func key(generation: UInt64, forgettingOlder: Bool = false) -> SecureBytes? {
         lock.withLock {
-            if generation == currentGeneration { return currentKey }
+            if generation == currentGeneration {
+                if forgettingOlder, let previous = previousKey, previous.generation < generation { previousKey = nil }
+                return currentKey
+            }
             if let previousKey, previousKey.generation == generation { return previousKey.key }
             return nil
         }

@@ -86,6 +86,9 @@ public final class PatientRecords: @unchecked Sendable {
     /// Tests only: runs inside each attempt of an erasure's write, once its rotation has begun
     /// (the attempt number, from 0), to read the key file there or make the write retry.
     var duringErasureWrite: ((Int) throws -> Void)?
+    /// Tests only: runs after an erasure committed, before it rewrites the key file with the
+    /// new generation alone, to read the file there as another process might.
+    var afterErasureCommit: (() -> Void)?
 
     /// Opens the patient layer of `ledger` with `masterKey`, binding the key to the ledger on
     /// first use and finishing (or undoing) a key rotation an earlier process left half done.
@@ -262,10 +265,16 @@ public final class PatientRecords: @unchecked Sendable {
     /// key file again, since another process or instance may have rotated it.
     /// - Throws: ``LedgerError`` `.keyFile` or `.wrongMasterKey` when the file cannot be read
     ///   again or now belongs to another ledger.
+    ///
+    /// `generation` comes from a patient's state, which an erasure moves to its new generation
+    /// in the transaction that destroys the old one: every older generation memory holds (read
+    /// from the file between another process's erasure commit and its rewrite of the file) is
+    /// forgotten here, not kept until the next erasure. The file still holds any such
+    /// generation that no erasure destroyed, and gives it back when it is read again.
     func masterKey(generation: UInt64, reread: Bool = false) throws -> SecureBytes? {
-        if !reread, let key = masterKey.key(generation: generation) { return key }
+        if !reread, let key = masterKey.key(generation: generation, forgettingOlder: true) { return key }
         try masterKey.reload()
-        return masterKey.key(generation: generation)
+        return masterKey.key(generation: generation, forgettingOlder: true)
     }
 
     /// The generation the ledger uses in `view` (a write transaction) and its key, checked
@@ -1473,6 +1482,7 @@ public final class PatientRecords: @unchecked Sendable {
         }
         // The erasure committed; a failure to rewrite the key file is settled on the next open
         // (or the next erasure), and reported.
+        afterErasureCommit?()
         let settled = (try? settleMasterKey()) != nil && masterKey.key(generation: newGeneration - 1) == nil
         let freed = freeExtents(extents)
         return ErasureReport(index: index, recordVersionsDeleted: deleted, grantsRevoked: activeGrantees.count,

@@ -371,6 +371,32 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         #expect(problems.isEmpty, "\(problems)")
     }
 
+    /// An instance that reads the key file between another's erasure commit and that erasure's
+    /// rewrite of the file holds both generations; its next use of the new one (every
+    /// patient's state names it) forgets the destroyed one, which the file no longer holds
+    /// once the erasure settled it.
+    @Test func aKeyReadBetweenAnErasureCommitAndItsSettleIsForgotten() throws {
+        let f = try PatientFixture("commit-settle")
+        try f.addPatientsWithObservation(["Patient/a", "Patient/b", "Patient/c"])
+        let reader = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
+        #expect(try reader.read(patient: "Patient/b", recordId: "obs", as: .custodian("c")).content == observation("Patient/b"))
+        var readThere = false
+        f.records.afterErasureCommit = {
+            // Generation 2 committed; the file still holds 1 next to it. The reader needs 2.
+            readThere = (try? reader.read(patient: "Patient/b", recordId: "obs", as: .custodian("c")).content) == observation("Patient/b")
+        }
+        let report = try f.records.erase(patient: "Patient/a")
+        f.records.afterErasureCommit = nil
+        #expect(readThere && report.masterKeyGeneration == 2 && report.masterKeyFileSettled)
+        #expect(reader.masterKey.key(generation: 2) != nil)
+        #expect(reader.masterKey.key(generation: 1) == nil)
+        #expect(f.records.masterKey.key(generation: 1) == nil)
+        let text = try String(contentsOfFile: f.keyPath, encoding: .utf8)
+        #expect(!text.contains("previous") && text.contains("generation 2 "))
+        #expect(try reader.read(patient: "Patient/c", recordId: "obs", as: .custodian("c")).content == observation("Patient/c"))
+        #expect(throws: LedgerError(.erased, "")) { try reader.read(patient: "Patient/a", recordId: "obs", as: .custodian("c")) }
+    }
+
     /// An erasure whose write is retried (the map grew) draws a new key for its generation; an
     /// instance that read the file during the first attempt holds the key that never
     /// committed, and neither its reads nor its writes use it.
