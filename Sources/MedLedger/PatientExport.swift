@@ -32,8 +32,10 @@ public struct PatientExport: Sendable {
                 throw fail("the \(name) is not valid JSON with unique member names: \(error)")
             }
         }
-        guard let doc = (try? JSONSerialization.jsonObject(with: proof)) as? [String: Any], doc["type"] as? String == "export",
-              doc["v"] as? Int == 1, let note = doc["checkpoint"] as? String, let items = doc["records"] as? [[String: Any]] else {
+        // The proof bundle is decoded into its fields at once: its embedded proofs go to the
+        // proof parser as decoded fields, not written out as JSON and read again.
+        guard let doc = try? JSONDecoder().decode(ProofBundleWire.self, from: proof), doc.type == "export", doc.v == 1,
+              let note = doc.checkpoint, let items = doc.records else {
             throw fail("not an export proof bundle")
         }
         guard let fhir = (try? JSONSerialization.jsonObject(with: bundle)) as? [String: Any], fhir["resourceType"] as? String == "Bundle",
@@ -46,13 +48,18 @@ public struct PatientExport: Sendable {
         do { checkpoint = try SignedCheckpoint(verifying: note, verifiers: [verifier], origin: verifier.name).checkpoint } catch {
             throw fail("checkpoint signature: \(error)")
         }
-        guard (doc["tree_size"] as? NSNumber)?.uint64Value == checkpoint.size else { throw fail("tree_size is not the checkpoint's") }
+        guard doc.tree_size == checkpoint.size else { throw fail("tree_size is not the checkpoint's") }
         // An embedded proof that is not an object, does not parse or does not verify fails the
         // export with the documented error, naming what failed.
-        func checked(_ object: Any, _ what: String) throws -> ProofDocument {
-            guard let object = object as? [String: Any] else { throw fail("\(what) is not an object") }
+        func checked(_ embedded: EmbeddedProof?, _ what: String) throws -> ProofDocument {
+            let wire: ProofDocument.Wire
+            switch embedded {
+            case .fields(let fields)?: wire = fields
+            case .undecodable(let error)?: throw fail("\(what): \(ProofDocument.notProofJSON(error).message)")
+            case nil, .notObject?: throw fail("\(what) is not an object")
+            }
             do {
-                let document = try ProofDocument(json: JSONSerialization.data(withJSONObject: object))
+                let document = try ProofDocument(wire: wire)
                 try document.verify(against: checkpoint)
                 return document
             } catch let error as LedgerError {
@@ -63,16 +70,15 @@ public struct PatientExport: Sendable {
         }
         for (n, (item, bundleEntry)) in zip(items, entries).enumerated() {
             func bad(_ why: String) -> MerkleLogError { fail("record \(n): \(why)") }
-            guard let entryBytes = (item["entry"] as? String).flatMap({ Base64.decode($0) }),
-                  let inclusionObject = item["inclusion"], let keyObject = item["key_proof"],
-                  let box = (item["box"] as? String).flatMap({ Base64.decode($0) }),
-                  var recordKeyBytes = (item["record_key"] as? String).flatMap({ Base64.decode($0) }), recordKeyBytes.count == 32 else {
+            guard let entryBytes = item.entry.flatMap({ Base64.decode($0) }), item.inclusion != nil, item.key_proof != nil,
+                  let box = item.box.flatMap({ Base64.decode($0) }),
+                  var recordKeyBytes = item.record_key.flatMap({ Base64.decode($0) }), recordKeyBytes.count == 32 else {
                 throw bad("missing or malformed field")
             }
             defer { secureZero(&recordKeyBytes) }
-            guard case .inclusion(let inc) = try checked(inclusionObject, "record \(n): inclusion"),
-                  case .key(let key) = try checked(keyObject, "record \(n): key_proof") else { throw bad("wrong proof types") }
-            guard (item["entry_index"] as? NSNumber)?.uint64Value == inc.proof.leafIndex else { throw bad("entry_index is not the proven index") }
+            guard case .inclusion(let inc) = try checked(item.inclusion, "record \(n): inclusion"),
+                  case .key(let key) = try checked(item.key_proof, "record \(n): key_proof") else { throw bad("wrong proof types") }
+            guard item.entry_index == inc.proof.leafIndex else { throw bad("entry_index is not the proven index") }
             let leafHash = SHA256.leafHash(entryBytes)
             guard inc.leafHash == leafHash else { throw bad("the entry is not the proven leaf") }
             guard let entry = try? LedgerEntry(decoding: entryBytes) else { throw bad("the entry is not a ledger entry") }
@@ -98,11 +104,97 @@ public struct PatientExport: Sendable {
                 throw bad("the Bundle entry's fullUrl does not name this record version")
             }
             guard let expected = resourceObject(mediaType: parts.mediaType, content: parts.content),
-                  NSDictionary(dictionary: expected).isEqual(to: resource) else {
+                  sameJSON(expected, resource) else {
                 throw bad("the Bundle's resource differs from the committed record")
             }
         }
         return items.count
+    }
+
+    /// Whether two values JSONSerialization parsed are the same JSON: objects with the same
+    /// members (in any order), arrays element by element, strings by their characters,
+    /// numbers by value, booleans and null by themselves (a boolean is never a number).
+    /// Walked here rather than compared as `NSDictionary`, which cost more than the rest of a
+    /// record's verification and, on Linux, found `true` unequal to `true` and `0` equal to
+    /// `false`.
+    static func sameJSON(_ a: Any, _ b: Any) -> Bool {
+        if let a = a as? String { return (b as? String).map { $0 == a } ?? false }
+        if let a = a as? [String: Any] {
+            guard let b = b as? [String: Any], a.count == b.count else { return false }
+            return a.allSatisfy { key, value in b[key].map { sameJSON(value, $0) } ?? false }
+        }
+        if let a = a as? [Any] {
+            guard let b = b as? [Any], a.count == b.count else { return false }
+            return zip(a, b).allSatisfy { sameJSON($0, $1) }
+        }
+        if a is NSNull || b is NSNull { return a is NSNull && b is NSNull }
+        guard let x = a as? NSNumber, let y = b as? NSNumber else { return false }
+        let booleans = (isBoolean(x), isBoolean(y))
+        guard booleans.0 == booleans.1 else { return false }
+        return booleans.0 ? x.boolValue == y.boolValue : x.isEqual(y)
+    }
+
+    /// The class JSONSerialization gives `true` and `false` (numbers are another).
+    private static let booleanClass: AnyClass? = ((try? JSONSerialization.jsonObject(
+        with: Data("true".utf8), options: .fragmentsAllowed)) as? NSNumber).map { type(of: $0) }
+
+    private static func isBoolean(_ number: NSNumber) -> Bool {
+        booleanClass.map { type(of: number) == $0 } ?? false
+    }
+
+    /// A proof bundle's fields. Each is optional and a member of the wrong type reads as
+    /// absent, so that what is missing or malformed is reported by name.
+    private struct ProofBundleWire: Decodable {
+        let type: String?, v: Int?, checkpoint: String?, tree_size: UInt64?
+        let records: [RecordWire]?
+
+        init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            type = try? c.decodeIfPresent(String.self, forKey: .type)
+            v = try? c.decodeIfPresent(Int.self, forKey: .v)
+            checkpoint = try? c.decodeIfPresent(String.self, forKey: .checkpoint)
+            tree_size = try? c.decodeIfPresent(UInt64.self, forKey: .tree_size)
+            records = try? c.decodeIfPresent([RecordWire].self, forKey: .records)
+        }
+        private enum CodingKeys: String, CodingKey { case type, v, checkpoint, tree_size, records }
+    }
+
+    /// One record's proofs in a proof bundle (an item that is not an object fails the bundle).
+    private struct RecordWire: Decodable {
+        let box: String?, entry: String?, entry_index: UInt64?, record_key: String?
+        let inclusion: EmbeddedProof?, key_proof: EmbeddedProof?
+
+        init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            box = try? c.decodeIfPresent(String.self, forKey: .box)
+            entry = try? c.decodeIfPresent(String.self, forKey: .entry)
+            entry_index = try? c.decodeIfPresent(UInt64.self, forKey: .entry_index)
+            record_key = try? c.decodeIfPresent(String.self, forKey: .record_key)
+            inclusion = try c.decodeIfPresent(EmbeddedProof.self, forKey: .inclusion)
+            key_proof = try c.decodeIfPresent(EmbeddedProof.self, forKey: .key_proof)
+        }
+        private enum CodingKeys: String, CodingKey { case box, entry, entry_index, record_key, inclusion, key_proof }
+    }
+
+    /// An embedded proof: its fields as a proof document's, or why they are not.
+    private enum EmbeddedProof: Decodable {
+        case fields(ProofDocument.Wire)
+        case notObject
+        case undecodable(any Error)
+
+        init(from decoder: any Decoder) throws {
+            guard (try? decoder.container(keyedBy: ProbeKey.self)) != nil else {
+                self = .notObject
+                return
+            }
+            do { self = .fields(try ProofDocument.Wire(from: decoder)) } catch { self = .undecodable(error) }
+        }
+        private struct ProbeKey: CodingKey {
+            var stringValue: String
+            var intValue: Int? { nil }
+            init?(stringValue: String) { self.stringValue = stringValue }
+            init?(intValue: Int) { nil }
+        }
     }
 
     /// Writes the Bundle resource of a record: its FHIR JSON as stored (a put checked it is an

@@ -94,7 +94,7 @@ public enum ProofDocument: Sendable, Equatable {
     /// which JSON's hex roughly doubles).
     public static let maxSize = 16 << 20
 
-    private struct Wire: Codable {
+    struct Wire: Codable {
         var type: String
         var tree_size: UInt64?
         var leaf_index: UInt64?
@@ -116,21 +116,21 @@ public enum ProofDocument: Sendable, Equatable {
         var nodes: [NodeWire]?
     }
 
-    private struct KeyWire: Codable {
+    struct KeyWire: Codable {
         var key: String
         var key_hash: String
         var present: Bool
         var value: String?
     }
 
-    private struct NodeWire: Codable {
+    struct NodeWire: Codable {
         var type: String
         var key_hash: String?
         var value_hash: String?
         var hash: String?
     }
 
-    private struct TerminalWire: Codable {
+    struct TerminalWire: Codable {
         var type: String
         var key_hash: String?
         var value_hash: String?
@@ -145,8 +145,19 @@ public enum ProofDocument: Sendable, Equatable {
         }
         let wire: Wire
         do { wire = try JSONDecoder().decode(Wire.self, from: json) } catch {
-            throw LedgerError(.invalidArgument, "proof is not valid proof JSON: \(Self.describe(error))")
+            throw Self.notProofJSON(error)
         }
+        try self.init(wire: wire)
+    }
+
+    /// The error of a document (or an embedded proof) that does not decode as proof JSON.
+    static func notProofJSON(_ error: any Error) -> LedgerError {
+        LedgerError(.invalidArgument, "proof is not valid proof JSON: \(describe(error))")
+    }
+
+    /// A proof from its decoded fields (a document's, or one embedded in an export's proof
+    /// bundle, which was checked as JSON with the bundle).
+    init(wire: Wire) throws {
         func hash(_ text: String?, _ field: String) throws -> Hash {
             guard let text else { throw LedgerError(.invalidArgument, "proof lacks \(field)") }
             guard text.utf8.count == 64, let h = Hash(hex: text) else {
@@ -249,7 +260,7 @@ public enum ProofDocument: Sendable, Equatable {
                         mapRoot: try hash(wire.map_root, "map_root"), proof: proof)
     }
 
-    private static func describe(_ error: any Error) -> String {
+    static func describe(_ error: any Error) -> String {
         switch error {
         case DecodingError.keyNotFound(let key, _): return "missing field \(key.stringValue)"
         case DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context):

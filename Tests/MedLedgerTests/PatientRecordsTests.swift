@@ -588,6 +588,17 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
             }),
             ("record 3: the entry is not the proven leaf", item(3) { $0["entry"] = Base64.encode([1, 2, 3]) }),
             ("record 1: entry_index is not the proven index", item(1) { $0["entry_index"] = 0 }),
+            ("record 2: entry_index is not the proven index", item(2) { $0["entry_index"] = "\($0["entry_index"]!)" }),
+            ("record 4: missing or malformed field", item(4) { $0["box"] = 7 }),
+            ("record 0: key_proof: proof is not valid proof JSON", item(0) { k in
+                var key = k["key_proof"] as! [String: Any]
+                key["siblings"] = "none"
+                k["key_proof"] = key
+            }),
+            ("not an export proof bundle", { d in d["records"] = [1] + (d["records"] as! [Any]).dropFirst() }),
+            ("not an export proof bundle", { d in d["v"] = 2 }),
+            ("not an export proof bundle", { d in d["checkpoint"] = 1 }),
+            ("tree_size is not the checkpoint's", { d in d["tree_size"] = "\(d["tree_size"]!)" }),
         ] as [(String, (inout [String: Any]) -> Void)] {
             let message = try failure(change)
             #expect(message?.contains(why) == true, "expected a failure naming \"\(why)\", got \(message ?? "success")")
@@ -994,6 +1005,57 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
 
 
 @Suite struct PatientPayloadTests {
+    /// The export verifier's comparison of a Bundle resource with the decrypted record: the
+    /// same JSON whatever the member order or spacing, and any other value, type or member
+    /// set differs.
+    @Test func exportResourceComparisonIsJSONEquality() throws {
+        func parsed(_ text: String) throws -> Any { try JSONSerialization.jsonObject(with: Data(text.utf8), options: [.fragmentsAllowed]) }
+        let base = #"{"a":1,"b":[true,null,"x",{"c":2.5}],"d":{"e":"é"}}"#
+        for same in [base, #"{ "d" : {"e":"\u00e9"}, "b":[true,null,"x",{"c":2.5}], "a":1 }"#] {
+            #expect(PatientExport.sameJSON(try parsed(base), try parsed(same)), "\(same)")
+        }
+        for differs in [
+            #"{"a":2,"b":[true,null,"x",{"c":2.5}],"d":{"e":"é"}}"#,
+            #"{"a":"1","b":[true,null,"x",{"c":2.5}],"d":{"e":"é"}}"#,
+            #"{"a":1,"b":[null,true,"x",{"c":2.5}],"d":{"e":"é"}}"#,
+            #"{"a":1,"b":[true,null,"x",{"c":2.5}],"d":{"e":"e"}}"#,
+            #"{"a":1,"b":[true,null,"x",{"c":2.5},1],"d":{"e":"é"}}"#,
+            #"{"a":1,"b":[true,null,"x",{"c":2.5}],"d":{"e":"é"},"f":null}"#,
+            #"{"a":1,"b":[true,null,"x",{"c":2.5}]}"#,
+            #"{"a":1,"b":[true,null,"x",{"c":"2.5"}],"d":{"e":"é"}}"#,
+            #"{"a":1,"b":[true,null,"x",[]],"d":{"e":"é"}}"#,
+            #"{"a":1,"b":[false,null,"x",{"c":2.5}],"d":{"e":"é"}}"#,
+            #"{"a":1,"b":"[true,null,\"x\",{\"c\":2.5}]","d":{"e":"é"}}"#,
+        ] {
+            #expect(!PatientExport.sameJSON(try parsed(base), try parsed(differs)), "\(differs)")
+            #expect(!PatientExport.sameJSON(try parsed(differs), try parsed(base)), "\(differs)")
+        }
+        #expect(!PatientExport.sameJSON(try parsed("null"), try parsed("0")))
+        #expect(!PatientExport.sameJSON(try parsed(#""1""#), try parsed("1")))
+        // Booleans are themselves, never numbers; numbers compare by value.
+        for (x, y, equal) in [("true", "true", true), ("false", "false", true), ("true", "false", false), ("true", "1", false),
+                              ("false", "0", false), ("1", "1.0", true), ("1e2", "100", true), ("2.5", "2.50", true), ("2.5", "2.4", false)] {
+            #expect(PatientExport.sameJSON(try parsed("[\(x)]"), try parsed("[\(y)]")) == equal, "\(x) \(y)")
+            #expect(PatientExport.sameJSON(try parsed(#"{"k":\#(y)}"#), try parsed(#"{"k":\#(x)}"#)) == equal, "\(y) \(x)")
+        }
+    }
+
+    /// A record with booleans, nulls and numbers of every spelling exports and verifies.
+    @Test func anExportOfRecordsWithBooleansVerifies() throws {
+        let f = try PatientFixture("export-booleans")
+        try f.records.addPatient(externalId: "Patient/b")
+        let content = Array(#"{"resourceType":"Patient","active":true,"deceasedBoolean":false,"multipleBirthInteger":2,"x":[1.5e1,0,null,true]}"#.utf8)
+        try f.records.putRecord(patient: "Patient/b", recordId: "pat", content: content)
+        let export = try f.records.export(patient: "Patient/b", as: .custodian("c"))
+        #expect(try PatientExport.verify(bundle: export.bundle, proof: export.proof, verifier: try NoteVerifier(parsing: f.verifierKey)) == 1)
+        // The same resource with a boolean turned into a number does not verify.
+        let altered = Data(String(decoding: export.bundle, as: UTF8.self).replacingOccurrences(of: #""active":true"#, with: #""active":1"#).utf8)
+        #expect(altered != export.bundle)
+        #expect(throws: MerkleLogError.self) {
+            try PatientExport.verify(bundle: altered, proof: export.proof, verifier: try NoteVerifier(parsing: f.verifierKey))
+        }
+    }
+
     /// Payload JSON parses back (Foundation as the independent parser) with keys sorted bytewise.
     @Test func payloadJSONRoundTrips() throws {
         let f = try PatientFixture("payload")
