@@ -997,7 +997,7 @@ public final class PatientRecords: @unchecked Sendable {
                         more = try cursor.next()
                     }
                 }
-                rows += try tables.stagedRows(view, p: p, r: r).map { ($0.r, $0.version, .staged($0.index)) }
+                rows += try stagedRecords.lens(view, tables: tables).versions(of: p, record: r).map { ($0.r, $0.version, .staged($0.index)) }
                 rows.sort { $0.r != $1.r ? $0.r < $1.r : $0.version < $1.version }
                 if latestOnly {
                     rows = rows.indices.filter { $0 == rows.count - 1 || rows[$0 + 1].r != rows[$0].r }.map { rows[$0] }

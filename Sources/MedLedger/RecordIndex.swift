@@ -15,8 +15,9 @@ import LedgerCrypto
 //
 // A put so writes two rows at the ends of two log-ordered tables instead of one row under a
 // random key (about one dirty leaf page per record), and the fold moves many staged rows into
-// `pl.records` at once. Finding a record's newest version then needs the staged rows by
-// record: `StagedRecords` keeps them in memory, brought up to each snapshot it is asked about.
+// `pl.records` at once. Finding a record's newest version, or listing a patient's records,
+// then needs the staged rows by record and by patient: `StagedRecords` keeps them in memory,
+// brought up to each snapshot it is asked about.
 
 /// A record version's place in `pl.records.recent`.
 struct StagedVersion: Hashable {
@@ -48,6 +49,8 @@ final class StagedRecords: @unchecked Sendable {
         let folded: UInt64
         var newest: [RecordSlot: UInt32] = [:]
         var versions: [StagedVersion: UInt64] = [:]
+        /// Each patient's records with staged rows in this era, each named once.
+        var records: [Hash: [Hash]] = [:]
         /// Every staged row of this era below this index is held.
         var scannedTo: UInt64
         init(folded: UInt64) { (self.folded, scannedTo) = (folded, folded) }
@@ -74,6 +77,13 @@ final class StagedRecords: @unchecked Sendable {
 
         /// ``find(_:version:)`` for many records under one acquisition of the index's lock.
         func find(_ wanted: [(slot: RecordSlot, version: UInt32?)]) -> [StoredVersion.Place?] { staged.find(wanted, era, bounds) }
+
+        /// Every staged version of patient `p`'s records (of record `r` alone when given) in the
+        /// snapshot, with its entry index: what a listing adds to the folded rows, found without
+        /// a scan of `pl.records.recent`.
+        func versions(of p: Hash, record r: Hash?) -> [(r: Hash, version: UInt32, index: UInt64)] {
+            staged.versions(of: p, record: r, era, bounds)
+        }
     }
 
     /// A lens on `view` through this shared index (first bringing it up to `view`), or
@@ -100,7 +110,10 @@ final class StagedRecords: @unchecked Sendable {
             try tables.forEachStaged(view, from: current.scannedTo) { row in
                 guard let (index, name) = row else { throw RecordTables.malformedStagedRow }
                 current.versions[StagedVersion(slot: name.slot, version: name.version)] = index
-                if name.version > current.newest[name.slot, default: 0] { current.newest[name.slot] = name.version }
+                if name.version > current.newest[name.slot, default: 0],
+                   current.newest.updateValue(name.version, forKey: name.slot) == nil {
+                    current.records[name.slot.p, default: []].append(name.slot.r)
+                }
             }
             current.scannedTo = end
         }
@@ -128,6 +141,22 @@ final class StagedRecords: @unchecked Sendable {
             }
             return nil
         }
+    }
+
+    private func versions(of p: Hash, record r: Hash?, _ era: Era, _ bounds: Bounds) -> [(r: Hash, version: UInt32, index: UInt64)] {
+        lock.lock()
+        defer { lock.unlock() }
+        var out: [(r: Hash, version: UInt32, index: UInt64)] = []
+        for r in r.map({ [$0] }) ?? era.records[p] ?? [] {
+            let slot = RecordSlot(p: p, r: r)
+            guard var version = era.newest[slot] else { continue }
+            // Newest first down to the era's first; a later snapshot's versions are skipped.
+            while version > 0, let index = era.versions[StagedVersion(slot: slot, version: version)], index >= bounds.folded {
+                if index < bounds.end { out.append((r, version, index)) }
+                version -= 1
+            }
+        }
+        return out
     }
 
     /// `records.folded` in `view` (0 when absent).
@@ -274,17 +303,6 @@ extension RecordTables {
         for row in rows { try view.put(folded, key: row.name, value: row.index) }
         try view.clear(staged)
         try view.put(meta, key: StagedRecords.foldedKey, value: sizeAfter)
-    }
-
-    /// Every staged row of patient `p` (and record `r` when given) in the snapshot: a scan of
-    /// `pl.records.recent`, which holds at most 262,144 rows.
-    func stagedRows(_ view: TransactionView, p: Hash, r: Hash?) throws -> [(r: Hash, version: UInt32, index: UInt64)] {
-        var rows: [(r: Hash, version: UInt32, index: UInt64)] = []
-        try forEachStaged(view, from: nil) { row in
-            guard let (index, name) = row else { throw Self.malformedStagedRow }
-            if name.p == p, r == nil || name.r == r { rows.append((name.r, name.version, index)) }
-        }
-        return rows
     }
 
     /// `body` with each staged row from index `start` (the first when nil) to the end, in log
