@@ -234,11 +234,28 @@ extension PatientRecords {
         writeLock.lock()
         defer { writeLock.unlock() }
         let p = try pseudonym(of: patient)
-        let listed = try list(patient: patient, as: accessor, purpose: purpose)
-        let (note, checkpoint) = try ledger.signedCheckpointAndState()
-        // One batch read: a read event per record, committed together.
-        let contents = try readRecords(listed.map { ReadRequest(patient: patient, recordId: $0.recordId, version: $0.version) },
-                                       as: accessor, purpose: purpose).map { try $0.get() }
+        // The list event and a read event per record, committed together after the batch
+        // read, before anything is returned (a refused or failed listing commits its own).
+        let (listRow, listOutcome) = try unauditedListing(p: p, r: nil, action: "list", accessor: accessor, purpose: purpose, latestOnly: true)
+        let listed: [RecordVersionInfo]
+        switch listOutcome {
+        case .success(let records): listed = records
+        case .failure(let refusal):
+            try auditCommitter.record([listRow])
+            throw refusal
+        }
+        let (note, checkpoint): (String, Checkpoint)
+        let read: [Result<RecordContent, LedgerError>]
+        do {
+            (note, checkpoint) = try ledger.signedCheckpointAndState()
+            read = try readRecords(listed.map { ReadRequest(patient: patient, recordId: $0.recordId, version: $0.version) },
+                                   as: accessor, purpose: purpose, breakGlass: nil, auditingFirst: [listRow])
+        } catch {
+            // Nothing was read, or the reads' commit failed: the listing is recorded alone.
+            _ = try? auditCommitter.record([listRow])
+            throw error
+        }
+        let contents = try read.map { try $0.get() }
         // Both documents are written by hand, keys sorted (Foundation's writer bridged every
         // value and escaped strings byte by byte: 80% of an export's time).
         var bundle: [UInt8] = [], proof: [UInt8] = []

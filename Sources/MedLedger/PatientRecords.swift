@@ -762,6 +762,13 @@ public final class PatientRecords: @unchecked Sendable {
     ///   be read or the audit entries cannot be committed; then no content is returned.
     public func readRecords(_ requests: [ReadRequest], as accessor: Accessor, purpose: String = "treatment",
                             breakGlass: String? = nil) throws -> [Result<RecordContent, LedgerError>] {
+        try readRecords(requests, as: accessor, purpose: purpose, breakGlass: breakGlass, auditingFirst: [])
+    }
+
+    /// ``readRecords(_:as:purpose:breakGlass:)`` whose audit commit also carries `earlier`,
+    /// rows of this call's caller, ahead of the reads' own.
+    func readRecords(_ requests: [ReadRequest], as accessor: Accessor, purpose: String, breakGlass: String?,
+                     auditingFirst earlier: [AuditRow]) throws -> [Result<RecordContent, LedgerError>] {
         let agent = try auditAgent(accessor)
         let time = clock()
         let tables = recordTables  // before the transactions: finding them may open them
@@ -772,7 +779,7 @@ public final class PatientRecords: @unchecked Sendable {
         let (read, _) = try inSnapshot(requests.count) { view, range in
             try readPart(requests[range], view: view, tables: tables, accessor: accessor, encoder: encoder, breakGlass: breakGlass, time: time)
         }
-        let rows = read.map(\.row)
+        let rows = earlier + read.map(\.row)
         let readDone = timings == nil ? 0 : DispatchTime.now().uptimeNanoseconds
         try auditCommitter.record(rows)
         if let timings {
@@ -970,7 +977,16 @@ public final class PatientRecords: @unchecked Sendable {
     }
 
     private func listing(p: Hash, r: Hash?, action: String, accessor: Accessor, purpose: String, latestOnly: Bool) throws -> [RecordVersionInfo] {
-        let event = AuditEvent(action: action, accessor: accessor, agent: try auditAgent(accessor), patient: p, record: r, version: nil,
+        let (row, outcome) = try unauditedListing(p: p, r: r, action: action, accessor: accessor, purpose: purpose, latestOnly: latestOnly)
+        try auditCommitter.record([row])
+        return try outcome.get()
+    }
+
+    /// A listing's outcome and its audit row, not yet committed: the caller commits the row
+    /// before it discloses anything of the outcome.
+    func unauditedListing(p: Hash, r: Hash?, action: String, accessor: Accessor, purpose: String,
+                          latestOnly: Bool) throws -> (row: AuditRow, outcome: Result<[RecordVersionInfo], LedgerError>) {
+        var event = AuditEvent(action: action, accessor: accessor, agent: try auditAgent(accessor), patient: p, record: r, version: nil,
                                purpose: purpose, breakGlass: nil, time: clock())
         let tables = recordTables  // before the transaction: finding them may open them
         let outcome: Result<[RecordVersionInfo], LedgerError> = try Ledger.storage {
@@ -1041,7 +1057,8 @@ public final class PatientRecords: @unchecked Sendable {
                 return .success(out)
             }
         }
-        return try audited(event, outcome)
+        event.settle(outcome)
+        return (event.row, outcome)
     }
 
     // MARK: - Grants

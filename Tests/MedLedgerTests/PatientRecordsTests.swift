@@ -536,10 +536,19 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
             + Array(repeating: UInt8(ascii: "]"), count: JSONCheck.maxDepth - 1) + Array("}".utf8)
         try f.records.putRecord(patient: p, recordId: "deep", content: deep)
         let commitsBefore = f.records.auditCommitter.commits
+        let trailBefore = try f.records.auditTrail(patient: p).count
         let export = try f.records.export(patient: p, as: .custodian("c"))
-        // The list event, then the five reads in one commit.
-        #expect(f.records.auditCommitter.commits == commitsBefore + 2)
-        #expect(try auditEvents(f, p).filter { $0["action"] as? String == "read" }.count == 5)
+        // The list event and the five reads, in one commit, the list first.
+        #expect(f.records.auditCommitter.commits == commitsBefore + 1)
+        let exportEvents = try f.records.auditTrail(patient: p).dropFirst(trailBefore)
+        #expect(exportEvents.map { $0.event["action"] as? String } == ["list"] + Array(repeating: "read", count: 5))
+        #expect(exportEvents.allSatisfy { $0.event["purpose"] as? String == "patient-request" && $0.event["outcome"] as? String == "success" })
+        // A refused export (a grantee holds no grant) commits its refused list event alone.
+        let refusedBefore = f.records.auditCommitter.commits
+        #expect(throws: LedgerError(.accessDenied, "")) { try f.records.export(patient: p, as: .grantee("dr-none")) }
+        #expect(f.records.auditCommitter.commits == refusedBefore + 1)
+        let refused = try #require(try f.records.auditTrail(patient: p).last)
+        #expect(refused.event["action"] as? String == "list" && refused.event["outcome"] as? String != "success")
         let verifier = try NoteVerifier(parsing: f.verifierKey)
         #expect(try PatientExport.verify(bundle: export.bundle, proof: export.proof, verifier: verifier) == 5)
         #expect(export.bundle.range(of: Data(spelled)) != nil)
