@@ -75,6 +75,9 @@ struct ByteWriter {
         }
     }
 
+    /// `value` in decimal (at most 20 bytes).
+    mutating func unsigned(_ value: UInt64) { decimal(value) }
+
     /// `value` in decimal, with a sign when negative (at most 20 bytes).
     mutating func integer(_ value: Int64) {
         if value < 0 { byte(UInt8(ascii: "-")) }
@@ -140,6 +143,20 @@ struct ByteWriter {
         hex(hash)
         byte(UInt8(ascii: "\""))
     }
+
+    /// A JSON array of hashes as hex strings (67 bytes a hash, and 2); `""` for each hash
+    /// equal to `blank`.
+    mutating func hexStrings(_ hashes: [Hash], blank: Hash? = nil) {
+        byte(UInt8(ascii: "["))
+        for (i, hash) in hashes.enumerated() {
+            if i > 0 { byte(UInt8(ascii: ",")) }
+            if let blank, hash == blank { raw("\"\"") } else { hexString(hash) }
+        }
+        byte(UInt8(ascii: "]"))
+    }
+
+    /// `true` or `false`.
+    mutating func boolean(_ value: Bool) { if value { raw("true") } else { raw("false") } }
 }
 
 extension PatientRecords {

@@ -1014,6 +1014,53 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
 
 
 @Suite struct PatientPayloadTests {
+    /// Proof documents written directly are the bytes `JSONEncoder` makes of their wire form
+    /// (sorted keys, slashes not escaped), for every document type and keys with quotes,
+    /// backslashes, slashes and non-ASCII characters; a key with control characters may be
+    /// escaped otherwise (`\u000a` for `\n`), into the same JSON value. Each parses back to the same proof.
+    @Test func proofDocumentsWrittenDirectlyMatchTheEncoder() throws {
+        let path = ledgerPath("proof-json")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (ledger, _) = try Ledger.create(at: path, origin: "json.example/ledger", options: scratchOptions())
+        let keys = ["plain", "with/slash", "quote\"d", "back\\slash", "é and 日本", "emoji 🩺", "tab\there", "line\nbreak", "\u{1}\u{1f}", "del\u{7f}"]
+        for (i, key) in keys.enumerated() {
+            try ledger.append([try LedgerEntry(set: key, payload: Array("v\(i)".utf8)), try LedgerEntry(payload: Array("u\(i)".utf8))])
+        }
+        let size = try ledger.size
+        var documents: [(ProofDocument, hasControl: Bool)] = []
+        for index in [0, 1, 7, size - 1] {
+            let (proof, leaf, root) = try ledger.inclusionProof(index: index)
+            documents.append((.inclusion(.init(proof: proof, leafHash: leaf, rootHash: root)), false))
+        }
+        for old in [1, 5, size - 1] as [UInt64] {
+            let (proof, oldRoot, newRoot) = try ledger.consistencyProof(oldSize: old)
+            documents.append((.consistency(.init(proof: proof, oldRoot: oldRoot, newRoot: newRoot)), false))
+        }
+        for key in keys + ["absent", "absent \"too\"\n"] {
+            let (proof, mapRoot, treeSize) = try ledger.keyProof(key: key)
+            documents.append((.key(.init(key: key, treeSize: treeSize, mapRoot: mapRoot, proof: proof)),
+                              key.unicodeScalars.contains { $0.value < 0x20 }))
+        }
+        for asked in [keys.filter { !$0.unicodeScalars.contains { $0.value < 0x20 } } + ["absent"], keys] {
+            let (proof, mapRoot, treeSize) = try ledger.keyProofs(keys: asked)
+            documents.append((.keys(try .init(keys: asked, treeSize: treeSize, mapRoot: mapRoot, proof: proof)),
+                              asked.contains { $0.unicodeScalars.contains { $0.value < 0x20 } }))
+        }
+        #expect(documents.contains { if case .key(let k) = $0.0 { k.proof.isInclusion } else { false } })
+        #expect(documents.contains { if case .key(let k) = $0.0 { !k.proof.isInclusion } else { false } })
+        for (document, hasControl) in documents {
+            let direct = Data(document.jsonBytes()), encoded = try document.encodedWire()
+            if hasControl {
+                let a = try JSONSerialization.jsonObject(with: direct), b = try JSONSerialization.jsonObject(with: encoded)
+                #expect(PatientExport.sameJSON(a, b), "\(String(decoding: direct, as: UTF8.self))")
+            } else {
+                #expect(direct == encoded, "\(String(decoding: direct, as: UTF8.self))\n\(String(decoding: encoded, as: UTF8.self))")
+            }
+            #expect(try ProofDocument(json: direct) == document)
+            #expect(try document.jsonData() == direct)
+        }
+    }
+
     /// The export verifier's comparison of a Bundle resource with the decrypted record: the
     /// same JSON whatever the member order or spacing, and any other value, type or member
     /// set differs.
