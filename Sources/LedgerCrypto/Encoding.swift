@@ -105,36 +105,88 @@ public enum Hex {
 
 /// Standard base64 (RFC 4648 section 4, with padding), strict on decode.
 public enum Base64 {
+    private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+
+    /// Each byte's 6-bit value in the alphabet; 0xff for every other byte (`=` included).
+    private static let values: [UInt8] = {
+        var table = [UInt8](repeating: 0xff, count: 256)
+        for (i, c) in alphabet.enumerated() { table[Int(c)] = UInt8(i) }
+        return table
+    }()
+
     /// Encodes bytes.
     public static func encode(_ bytes: UnsafeRawBufferPointer) -> String {
-        Data(bytes).base64EncodedString()
+        let count = (bytes.count + 2) / 3 * 4
+        return String(unsafeUninitializedCapacity: count) { out in
+            alphabet.withUnsafeBufferPointer { a in
+                var o = 0, i = 0
+                while i + 3 <= bytes.count {
+                    let n = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
+                    out[o] = a[Int(n >> 18)]
+                    out[o + 1] = a[Int(n >> 12 & 63)]
+                    out[o + 2] = a[Int(n >> 6 & 63)]
+                    out[o + 3] = a[Int(n & 63)]
+                    i += 3
+                    o += 4
+                }
+                let rest = bytes.count - i
+                if rest > 0 {
+                    let n = UInt32(bytes[i]) << 16 | (rest == 2 ? UInt32(bytes[i + 1]) << 8 : 0)
+                    out[o] = a[Int(n >> 18)]
+                    out[o + 1] = a[Int(n >> 12 & 63)]
+                    out[o + 2] = rest == 2 ? a[Int(n >> 6 & 63)] : UInt8(ascii: "=")
+                    out[o + 3] = UInt8(ascii: "=")
+                }
+            }
+            return count
+        }
     }
 
     /// Encodes bytes.
     public static func encode(_ bytes: [UInt8]) -> String {
-        Data(bytes).base64EncodedString()
+        bytes.withUnsafeBytes { encode($0) }
     }
 
     /// Decodes padded standard base64; `nil` for whitespace, URL alphabet, bad padding or
     /// a non-canonical encoding (so one value has exactly one text form).
     public static func decode(_ text: some StringProtocol) -> [UInt8]? {
-        let string = String(text)
-        guard string.utf8.count % 4 == 0,
-              string.utf8.allSatisfy({ isAlphabet($0) }),
-              let data = Data(base64Encoded: string) else { return nil }
-        let bytes = [UInt8](data)
-        // Reject non-zero padding bits: re-encoding must give back the same text.
-        guard Data(bytes).base64EncodedString() == string else { return nil }
-        return bytes
+        var text = String(text)
+        return text.withUTF8 { decode(utf8: $0) }
     }
 
-    private static func isAlphabet(_ c: UInt8) -> Bool {
-        switch c {
-        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
-             UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "+"), UInt8(ascii: "/"), UInt8(ascii: "="):
-            return true
-        default:
-            return false
+    private static func decode(utf8 s: UnsafeBufferPointer<UInt8>) -> [UInt8]? {
+        guard s.count % 4 == 0 else { return nil }
+        guard s.count > 0 else { return [] }
+        let padding = s[s.count - 1] == UInt8(ascii: "=") ? (s[s.count - 2] == UInt8(ascii: "=") ? 2 : 1) : 0
+        let count = s.count / 4 * 3 - padding
+        return values.withUnsafeBufferPointer { v -> [UInt8]? in
+            var failed = false
+            let bytes = [UInt8](unsafeUninitializedCapacity: count) { out, written in
+                var o = 0
+                for g in stride(from: 0, to: s.count, by: 4) {
+                    let last = g + 4 == s.count
+                    let a = v[Int(s[g])], b = v[Int(s[g + 1])]
+                    let c = last && padding == 2 ? 0 : v[Int(s[g + 2])]
+                    let d = last && padding >= 1 ? 0 : v[Int(s[g + 3])]
+                    // 0xff (outside the alphabet, or `=` before the end) fails the OR test.
+                    guard (a | b | c | d) & 0xc0 == 0 else { failed = true; break }
+                    let n = UInt32(a) << 18 | UInt32(b) << 12 | UInt32(c) << 6 | UInt32(d)
+                    if last && padding > 0 {
+                        // Canonical: the padding's bits are zero.
+                        guard n & (padding == 2 ? 0xffff : 0xff) == 0 else { failed = true; break }
+                        out[o] = UInt8(n >> 16)
+                        if padding == 1 { out[o + 1] = UInt8(n >> 8 & 0xff) }
+                        o += 3 - padding
+                    } else {
+                        out[o] = UInt8(n >> 16)
+                        out[o + 1] = UInt8(n >> 8 & 0xff)
+                        out[o + 2] = UInt8(n & 0xff)
+                        o += 3
+                    }
+                }
+                written = failed ? 0 : o
+            }
+            return failed ? nil : bytes
         }
     }
 }

@@ -94,6 +94,38 @@ import LedgerCrypto
         #expect(Base64.decode("AAE") == nil)
         #expect(Base64.decode("AA E=") == nil)
         #expect(Base64.decode("_-8=") == nil)
+        #expect(Base64.decode("") == [])
+        #expect(Base64.encode([]) == "")
+    }
+
+    /// The base64 codec against Foundation's, with the canonical-form rule on top: every
+    /// length encodes alike and decodes back, and random texts over the alphabet, `=` and a
+    /// few strangers decode (or fail) alike.
+    @Test func base64MatchesFoundation() {
+        func reference(_ text: String) -> [UInt8]? {
+            guard text.utf8.count % 4 == 0, text.utf8.allSatisfy({ $0 < 0x80 && $0 != UInt8(ascii: "\n") && $0 != UInt8(ascii: " ") }),
+                  let data = Data(base64Encoded: text), Data(data).base64EncodedString() == text else { return nil }
+            return [UInt8](data)
+        }
+        var rng = SystemRandomNumberGenerator()
+        for length in 0..<200 {
+            let bytes = (0..<length).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            let text = Base64.encode(bytes)
+            #expect(text == Data(bytes).base64EncodedString(), "length \(length)")
+            #expect(Base64.decode(text) == bytes, "length \(length)")
+            #expect(bytes.withUnsafeBytes { Base64.encode($0) } == text)
+        }
+        let symbols = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8) + Array("=====-_ \n.é".utf8)
+        var decoded = 0
+        for _ in 0..<20_000 {
+            let count = Int.random(in: 0...12, using: &rng)
+            var text = String(decoding: (0..<count).map { _ in symbols.randomElement(using: &rng)! }, as: UTF8.self)
+            if Bool.random(using: &rng), text.count >= 2 { text = String(text.dropLast(2)) + "==" }
+            let mine = Base64.decode(text)
+            #expect(mine == reference(text), "\(text.debugDescription)")
+            if mine != nil { decoded += 1 }
+        }
+        #expect(decoded > 100)
     }
 
     @Test func constantTimeComparison() {
