@@ -112,16 +112,22 @@ public struct PatientExport: Sendable {
     }
 
     /// Whether two values JSONSerialization parsed are the same JSON: objects with the same
-    /// members (in any order), arrays element by element, strings by their characters,
-    /// numbers by value, booleans and null by themselves (a boolean is never a number).
+    /// members (in any order), arrays element by element, strings by their Unicode scalars,
+    /// numbers by value as Foundation compares them (through `Double` where one is not an
+    /// integer), booleans and null by themselves (a boolean is never a number).
     /// Walked here rather than compared as `NSDictionary`, which cost more than the rest of a
     /// record's verification and, on Linux, found `true` unequal to `true` and `0` equal to
     /// `false`.
     static func sameJSON(_ a: Any, _ b: Any) -> Bool {
-        if let a = a as? String { return (b as? String).map { $0 == a } ?? false }
+        // Strings and member names compare by their Unicode scalars: Swift's `==` would take
+        // a re-normalized spelling (NFC against NFD) for the stored one.
+        if let a = a as? String { return (b as? String).map { $0.unicodeScalars.elementsEqual(a.unicodeScalars) } ?? false }
         if let a = a as? [String: Any] {
             guard let b = b as? [String: Any], a.count == b.count else { return false }
-            return a.allSatisfy { key, value in b[key].map { sameJSON(value, $0) } ?? false }
+            var members: [[Unicode.Scalar]: Any] = [:]
+            for (key, value) in b { members[Array(key.unicodeScalars)] = value }
+            guard members.count == b.count else { return false }
+            return a.allSatisfy { key, value in members[Array(key.unicodeScalars)].map { sameJSON(value, $0) } ?? false }
         }
         if let a = a as? [Any] {
             guard let b = b as? [Any], a.count == b.count else { return false }

@@ -1086,6 +1086,9 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
             #expect(!PatientExport.sameJSON(try parsed(base), try parsed(differs)), "\(differs)")
             #expect(!PatientExport.sameJSON(try parsed(differs), try parsed(base)), "\(differs)")
         }
+        // A re-normalized spelling (NFD for NFC) is another string, as a value and as a name.
+        #expect(!PatientExport.sameJSON(try parsed("[\"\u{e9}\"]"), try parsed("[\"e\u{301}\"]")))
+        #expect(!PatientExport.sameJSON(try parsed("{\"\u{e9}\":1}"), try parsed("{\"e\u{301}\":1}")))
         #expect(!PatientExport.sameJSON(try parsed("null"), try parsed("0")))
         #expect(!PatientExport.sameJSON(try parsed(#""1""#), try parsed("1")))
         // Booleans are themselves, never numbers; numbers compare by value.
