@@ -891,14 +891,6 @@ public final class PatientRecords: @unchecked Sendable {
                                       resourceType: parts.resourceType, content: content, index: index))
     }
 
-    /// Commits the audit entry of a finished access, then returns its result or throws its refusal.
-    private func audited<T>(_ event: AuditEvent, _ outcome: Result<T, LedgerError>) throws -> T {
-        var event = event
-        event.settle(outcome)
-        try auditCommitter.record([event.row])
-        return try outcome.get()
-    }
-
     /// The accessor as audit entries name it: a patient by their own pseudonym, never their id.
     func auditAgent(_ accessor: Accessor) throws -> String {
         accessor.role == .patient ? "patient:" + (try pseudonym(of: accessor.id)).hex : accessor.id

@@ -133,13 +133,12 @@ final class StagedRecords: @unchecked Sendable {
                 guard let index = era.versions[StagedVersion(slot: slot, version: version)], bounds.contains(index) else { return nil }
                 return StoredVersion.Place(version: version, index: index)
             }
-            guard var version = era.newest[slot] else { return nil }
-            // A later snapshot's versions are skipped; a record's versions are consecutive.
-            while version > 0, let index = era.versions[StagedVersion(slot: slot, version: version)], index >= bounds.folded {
-                if index < bounds.end { return StoredVersion.Place(version: version, index: index) }
-                version -= 1
+            var newest: StoredVersion.Place?
+            Self.walk(slot, era, bounds) { version, index in
+                newest = StoredVersion.Place(version: version, index: index)
+                return false
             }
-            return nil
+            return newest
         }
     }
 
@@ -148,15 +147,24 @@ final class StagedRecords: @unchecked Sendable {
         defer { lock.unlock() }
         var out: [(r: Hash, version: UInt32, index: UInt64)] = []
         for r in r.map({ [$0] }) ?? era.records[p] ?? [] {
-            let slot = RecordSlot(p: p, r: r)
-            guard var version = era.newest[slot] else { continue }
-            // Newest first down to the era's first; a later snapshot's versions are skipped.
-            while version > 0, let index = era.versions[StagedVersion(slot: slot, version: version)], index >= bounds.folded {
-                if index < bounds.end { out.append((r, version, index)) }
-                version -= 1
+            Self.walk(RecordSlot(p: p, r: r), era, bounds) { version, index in
+                out.append((r, version, index))
+                return true
             }
         }
         return out
+    }
+
+    /// `visit` with each staged version of `slot` that a snapshot with `bounds` sees, newest
+    /// first, while it returns true. The walk goes down from the era's newest version and
+    /// skips the versions of later snapshots; a record's versions are consecutive, so it ends
+    /// at the first one the era does not hold (folded before it) or that is older than the era.
+    private static func walk(_ slot: RecordSlot, _ era: Era, _ bounds: Bounds, _ visit: (UInt32, UInt64) -> Bool) {
+        guard var version = era.newest[slot] else { return }
+        while version > 0, let index = era.versions[StagedVersion(slot: slot, version: version)], index >= bounds.folded {
+            if index < bounds.end, !visit(version, index) { return }
+            version -= 1
+        }
     }
 
     /// `records.folded` in `view` (0 when absent).
