@@ -56,10 +56,10 @@ public struct BlobRangeProof: Sendable {
             throw fail("not valid JSON with unique member names: \(error)")
         }
         guard let doc = (try? JSONSerialization.jsonObject(with: json)) as? [String: Any], doc["type"] as? String == "blob-range",
-              doc["v"] as? Int == 1, let note = doc["checkpoint"] as? String,
+              JSONValue.integer(doc["v"], as: Int.self) == 1, let note = doc["checkpoint"] as? String,
               let entryBytes = (doc["entry"] as? String).flatMap({ Base64.decode($0) }),
               let inclusionObject = doc["inclusion"], let keyObject = doc["key_proof"],
-              let offset = (doc["offset"] as? NSNumber)?.uint64Value, let length = (doc["length"] as? NSNumber)?.uint64Value,
+              let offset = JSONValue.integer(doc["offset"], as: UInt64.self), let length = JSONValue.integer(doc["length"], as: UInt64.self),
               let chunks = doc["chunks"] as? [[String: Any]] else {
             throw fail("missing or malformed field")
         }
@@ -67,14 +67,14 @@ public struct BlobRangeProof: Sendable {
         do { checkpoint = try SignedCheckpoint(verifying: note, verifiers: [verifier], origin: verifier.name).checkpoint } catch {
             throw fail("checkpoint signature: \(error)")
         }
-        guard (doc["tree_size"] as? NSNumber)?.uint64Value == checkpoint.size else { throw fail("tree_size is not the checkpoint's") }
+        guard JSONValue.integer(doc["tree_size"], as: UInt64.self) == checkpoint.size else { throw fail("tree_size is not the checkpoint's") }
         let inclusion = try ProofDocument(json: JSONSerialization.data(withJSONObject: inclusionObject))
         let keyProof = try ProofDocument(json: JSONSerialization.data(withJSONObject: keyObject))
         guard case .inclusion(let inc) = inclusion, case .key(let key) = keyProof else { throw fail("wrong proof types") }
         try inclusion.verify(against: checkpoint)
         try keyProof.verify(against: checkpoint)
         let leafHash = SHA256.leafHash(entryBytes)
-        guard inc.leafHash == leafHash, (doc["entry_index"] as? NSNumber)?.uint64Value == inc.proof.leafIndex else {
+        guard inc.leafHash == leafHash, JSONValue.integer(doc["entry_index"], as: UInt64.self) == inc.proof.leafIndex else {
             throw fail("the entry is not the proven leaf")
         }
         guard let entry = try? LedgerEntry(decoding: entryBytes), let manifest = BlobManifest(entry: entry) else {
@@ -94,7 +94,7 @@ public struct BlobRangeProof: Sendable {
         for (n, item) in chunks.enumerated() {
             let i = firstChunk + n
             func bad(_ why: String) -> MerkleLogError { fail("chunk \(i): \(why)") }
-            guard (item["index"] as? NSNumber)?.intValue == i, let box = (item["box"] as? String).flatMap({ Base64.decode($0) }),
+            guard JSONValue.integer(item["index"], as: Int.self) == i, let box = (item["box"] as? String).flatMap({ Base64.decode($0) }),
                   var keyBytes = (item["chunk_key"] as? String).flatMap({ Base64.decode($0) }), keyBytes.count == 32,
                   let pathText = item["path"] as? [String] else { throw bad("missing or malformed field") }
             defer { secureZero(&keyBytes) }

@@ -140,12 +140,12 @@ struct BlobManifest {
 
     /// Parses a manifest entry strictly; nil for anything else.
     init?(entry: LedgerEntry) {
-        guard entry.operation == .set, let o = PatientPayload.decode(entry.payload), o["type"] as? String == "blob", o["v"] as? Int == 1,
+        guard entry.operation == .set, let o = PatientPayload.decode(entry.payload), o["type"] as? String == "blob", JSONValue.integer(o["v"], as: Int.self) == 1,
               let p = (o["patient"] as? String).flatMap({ Hash(hex: $0) }), let b = (o["blob"] as? String).flatMap({ Hash(hex: $0) }),
-              let version = (o["version"] as? NSNumber)?.uint32Value, version > 0,
-              let size = (o["size"] as? NSNumber)?.uint64Value, let chunkSize = (o["chunk_size"] as? NSNumber)?.uint32Value, chunkSize > 0,
-              let chunks = (o["chunks"] as? NSNumber)?.intValue, let root = (o["root"] as? String).flatMap({ Hash(hex: $0) }),
-              let mediaType = o["media_type"] as? String, let epoch = (o["key_epoch"] as? NSNumber)?.uint32Value,
+              let version = JSONValue.integer(o["version"], as: UInt32.self), version > 0,
+              let size = JSONValue.integer(o["size"], as: UInt64.self), let chunkSize = JSONValue.integer(o["chunk_size"], as: UInt32.self), chunkSize > 0,
+              let chunks = JSONValue.integer(o["chunks"], as: Int.self), let root = (o["root"] as? String).flatMap({ Hash(hex: $0) }),
+              let mediaType = o["media_type"] as? String, let epoch = JSONValue.integer(o["key_epoch"], as: UInt32.self),
               chunks == BlobRow.chunkCount(size: size, chunkSize: chunkSize), entry.key == PatientPayload.blobKey(p, b) else { return nil }
         self.init(p: p, b: b, version: version, size: size, chunkSize: chunkSize, chunks: chunks, root: root, mediaType: mediaType, epoch: epoch)
     }

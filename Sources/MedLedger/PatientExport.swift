@@ -88,13 +88,13 @@ public struct PatientExport: Sendable {
             }
             guard let payload = PatientPayload.decode(entry.payload), payload["type"] as? String == "record",
                   let patient = payload["patient"] as? String, let record = payload["record"] as? String,
-                  let version = payload["version"] as? Int, version > 0, version <= Int(UInt32.max),
-                  let boxHash = payload["ciphertext_hash"] as? String, payload["v"] as? Int == 1,
+                  let version = JSONValue.integer(payload["version"], as: UInt32.self), version > 0,
+                  let boxHash = payload["ciphertext_hash"] as? String, JSONValue.integer(payload["v"], as: Int.self) == 1,
                   entry.key == "record/\(patient)/\(record)" else { throw bad("the entry is not a record entry") }
             guard SHA256.hash(box).hex == boxHash else { throw bad("the ciphertext is not the one the entry commits to") }
             let recordKey = recordKeyBytes.withUnsafeBytes { SecureBytes(copying: $0) }
             guard var plaintext = try? AESGCM.open(box, key: recordKey, associatedData: PatientRecords.recordAAD(
-                patient: patient, record: record, version: UInt32(version))) else { throw bad("the ciphertext does not open with the record key") }
+                patient: patient, record: record, version: version)) else { throw bad("the ciphertext does not open with the record key") }
             defer { secureZero(&plaintext) }
             guard let parts = RecordPlaintext.decode(plaintext), let resource = bundleEntry["resource"] as? [String: Any],
                   Set(bundleEntry.keys) == ["fullUrl", "resource"] else {
@@ -135,17 +135,9 @@ public struct PatientExport: Sendable {
         }
         if a is NSNull || b is NSNull { return a is NSNull && b is NSNull }
         guard let x = a as? NSNumber, let y = b as? NSNumber else { return false }
-        let booleans = (isBoolean(x), isBoolean(y))
+        let booleans = (JSONValue.isBoolean(x), JSONValue.isBoolean(y))
         guard booleans.0 == booleans.1 else { return false }
         return booleans.0 ? x.boolValue == y.boolValue : x.isEqual(y)
-    }
-
-    /// The class JSONSerialization gives `true` and `false` (numbers are another).
-    private static let booleanClass: AnyClass? = ((try? JSONSerialization.jsonObject(
-        with: Data("true".utf8), options: .fragmentsAllowed)) as? NSNumber).map { type(of: $0) }
-
-    private static func isBoolean(_ number: NSNumber) -> Bool {
-        booleanClass.map { type(of: number) == $0 } ?? false
     }
 
     /// A proof bundle's fields. Each is optional and a member of the wrong type reads as

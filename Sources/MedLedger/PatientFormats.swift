@@ -94,12 +94,12 @@ public struct Grant: Sendable, Hashable {
         guard let grantee = object["grantee"] as? String,
               let key = (object["grantee_key"] as? String).flatMap({ Base64.decode($0) }),
               let types = object["resource_types"] as? [String], let records = object["records"] as? [String],
-              let notAfter = (object["not_after"] as? NSNumber)?.int64Value,
-              let issuedAt = (object["issued_at"] as? NSNumber)?.int64Value else { return nil }
+              let notAfter = JSONValue.integer(object["not_after"], as: Int64.self),
+              let issuedAt = JSONValue.integer(object["issued_at"], as: Int64.self) else { return nil }
         self.init(grantee: grantee, granteeKey: key, encryptionKey: (object["grantee_x25519"] as? String).flatMap { Base64.decode($0) },
                   resourceTypes: types, recordHashes: records, notAfter: notAfter,
                   issuedAt: issuedAt, signature: (object["signature"] as? String).flatMap { Base64.decode($0) })
-        index = (object["index"] as? NSNumber)?.uint64Value ?? 0
+        index = JSONValue.integer(object["index"], as: UInt64.self) ?? 0
     }
 }
 
@@ -320,4 +320,31 @@ struct PatientState {
         } else if b.count != at + 1 { return nil }
         self.init(status: status, index: index, generation: generation, wrappedKeys: wrappedKeys, signingKey: signingKey)
     }
+}
+
+/// Integers and booleans in what `JSONSerialization` parsed, told apart strictly: it hands
+/// `true` to `as? Int` as 1, `1.5` to `NSNumber.uint64Value` as 1 and `-1` as 2^64 - 1, so a
+/// field read that way would accept spellings the ledger never writes.
+enum JSONValue {
+    /// `value` when it is a JSON integer (no fraction, no exponent, not a boolean) that `T`
+    /// represents exactly; nil otherwise.
+    static func integer<T: FixedWidthInteger>(_ value: Any?, as type: T.Type = T.self) -> T? {
+        guard let number = value as? NSNumber, !isBoolean(number), !(number is NSDecimalNumber) else { return nil }
+        switch UInt8(bitPattern: number.objCType.pointee) {
+        case UInt8(ascii: "Q"), UInt8(ascii: "L"), UInt8(ascii: "I"), UInt8(ascii: "S"), UInt8(ascii: "C"):
+            return T(exactly: number.uint64Value)
+        case UInt8(ascii: "q"), UInt8(ascii: "l"), UInt8(ascii: "i"), UInt8(ascii: "s"):
+            return T(exactly: number.int64Value)
+        default:
+            return nil  // `d` and `f`: the number had a fraction or an exponent
+        }
+    }
+
+    /// Whether `number` is `true` or `false` (JSONSerialization's boolean class), not a number.
+    static func isBoolean(_ number: NSNumber) -> Bool {
+        booleanClass.map { type(of: number) == $0 } ?? false
+    }
+
+    private static let booleanClass: AnyClass? = ((try? JSONSerialization.jsonObject(
+        with: Data("true".utf8), options: .fragmentsAllowed)) as? NSNumber).map { type(of: $0) }
 }

@@ -266,7 +266,10 @@ public enum ProofDocument: Sendable, Equatable {
         case DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context):
             return "bad value at \(context.codingPath.map(\.stringValue).joined(separator: "."))"
         case DecodingError.dataCorrupted(let context):
-            return context.codingPath.isEmpty ? "not JSON" : "bad value at \(context.codingPath.map(\.stringValue).joined(separator: "."))"
+            // Documents reach the decoder after the JSON checker accepted them; what it then
+            // calls invalid JSON, without a path, is a number outside its field's range.
+            return context.codingPath.isEmpty ? "a number is negative, fractional or too large for its field"
+                                              : "bad value at \(context.codingPath.map(\.stringValue).joined(separator: "."))"
         default: return "unreadable"
         }
     }

@@ -694,8 +694,8 @@ extension LedgerVerifier {
                 guard state.status == .active else { return }  // erasure deleted the grants
                 let key = p.bytes + Array(parts[2].utf8)
                 let row = try view.value(tables.grants, key: key).flatMap { PatientPayload.decode($0) }
-                let rowIndex = (row?["index"] as? NSNumber)?.uint64Value ?? 0
-                let revokedIndex = (row?["revoked_index"] as? NSNumber)?.uint64Value
+                let rowIndex = JSONValue.integer(row?["index"], as: UInt64.self) ?? 0
+                let revokedIndex = JSONValue.integer(row?["revoked_index"], as: UInt64.self)
                 // The row holds the grantee's latest grant, and its revocation when revoked.
                 let matches = entry.operation == .set ? row != nil && rowIndex >= index
                                                       : row != nil && (rowIndex > index || revokedIndex == index)
@@ -758,7 +758,7 @@ extension LedgerVerifier {
         private mutating func recordEntry(_ entry: LedgerEntry, p: Hash, index: UInt64, tables: PatientTables) throws {
             let where_ = "entry \(index)"
             guard let payload = PatientPayload.decode(entry.payload),
-                  let version = (payload["version"] as? NSNumber)?.uint32Value,
+                  let version = JSONValue.integer(payload["version"], as: UInt32.self),
                   let r = (payload["record"] as? String).flatMap({ Hash(hex: $0) }),
                   let hash = (payload["ciphertext_hash"] as? String).flatMap({ Hash(hex: $0) }) else {
                 report.add(.records, where_, "record payload lacks version, record or ciphertext_hash")
@@ -798,10 +798,10 @@ extension LedgerVerifier {
             let (storedIndex, epoch, box) = stored
             if storedIndex != index { report.add(.records, where_, "pl.records row of version \(version) names entry \(storedIndex)") }
             if SHA256.hash(box) != hash { report.add(.records, where_, "stored ciphertext does not hash to the entry's ciphertext_hash") }
-            if (payload["ciphertext_size"] as? NSNumber)?.intValue != box.count {
+            if JSONValue.integer(payload["ciphertext_size"], as: Int.self) != box.count {
                 report.add(.records, where_, "stored ciphertext is \(box.count) bytes, the entry says \(payload["ciphertext_size"] ?? "nothing")")
             }
-            if let entryEpoch = (payload["key_epoch"] as? NSNumber)?.uint32Value, entryEpoch != epoch {
+            if let entryEpoch = JSONValue.integer(payload["key_epoch"], as: UInt32.self), entryEpoch != epoch {
                 report.add(.records, where_, "pl.records row names key epoch \(epoch), the entry \(entryEpoch)")
             }
         }
@@ -884,12 +884,12 @@ extension LedgerVerifier {
                 more = try cursor.next()
                 report.grants += 1
                 let where_ = "pl.grants \(Hex.encode(key.prefix(32)))/\(String(decoding: key.dropFirst(32), as: UTF8.self))"
-                guard key.count > 32, let p = Hash(key.prefix(32)), var row, let index = (row["index"] as? NSNumber)?.uint64Value else {
+                guard key.count > 32, let p = Hash(key.prefix(32)), var row, let index = JSONValue.integer(row["index"], as: UInt64.self) else {
                     report.add(.grants, where_, "malformed grant row")
                     continue
                 }
                 let grantKey = PatientPayload.grantKey(p, String(decoding: key.dropFirst(32), as: UTF8.self))
-                let revokedIndex = (row["revoked_index"] as? NSNumber)?.uint64Value
+                let revokedIndex = JSONValue.integer(row["revoked_index"], as: UInt64.self)
                 let revokedAt = row["revoked_at"] as? NSNumber
                 if (revokedIndex == nil) != (revokedAt == nil) {
                     report.add(.grants, where_, "revoked_at and revoked_index must come together")

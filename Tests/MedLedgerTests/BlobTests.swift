@@ -215,6 +215,11 @@ func putBlob(_ f: PatientFixture, _ patient: String, _ id: String, _ content: [U
         try rejects("checkpoint altered") { $0["checkpoint"] = ($0["checkpoint"] as! String).replacingOccurrences(of: "\n", with: "\n\n", options: [], range: nil) }
         try rejects("tree size differs") { $0["tree_size"] = ($0["tree_size"] as! Int) + 1 }
         try rejects("wrong type") { $0["type"] = "export" }
+        // Integer fields take plain JSON integers only.
+        try rejects("version as true") { $0["v"] = true }
+        try rejects("version as a fraction") { $0["v"] = 1.5 }
+        try rejects("negative offset") { $0["offset"] = -1 }
+        try rejects("chunk index as a fraction") { editChunk(0, { $0["index"] = Double($0["index"] as! Int) + 0.5 })(&$0) }
         // Another ledger's key does not verify it.
         let other = try PatientFixture("blob-proof-other")
         #expect(throws: MerkleLogError.self) { try BlobRangeProof.verify(proof.json, verifier: NoteVerifier(parsing: other.verifierKey)) }

@@ -128,4 +128,26 @@ import TestSupport
         #expect(acceptedCount > 2_000 && refusedCount > 2_000, "\(acceptedCount) accepted, \(refusedCount) refused")
         #expect(disagreements.isEmpty, "\(disagreements.count) disagreements, first: \(disagreements.first ?? "")")
     }
+    /// Integer fields of payloads and proofs read only plain JSON integers: `true`, fractions,
+    /// exponents, negative values for unsigned fields and out-of-range values are refused.
+    @Test func integerFieldsAcceptOnlyPlainIntegers() {
+        func parse(_ text: String) -> Any {
+            (try! JSONSerialization.jsonObject(with: Data("[\(text)]".utf8)) as! [Any])[0]
+        }
+        #expect(JSONValue.integer(parse("1"), as: Int.self) == 1)
+        #expect(JSONValue.integer(parse("0"), as: UInt64.self) == 0)
+        #expect(JSONValue.integer(parse("-7"), as: Int64.self) == -7)
+        #expect(JSONValue.integer(parse("4294967295"), as: UInt32.self) == UInt32.max)
+        #expect(JSONValue.integer(parse("9223372036854775807"), as: Int64.self) == Int64.max)
+        #expect(JSONValue.integer(parse("18446744073709551615"), as: UInt64.self) == UInt64.max)
+        for text in ["true", "false", "1.0", "1.5", "1e2", "1E0", "\"1\"", "null", "[1]", "18446744073709551616",
+                     "123456789012345678901234567890"] {
+            #expect(JSONValue.integer(parse(text), as: UInt64.self) == nil, "\(text) must not read as an integer")
+            #expect(JSONValue.integer(parse(text), as: Int.self) == nil, "\(text) must not read as an integer")
+        }
+        #expect(JSONValue.integer(parse("-1"), as: UInt64.self) == nil)
+        #expect(JSONValue.integer(parse("4294967296"), as: UInt32.self) == nil)
+        #expect(JSONValue.integer(nil, as: Int.self) == nil)
+        #expect(JSONValue.isBoolean(parse("true") as! NSNumber) && !JSONValue.isBoolean(parse("1") as! NSNumber))
+    }
 }
