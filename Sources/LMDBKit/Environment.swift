@@ -265,6 +265,41 @@ public final class Environment: @unchecked Sendable {
         }
     }
 
+    /// Runs `body` with two read-only transactions that see the same committed state, so that
+    /// one snapshot's work can be split across two threads, or returns nil when commits kept
+    /// landing between the two begins (a few attempts).
+    ///
+    /// This is the one exception to a transaction's thread rule: with `MDB_NOTLS` a read
+    /// transaction may be used on a thread other than the one that began it, so `body` may
+    /// hand each transaction's ``Transaction/unsafeView`` to a thread of its own, provided no
+    /// two threads use one transaction at once and every use ends before `body` returns.
+    public func readPair<R>(_ body: (borrowing Transaction, borrowing Transaction) throws -> R) throws -> R? {
+        var resizes = 0
+        while true {
+            do {
+                return try resizeLock.withReadLock { () throws -> R? in
+                    // The two begins are microseconds apart and commits milliseconds: a retry
+                    // almost always finds both on one snapshot.
+                    for _ in 0..<4 {
+                        let first = try begin(readOnly: true)
+                        let second = try begin(readOnly: true)
+                        // A commit landed between them: both are aborted as they go out of scope.
+                        guard first.unsafeView.snapshotID == second.unsafeView.snapshotID else { continue }
+                        let result = try body(first, second)
+                        // Committed (not aborted), as in ``read(_:)``, so databases opened inside stay open.
+                        try second.commit()
+                        try first.commit()
+                        return result
+                    }
+                    return nil
+                }
+            } catch let error as LMDBError where error.code == .mapResized && resizes < 8 {
+                resizes += 1
+                try adoptResizedMap()
+            }
+        }
+    }
+
     /// Runs `body` in the write transaction and commits it (`mdb_txn_commit`) when `body`
     /// returns; aborts and rethrows when `body` throws.
     ///

@@ -237,21 +237,26 @@ extension AESGCM {
             }
             if let key { try requireKeyLength(key) }
             let nonce = box.baseAddress!.assumingMemoryBound(to: UInt8.self)
-            var out = [UInt8](repeating: 0, count: box.count - overhead)
-            try out.withUnsafeMutableBytes { out in
+            let count = box.count - overhead
+            // Decrypted straight into the array's uninitialized storage: zero-filling it first
+            // was a pass over every record read for nothing.
+            return try [UInt8](unsafeUninitializedCapacity: count) { out, initialized in
+                let raw = UnsafeMutableRawBufferPointer(out)
                 do {
                     // A nil key keeps the expanded fixed key and sets only the nonce.
                     let ok = key?.withUnsafeBytes { k in EVP_DecryptInit_ex(ctx, nil, nil, k.baseAddress!.assumingMemoryBound(to: UInt8.self), nonce) }
                         ?? EVP_DecryptInit_ex(ctx, nil, nil, nil, nonce)
                     guard ok == 1 else { throw CryptoError.openSSL("AES-256-GCM key setup") }
                     // `decrypt` refuses oversized boxes and associated data.
-                    try AESGCM.decrypt(ctx, UnsafeRawBufferPointer(rebasing: box[nonceByteCount...]), into: out, aad: aad)
+                    try AESGCM.decrypt(ctx, UnsafeRawBufferPointer(rebasing: box[nonceByteCount...]), into: raw, aad: aad)
                 } catch {
-                    out.initializeMemory(as: UInt8.self, repeating: 0)
+                    // Unauthenticated plaintext is wiped before the storage is freed.
+                    raw.initializeMemory(as: UInt8.self, repeating: 0)
+                    initialized = 0
                     throw error
                 }
+                initialized = count
             }
-            return out
         }
     }
 }

@@ -491,8 +491,11 @@ public final class PatientRecords: @unchecked Sendable {
     }
 
     /// `body` over `0..<count` in a read snapshot, on two threads when `count` is large: each
-    /// half in its own read transaction, kept only when both saw the same snapshot (else the
-    /// whole range again on one). Returns the results in order and the snapshot's id.
+    /// half in its own read transaction, both begun on this thread at the same snapshot (when
+    /// commits keep them apart, the whole range runs on one). Returns the results in order and
+    /// the snapshot's id. (Halves begun on their own threads saw different snapshots whenever
+    /// a commit fell between them, which concurrent readers' audit commits made the common
+    /// case, and the whole range then ran a second time.)
     func inSnapshot<T>(_ count: Int, _ body: (TransactionView, Range<Int>) throws -> [T]) throws -> (results: [T], snapshot: UInt64) {
         func run(_ range: Range<Int>) throws -> (results: [T], snapshot: UInt64) {
             try Ledger.storage {
@@ -503,13 +506,20 @@ public final class PatientRecords: @unchecked Sendable {
             }
         }
         guard count >= Self.parallelReadThreshold else { return try run(0..<count) }
-        return try withoutActuallyEscaping(run) { run in
-            let job = ParallelMap(count: 2) { try run($0 == 0 ? 0..<(count / 2) : (count / 2)..<count) }
-            DispatchQueue.concurrentPerform(iterations: 2) { job.run($0) }
-            let halves = try job.results()
-            guard halves[0].snapshot == halves[1].snapshot else { return try run(0..<count) }
-            return (halves[0].results + halves[1].results, halves[0].snapshot)
+        let paired = try Ledger.storage {
+            try ledger.environment.readPair { first, second -> (results: [T], snapshot: UInt64) in
+                let views = (first.unsafeView, second.unsafeView)
+                return try withoutActuallyEscaping(body) { body in
+                    let job = ParallelMap(count: 2) { half in
+                        try half == 0 ? body(views.0, 0..<(count / 2)) : body(views.1, (count / 2)..<count)
+                    }
+                    DispatchQueue.concurrentPerform(iterations: 2) { job.run($0) }
+                    let halves = try job.results()
+                    return (halves[0] + halves[1], views.0.snapshotID)
+                }
+            }
         }
+        return try paired ?? run(0..<count)
     }
 
     /// Stores many record versions in one transaction (one commit, one fsync): all or none.

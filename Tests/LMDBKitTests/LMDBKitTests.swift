@@ -157,8 +157,72 @@ func temporaryDirectory(_ name: String = "lmdb") -> String {
         }
         #expect(try env.read { try $0.value(db, key: "n") } == UInt64(1).bigEndianBytes)
     }
+
+    /// The two transactions of a pair see one snapshot even while another thread commits
+    /// without pause, and each can be read on a thread of its own.
+    @Test func aReadPairSharesOneSnapshotAcrossThreads() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var options = Environment.Options()
+        options.durable = false
+        let env = try Environment(path: path, options: options)
+        let db = try #require(try env.openDatabase("kv"))
+        try env.write { txn in try txn.put(db, key: "n", value: UInt64(0)) }
+        let stop = LockedFlag()
+        let writerDone = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            var n: UInt64 = 0
+            while !stop.isSet {
+                n += 1
+                try? env.write { w in try w.put(db, key: "n", value: n) }
+            }
+            writerDone.signal()
+        }
+        defer { stop.set(); writerDone.wait() }
+        var paired = 0, distinctValues = Set<[UInt8]>()
+        // Until the pairs have seen several of the writer's states (a loaded machine may start
+        // the writer late), within a bound.
+        for _ in 0..<20_000 where distinctValues.count < 3 {
+            let outcome = try env.readPair { first, second -> ([UInt8]?, [UInt8]?, Bool) in
+                // Each view is used by one thread, and both uses end before the pair does.
+                nonisolated(unsafe) let views = (first.unsafeView, second.unsafeView)
+                let seen = LockedBox<[[UInt8]?]>([nil, nil])
+                DispatchQueue.concurrentPerform(iterations: 2) { i in
+                    let value = try? (i == 0 ? views.0 : views.1).value(db, key: "n")
+                    seen.update { $0[i] = value }
+                }
+                return (seen.value[0], seen.value[1], views.0.snapshotID == views.1.snapshotID)
+            }
+            guard let (a, b, sameID) = outcome else { continue }
+            paired += 1
+            #expect(sameID && a != nil && a == b)
+            if let a { distinctValues.insert(a) }
+        }
+        #expect(paired > 0)
+        // The writer did commit in between: the pairs saw several states.
+        #expect(distinctValues.count > 1)
+    }
 }
 
 extension UInt64 {
     var bigEndianBytes: [UInt8] { withUnsafeBytes(of: self.bigEndian) { Array($0) } }
+}
+
+/// A flag one thread sets and another polls.
+final class LockedFlag: @unchecked Sendable {
+    // Sendable: `lock` guards `flag`.
+    private let lock = NSLock()
+    private var flag = false
+    var isSet: Bool { lock.withLock { flag } }
+    func set() { lock.withLock { flag = true } }
+}
+
+/// A value two threads update under a lock.
+final class LockedBox<T>: @unchecked Sendable {
+    // Sendable: `lock` guards `stored`.
+    private let lock = NSLock()
+    private var stored: T
+    init(_ value: T) { stored = value }
+    var value: T { lock.withLock { stored } }
+    func update(_ change: (inout T) -> Void) { lock.withLock { change(&stored) } }
 }
