@@ -52,7 +52,7 @@ public struct BlobRangeProof: Sendable {
     public static func verify(_ json: Data, verifier: NoteVerifier) throws -> Verified {
         func fail(_ why: String) -> MerkleLogError { MerkleLogError(.verificationFailed, "blob range: \(why)") }
         guard json.count <= maxSize else { throw fail("proof larger than \(maxSize) bytes") }
-        do { _ = try JSONCheck.check([UInt8](json), rejectingDuplicates: true) } catch {
+        do { _ = try JSONCheck.check([UInt8](json), rejectingDuplicates: true, integersOnly: true) } catch {
             throw fail("not valid JSON with unique member names: \(error)")
         }
         guard let doc = (try? JSONSerialization.jsonObject(with: json)) as? [String: Any], doc["type"] as? String == "blob-range",

@@ -32,11 +32,15 @@ enum JSONCheck {
     /// Checks `bytes` as one JSON text.
     /// With `rejectingDuplicates`, an object naming a member twice is refused: parsers
     /// disagree on which of the two wins, so a verifier must not accept it. `maxDepth` is for
-    /// documents that embed stored records a few levels down (an export's Bundle).
+    /// documents that embed stored records a few levels down (an export's Bundle). With
+    /// `integersOnly`, every number must be a non-negative integer in plain digits: proof
+    /// documents hold only sizes, indexes and offsets, and refusing `1.0`, `1e0` or `-0`
+    /// leaves each proof one spelling of its numbers.
     static func check(_ bytes: UnsafeRawBufferPointer, rejectingDuplicates: Bool = false,
-                      maxDepth: Int = JSONCheck.maxDepth) throws(Failure) -> Summary {
+                      maxDepth: Int = JSONCheck.maxDepth, integersOnly: Bool = false) throws(Failure) -> Summary {
         var parser = Parser(bytes: bytes)
         parser.rejectDuplicates = rejectingDuplicates
+        parser.integersOnly = integersOnly
         parser.maxDepth = maxDepth
         var summary = Summary()
         parser.skipSpace()
@@ -47,10 +51,13 @@ enum JSONCheck {
     }
 
     /// Checks a byte array as one JSON text.
-    static func check(_ bytes: [UInt8], rejectingDuplicates: Bool = false, maxDepth: Int = JSONCheck.maxDepth) throws(Failure) -> Summary {
+    static func check(_ bytes: [UInt8], rejectingDuplicates: Bool = false, maxDepth: Int = JSONCheck.maxDepth,
+                      integersOnly: Bool = false) throws(Failure) -> Summary {
         // Array.withUnsafeBytes rethrows untyped; the body throws only Failure.
         do {
-            return try bytes.withUnsafeBytes { raw in try check(raw, rejectingDuplicates: rejectingDuplicates, maxDepth: maxDepth) }
+            return try bytes.withUnsafeBytes { raw in
+                try check(raw, rejectingDuplicates: rejectingDuplicates, maxDepth: maxDepth, integersOnly: integersOnly)
+            }
         } catch let failure as Failure {
             throw failure
         } catch {
@@ -63,6 +70,7 @@ enum JSONCheck {
         var at = 0
         var rejectDuplicates = false
         var maxDepth = JSONCheck.maxDepth
+        var integersOnly = false
 
         init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
 
@@ -279,6 +287,12 @@ enum JSONCheck {
                 try finite(start)
             } else if at - start > 300 {
                 try finite(start)
+            }
+            if integersOnly {
+                let text = UnsafeRawBufferPointer(rebasing: bytes[start..<at])
+                guard !text.contains(where: { !isDigit($0) }) else {
+                    throw Failure(offset: start, reason: "not a plain non-negative integer (no sign, fraction or exponent)")
+                }
             }
         }
 

@@ -27,8 +27,10 @@ public struct PatientExport: Sendable {
         func fail(_ why: String) -> MerkleLogError { MerkleLogError(.verificationFailed, "export: \(why)") }
         // A member named twice could read differently to another verifier: refused. The Bundle
         // holds stored records three levels down (the Bundle, `entry`, the entry).
-        for (name, document, depth) in [("proof bundle", proof, JSONCheck.maxDepth), ("Bundle", bundle, JSONCheck.maxDepth + 3)] {
-            do { _ = try JSONCheck.check([UInt8](document), rejectingDuplicates: true, maxDepth: depth) } catch {
+        // The proof bundle's numbers are sizes and indexes, plain integers only.
+        for (name, document, depth, integersOnly) in [("proof bundle", proof, JSONCheck.maxDepth, true),
+                                                      ("Bundle", bundle, JSONCheck.maxDepth + 3, false)] {
+            do { _ = try JSONCheck.check([UInt8](document), rejectingDuplicates: true, maxDepth: depth, integersOnly: integersOnly) } catch {
                 throw fail("the \(name) is not valid JSON with unique member names: \(error)")
             }
         }
@@ -137,7 +139,38 @@ public struct PatientExport: Sendable {
         guard let x = a as? NSNumber, let y = b as? NSNumber else { return false }
         let booleans = (JSONValue.isBoolean(x), JSONValue.isBoolean(y))
         guard booleans.0 == booleans.1 else { return false }
-        return booleans.0 ? x.boolValue == y.boolValue : x.isEqual(y)
+        return booleans.0 ? x.boolValue == y.boolValue : sameNumber(x, y)
+    }
+
+    /// Whether two parsed JSON numbers have the same exact value. Foundation's `isEqual`
+    /// compares an integer with a decimal through `Double`, so it took 9007199254740993 for
+    /// 9007199254740992.0; here integers compare as integers, a decimal (what the parser gives
+    /// for a long fraction or exponent) as a `Decimal`, and a double equals an integer or a
+    /// decimal only when it is exactly that value.
+    static func sameNumber(_ x: NSNumber, _ y: NSNumber) -> Bool {
+        enum Exact { case integer(negative: Bool, magnitude: UInt64), decimal(Decimal), double(Double) }
+        func exact(_ n: NSNumber) -> Exact {
+            if n is NSDecimalNumber { return .decimal(n.decimalValue) }
+            if let u = JSONValue.integer(n, as: UInt64.self) { return .integer(negative: false, magnitude: u) }
+            if let i = JSONValue.integer(n, as: Int64.self) { return .integer(negative: i < 0, magnitude: i.magnitude) }
+            return .double(n.doubleValue)
+        }
+        func decimal(_ negative: Bool, _ magnitude: UInt64) -> Decimal {
+            let d = Decimal(magnitude)
+            return negative ? -d : d
+        }
+        switch (exact(x), exact(y)) {
+        case let (.integer(n1, m1), .integer(n2, m2)): return m1 == m2 && (n1 == n2 || m1 == 0)
+        case let (.decimal(d1), .decimal(d2)): return d1 == d2
+        case let (.double(d1), .double(d2)): return d1 == d2
+        case let (.integer(n, m), .decimal(d)), let (.decimal(d), .integer(n, m)): return decimal(n, m) == d
+        case let (.integer(n, m), .double(d)), let (.double(d), .integer(n, m)):
+            guard d.isFinite, d.rounded(.towardZero) == d, (d < 0) == (n && m != 0) || d == 0 else { return false }
+            return UInt64(exactly: d.magnitude) == m
+        case let (.decimal(dec), .double(d)), let (.double(d), .decimal(dec)):
+            // A double's shortest spelling is the text that parses back to it.
+            return d.isFinite && Decimal(string: "\(d)") == dec
+        }
     }
 
     /// A proof bundle's fields. Each is optional and a member of the wrong type reads as

@@ -140,7 +140,7 @@ public enum ProofDocument: Sendable, Equatable {
     /// - Throws: ``LedgerError`` `.invalidArgument` with a message naming the bad field.
     public init(json: Data) throws {
         guard json.count <= Self.maxSize else { throw LedgerError(.invalidArgument, "proof document larger than 16 MiB") }
-        do { _ = try JSONCheck.check([UInt8](json), rejectingDuplicates: true) } catch {
+        do { _ = try JSONCheck.check([UInt8](json), rejectingDuplicates: true, integersOnly: true) } catch {
             throw LedgerError(.invalidArgument, "proof is not valid JSON: \(error)")
         }
         let wire: Wire

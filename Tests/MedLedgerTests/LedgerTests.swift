@@ -333,6 +333,12 @@ func scratchOptions() -> Ledger.Options {
             "", "[]", "{}", "{\"type\":\"inclusion\"}",
             text.replacingOccurrences(of: "\"leaf_index\":4", with: "\"leaf_index\":-4"),
             text.replacingOccurrences(of: "\"leaf_index\":4", with: "\"leaf_index\":4.5"),
+            // The same value spelled another way: each proof has one spelling of its numbers.
+            text.replacingOccurrences(of: "\"leaf_index\":4", with: "\"leaf_index\":4.0"),
+            text.replacingOccurrences(of: "\"leaf_index\":4", with: "\"leaf_index\":4e0"),
+            text.replacingOccurrences(of: "\"leaf_index\":4", with: "\"leaf_index\":40E-1"),
+            text.replacingOccurrences(of: "\"leaf_index\":4", with: "\"leaf_index\":-0"),
+            text.replacingOccurrences(of: "\"type\":", with: "\"note\":0.5,\"type\":"),
             text.replacingOccurrences(of: "\"type\":\"inclusion\"", with: "\"type\":\"other\""),
             text.replacingOccurrences(of: l.hex, with: String(l.hex.dropLast())),
             text.replacingOccurrences(of: l.hex, with: String(l.hex.dropLast()) + "g"),

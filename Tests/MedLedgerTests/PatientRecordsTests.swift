@@ -612,6 +612,19 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
             let message = try failure(change)
             #expect(message?.contains(why) == true, "expected a failure naming \"\(why)\", got \(message ?? "success")")
         }
+        // A size or index spelled as a fraction or with an exponent (the same value) is refused,
+        // at the top level and inside an embedded proof.
+        let size = try #require(proof["tree_size"] as? Int)
+        for (plain, other) in [(#""tree_size":\#(size),"type":"key""#, #""tree_size":\#(size).0,"type":"key""#),
+                               (#","tree_size":\#(size),"type":"export""#, #","tree_size":\#(size)e0,"type":"export""#),
+                               (#""tree_size":\#(size),"type":"inclusion"}"#, #""tree_size":\#(size)E+0,"type":"inclusion"}"#)] {
+            #expect(proofText.contains(plain), "\(plain)")
+            let altered = Data(proofText.replacingOccurrences(of: plain, with: other).utf8)
+            #expect(altered != export.proof)
+            #expect { try PatientExport.verify(bundle: export.bundle, proof: altered, verifier: verifier) } throws: { error in
+                (error as? MerkleLogError)?.message.contains("not a plain non-negative integer") == true
+            }
+        }
     }
 
     /// The benchmarks' split of a batch read's time: both phases are timed, and only while
@@ -1093,7 +1106,15 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         #expect(!PatientExport.sameJSON(try parsed(#""1""#), try parsed("1")))
         // Booleans are themselves, never numbers; numbers compare by value.
         for (x, y, equal) in [("true", "true", true), ("false", "false", true), ("true", "false", false), ("true", "1", false),
-                              ("false", "0", false), ("1", "1.0", true), ("1e2", "100", true), ("2.5", "2.50", true), ("2.5", "2.4", false)] {
+                              ("false", "0", false), ("1", "1.0", true), ("1e2", "100", true), ("2.5", "2.50", true), ("2.5", "2.4", false),
+                              // Exact beyond 2^53, where a double holds every other integer only.
+                              ("9007199254740993", "9007199254740992.0", false), ("9007199254740993", "9007199254740992", false),
+                              ("9007199254740993", "9007199254740993.0", true),
+                              ("18446744073709551615", "18446744073709551615.0", true), ("18446744073709551615", "18446744073709551614", false),
+                              ("-9223372036854775807", "-9223372036854775807.0", true), ("-9223372036854775807", "9223372036854775807", false),
+                              ("9007199254740992", "9007199254740992.0", true), ("9007199254740993", "9.007199254740992e15", false),
+                              ("0.1", "0.10", true), ("0.1", "0.1000000000000000055511151231257827", false),
+                              ("-0", "0", true), ("-0.0", "0", true), ("-1", "1", false), ("-1.0", "-1", true)] {
             #expect(PatientExport.sameJSON(try parsed("[\(x)]"), try parsed("[\(y)]")) == equal, "\(x) \(y)")
             #expect(PatientExport.sameJSON(try parsed(#"{"k":\#(y)}"#), try parsed(#"{"k":\#(x)}"#)) == equal, "\(y) \(x)")
         }
