@@ -125,10 +125,11 @@ public final class Ledger: @unchecked Sendable {
 
     /// The ledger format this version writes (`ledger.meta` `format`, FORMATS.md section 3).
     /// Format 1 stored the key map's pages in an earlier layout; ``openUpgrading(path:options:)``
-    /// (`medledger rebuild-index`) rebuilds them from the log. Format 2 is format 3 without
-    /// the patient layer's log-ordered record tables: it is read as it is and marked 3 when a
-    /// writer opens its patient layer, so that builds which do not know those tables refuse it.
-    static let format: UInt64 = 3
+    /// (`medledger rebuild-index`) rebuilds them from the log. Format 2 is format 4 without
+    /// the patient layer's log-ordered record tables, format 3 without the runs of boxes in
+    /// `pl.boxes`: both are read as they are and marked 4 when a writer opens their patient
+    /// layer, so that builds which do not know those tables or runs refuse them.
+    static let format: UInt64 = 4
 
     private init(path: String, environment: Environment, options: Options, acceptingFormat1: Bool = false) throws {
         self.path = path
@@ -142,7 +143,7 @@ public final class Ledger: @unchecked Sendable {
                     throw LedgerError(.storage, "\(path) holds ledger format 1, whose key-map pages this version does not read: "
                         + "run `medledger rebuild-index \(path)` to rebuild them from the log (the log itself is unchanged)")
                 }
-                guard format == Self.format || format == 2 || format == 1 else {
+                guard format == Self.format || format == 3 || format == 2 || format == 1 else {
                     throw LedgerError(.storage, "\(path) holds a ledger format this version does not read")
                 }
                 return (db, String(decoding: origin, as: UTF8.self))

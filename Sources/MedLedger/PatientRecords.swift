@@ -101,8 +101,10 @@ public final class PatientRecords: @unchecked Sendable {
         let create = !environment.isReadOnly
         let open = { (txn: borrowing Transaction) throws -> PatientTables? in
             let tables = try PatientTables(txn.unsafeView, create: create)
-            // A format-2 ledger's writers do not know pl.records.recent and pl.boxes: mark it 3.
-            if create, try txn.value(ledger.ledgerMeta, key: "format").flatMap({ $0.withUnsafeBytes { UInt64(bigEndianBytes: $0) } }) == 2 {
+            // A format-2 ledger's writers do not know pl.records.recent and pl.boxes, a format-3
+            // ledger's do not know runs of boxes: mark it 4.
+            if create, let format = try txn.value(ledger.ledgerMeta, key: "format").flatMap({ $0.withUnsafeBytes { UInt64(bigEndianBytes: $0) } }),
+               format == 2 || format == 3 {
                 try txn.put(ledger.ledgerMeta, key: "format", value: Ledger.format)
             }
             return tables
@@ -615,9 +617,7 @@ public final class PatientRecords: @unchecked Sendable {
             if view.snapshotID != batch.snapshot + 1 {
                 try self.checkNoNewerVersions(view, tables: tables, prepared, since: batch.bounds)
             }
-            for (i, item) in prepared.enumerated() {
-                try tables.append(view, index: first + UInt64(i), p: item.p, r: item.r, version: item.version, epoch: item.epoch, box: item.box)
-            }
+            try tables.append(view, first: first, prepared)
             try tables.foldIfDue(view, minimum: self.minimumRecordFold, sizeAfter: first + UInt64(prepared.count))
             if timings != nil { marks.tablesDone = DispatchTime.now().uptimeNanoseconds }
         }
@@ -1488,9 +1488,7 @@ public final class PatientRecords: @unchecked Sendable {
                     for key in keys { _ = try view.delete(db, key: key) }
                     if db == self.records { deleted = keys.count }
                 }
-                if let boxTable = recordTables.boxes {
-                    for index in boxes { _ = try view.delete(boxTable, key: index) }
-                }
+                try recordTables.deleteBoxes(view, boxes)
                 try self.writeKeyCheck(view, generation: generation, key: newKey)
             }
         } catch {

@@ -4,8 +4,10 @@ import LedgerCrypto
 
 // Where record versions live (DESIGN.md section 10, FORMATS.md section 10.5):
 //
-// - `pl.boxes`: `u64 entry index -> u32 key epoch || box`, written in log order (appends
-//   only), never moved;
+// - `pl.boxes`: the boxes (`u32 key epoch || nonce || ciphertext || tag`) of consecutive
+//   entries packed into runs under `u64 last index || 0x01`, written in log order (appends
+//   only), rewritten only by an erasure (`BoxRun`); rows of ledgers written before runs
+//   existed hold one box under `u64 entry index` and are read as before;
 // - `pl.records.recent`: `u64 entry index -> p || r || u32 version`, the versions not yet
 //   folded, in log order;
 // - `pl.records`: `p || r || u32 version -> u64 entry index`, the folded versions, in record
@@ -237,13 +239,19 @@ extension RecordTables {
         return try body(stored)
     }
 
-    /// `body` with the box stored under entry `index`; nil when missing or malformed.
+    /// `body` with the box stored for entry `index`; nil when missing (erased), or malformed.
     func withBox<T>(_ view: TransactionView, index: UInt64, version: UInt32, _ body: (StoredVersion) throws -> T) throws -> T? {
         guard let boxes else { return nil }
-        return try view.withValue(boxes, key: index) { raw -> T? in
-            guard let stored = Self.split(raw, version: version, index: index) else { return nil }
-            return try body(stored)
-        } ?? nil
+        return try view.withCursor(boxes) { cursor -> T? in
+            // The row at or after `index`: the entry's own row of the per-entry layout, or the
+            // run holding it (a run's key sorts after the index of each entry it holds).
+            guard try cursor.seek(atOrAfter: index) else { return nil }
+            return try cursor.withCurrent { key, value -> T? in
+                guard let raw = BoxRun.box(of: index, key: key, value: value),
+                      let stored = Self.split(raw, version: version, index: index) else { return nil }
+                return try body(stored)
+            }
+        }
     }
 
     /// The newest version of a record in the snapshot (0 when none).
@@ -280,14 +288,90 @@ extension RecordTables {
         }
     }
 
-    /// Writes a new record version's box and staged row (both appended: `index` is the newest entry).
-    func append(_ view: TransactionView, index: UInt64, p: Hash, r: Hash, version: UInt32, epoch: UInt32, box: [UInt8]) throws {
+    /// Writes the boxes and staged rows of new record versions, the entries `first`,
+    /// `first + 1`, ... (all appended: they are the newest entries), the boxes packed in runs.
+    func append(_ view: TransactionView, first: UInt64, _ versions: [PatientRecords.Prepared]) throws {
         let (staged, boxes) = try writable()
-        try view.put(boxes, key: index, reservingCapacity: 4 + box.count, flags: .append) { out in
-            out.storeBytes(of: epoch.bigEndian, toByteOffset: 0, as: UInt32.self)
-            box.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[4...]).copyMemory(from: $0) }
+        var start = 0
+        while start < versions.count {
+            var end = start + 1, slotBytes = 4 + versions[start].box.count
+            while end < versions.count {
+                let grown = slotBytes + 4 + versions[end].box.count
+                guard BoxRun.valueSize(slots: end - start + 1, slotBytes: grown) <= BoxRun.targetValueSize else { break }
+                (slotBytes, end) = (grown, end + 1)
+            }
+            let size = BoxRun.valueSize(slots: end - start, slotBytes: slotBytes)
+            let run = versions[start..<end]
+            try view.put(boxes, key: BoxRun.key(last: first + UInt64(end - 1)), reservingCapacity: size, flags: .append) { out in
+                BoxRun.write(slots: run.count, into: out) { i, slot in
+                    let version = run[run.startIndex + i]
+                    slot.storeBytes(of: version.epoch.bigEndian, toByteOffset: 0, as: UInt32.self)
+                    version.box.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: slot[4...]).copyMemory(from: $0) }
+                } sizes: { i in 4 + run[run.startIndex + i].box.count }
+            }
+            start = end
         }
-        try view.put(staged, key: index, value: RecordStorageKey(p: p, r: r, version: version), flags: .append)
+        for (i, version) in versions.enumerated() {
+            try view.put(staged, key: first + UInt64(i), value: RecordStorageKey(p: version.p, r: version.r, version: version.version), flags: .append)
+        }
+    }
+
+    /// Deletes the boxes of entries `indexes` (an erasure's): their rows of the per-entry
+    /// layout, and their slots of runs, each run rewritten without them once (or deleted when
+    /// none of its boxes is left). Absent boxes are skipped.
+    func deleteBoxes(_ view: TransactionView, _ indexes: [UInt64]) throws {
+        guard let boxes else { return }
+        var rowKeys: [[UInt8]] = []
+        var runs: [[UInt8]: Set<UInt64>] = [:]
+        try view.withCursor(boxes) { cursor in
+            for index in indexes {
+                guard try cursor.seek(atOrAfter: index) else { continue }
+                cursor.withCurrent { key, value in
+                    guard BoxRun.box(of: index, key: key, value: value) != nil else { return }
+                    if key.count == 8 { rowKeys.append(Array(key)) } else { runs[Array(key), default: []].insert(index) }
+                }
+            }
+        }
+        for key in rowKeys { _ = try view.delete(boxes, key: key) }
+        for (key, erased) in runs {
+            guard let value = try view.value(boxes, key: key) else { continue }
+            let kept = try key.withUnsafeBytes { key in
+                try value.withUnsafeBytes { value -> [[UInt8]] in
+                    guard let run = BoxRun(key: key, value: value) else { throw LedgerError(.storage, "malformed pl.boxes run") }
+                    return (0..<run.count).map { i in erased.contains(run.firstIndex + UInt64(i)) ? [] : Array(run.slot(i, in: value)) }
+                }
+            }
+            guard kept.contains(where: { !$0.isEmpty }) else {
+                _ = try view.delete(boxes, key: key)
+                continue
+            }
+            try view.put(boxes, key: key, reservingCapacity: BoxRun.valueSize(slots: kept.count, slotBytes: kept.reduce(0) { $0 + $1.count })) { out in
+                BoxRun.write(slots: kept.count, into: out) { i, slot in
+                    kept[i].withUnsafeBytes { slot.copyMemory(from: $0) }
+                } sizes: { kept[$0].count }
+            }
+        }
+    }
+
+    /// `body` with the entry index of every box `pl.boxes` holds, in order, or nil for each
+    /// malformed row (with its key).
+    func forEachBox(_ view: TransactionView, _ body: (_ index: UInt64?, _ rowKey: UnsafeRawBufferPointer) throws -> Void) throws {
+        guard let boxes else { return }
+        try view.withCursor(boxes) { cursor in
+            var more = try cursor.first()
+            while more {
+                try cursor.withCurrent { key, value in
+                    if key.count == 8, let index = UInt64(bigEndianBytes: key) {
+                        try body(index, key)
+                    } else if let run = BoxRun(key: key, value: value) {
+                        for i in 0..<run.count where !run.slot(i, in: value).isEmpty { try body(run.firstIndex + UInt64(i), key) }
+                    } else {
+                        try body(nil, key)
+                    }
+                }
+                more = try cursor.next()
+            }
+        }
     }
 
     /// Rows `pl.records.recent` gathers before they are folded into `pl.records`: the rule of
@@ -331,4 +415,82 @@ extension RecordTables {
     }
 
     static let malformedStagedRow = LedgerError(.storage, "malformed pl.records.recent row")
+}
+
+/// A `pl.boxes` run: the boxes of consecutive entries in one row (FORMATS.md section 10.5).
+///
+/// Key `u64 last index || 0x01`; value `u32 n || n x u32 end || slots`, where slot `i` holds
+/// entry `last - n + 1 + i`'s `u32 epoch || box` at bytes `end(i-1) ..< end(i)` of the slots
+/// (`end(-1)` = 0), and is empty once erased. One box per row would make each 2 KB record a
+/// whole 4 KB overflow page, half of it waste that every commit writes and syncs; a run fills
+/// its pages. The key sorts after the 8-byte index of every entry the run holds and before
+/// the next entry's, so one `MDB_SET_RANGE` seek on an index lands on the row holding its box,
+/// of either layout.
+struct BoxRun {
+    let count: Int
+    let firstIndex: UInt64
+    /// The value's header bytes; the slots follow.
+    private let headerSize: Int
+
+    static let keyMarker: UInt8 = 0x01
+    /// A put closes a run before its value would pass this size: eight 4 KB overflow pages
+    /// with LMDB's 16-byte page header. A box bigger than that is a run of its own.
+    static let targetValueSize = 8 * 4096 - 16
+
+    static func key(last: UInt64) -> [UInt8] {
+        var key = [UInt8](repeating: keyMarker, count: 9)
+        for i in 0..<8 { key[i] = UInt8(truncatingIfNeeded: last >> (56 - 8 * UInt64(i))) }
+        return key
+    }
+
+    static func valueSize(slots: Int, slotBytes: Int) -> Int { 4 + 4 * slots + slotBytes }
+
+    /// Fills a run's value of `slots` slots of `sizes(i)` bytes each; `fill` writes slot `i`.
+    static func write(slots: Int, into out: UnsafeMutableRawBufferPointer,
+                      _ fill: (Int, UnsafeMutableRawBufferPointer) -> Void, sizes: (Int) -> Int) {
+        out.storeBytes(of: UInt32(slots).bigEndian, toByteOffset: 0, as: UInt32.self)
+        var at = 4 + 4 * slots, end: UInt32 = 0
+        for i in 0..<slots {
+            let size = sizes(i)
+            end += UInt32(size)
+            out.storeBytes(of: end.bigEndian, toByteOffset: 4 + 4 * i, as: UInt32.self)
+            fill(i, UnsafeMutableRawBufferPointer(rebasing: out[at..<(at + size)]))
+            at += size
+        }
+    }
+
+    /// Parses a run's row; nil when it is not a well-formed run (a row of the per-entry
+    /// layout, or damage).
+    init?(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
+        guard key.count == 9, key[8] == Self.keyMarker, let last = UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: key[..<8])),
+              value.count >= 4 else { return nil }
+        let n = Int(UInt32(bigEndian: value.loadUnaligned(as: UInt32.self)))
+        guard n >= 1, UInt64(n - 1) <= last, value.count >= 4 + 4 * n else { return nil }
+        // Ends never decrease and the last one ends the value.
+        var previous: UInt32 = 0
+        for i in 0..<n {
+            let end = UInt32(bigEndian: value.loadUnaligned(fromByteOffset: 4 + 4 * i, as: UInt32.self))
+            guard end >= previous else { return nil }
+            previous = end
+        }
+        guard Int(previous) == value.count - 4 - 4 * n else { return nil }
+        (count, firstIndex, headerSize) = (n, last - UInt64(n - 1), 4 + 4 * n)
+    }
+
+    /// Slot `i`'s bytes in `value` (empty when erased).
+    func slot(_ i: Int, in value: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+        let end = Int(UInt32(bigEndian: value.loadUnaligned(fromByteOffset: 4 + 4 * i, as: UInt32.self)))
+        let start = i == 0 ? 0 : Int(UInt32(bigEndian: value.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)))
+        return UnsafeRawBufferPointer(rebasing: value[(headerSize + start)..<(headerSize + end)])
+    }
+
+    /// The stored `u32 epoch || box` of entry `index` in the row (`key`, `value`) that a seek to
+    /// `index` found: the row itself when it is the entry's own of the per-entry layout, the
+    /// entry's slot when it is a run holding it; nil otherwise, or when the slot is empty.
+    static func box(of index: UInt64, key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+        if key.count == 8 { return UInt64(bigEndianBytes: key) == index ? value : nil }
+        guard let run = BoxRun(key: key, value: value), index >= run.firstIndex, index - run.firstIndex < UInt64(run.count) else { return nil }
+        let slot = run.slot(Int(index - run.firstIndex), in: value)
+        return slot.isEmpty ? nil : slot
+    }
 }

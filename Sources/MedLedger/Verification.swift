@@ -977,10 +977,17 @@ extension LedgerVerifier {
                 try scanRecordIndex(view, staged, name: "pl.records.recent", tables: tables, entry: entry)
             }
         }
-        let boxRows = try tables.boxes.map { try view.count($0) } ?? 0
-        if boxRows != counts.liveRecordVersions - counts.inlineRecordBoxes, let boxes = tables.boxes {
-            report.add(.records, "pl.boxes", "holds \(boxRows) boxes, the log has \(counts.liveRecordVersions - counts.inlineRecordBoxes) versions of unerased patients stored there")
-            try scanRecordIndex(view, boxes, name: "pl.boxes", tables: tables, entry: entry)
+        var boxCount = 0
+        try tables.recordTables.forEachBox(view) { index, _ in if index != nil { boxCount += 1 } }
+        if boxCount != counts.liveRecordVersions - counts.inlineRecordBoxes {
+            report.add(.records, "pl.boxes", "holds \(boxCount) boxes, the log has \(counts.liveRecordVersions - counts.inlineRecordBoxes) versions of unerased patients stored there")
+            try tables.recordTables.forEachBox(view) { index, rowKey in
+                guard let index else {
+                    report.add(.records, "pl.boxes \(Hex.encode(rowKey))", "malformed row")
+                    return
+                }
+                try checkRecordIndexRow(view, index, name: "pl.boxes", rowKey: rowKey, tables: tables, entry: entry)
+            }
         }
         let stagedRows = try tables.auditRecent.map { try view.count($0) } ?? 0
         let auditRows = try view.count(tables.audit) + stagedRows
@@ -1014,12 +1021,24 @@ extension LedgerVerifier {
             while more {
                 let key = cursor.withCurrent { key, _ in Array(key) }
                 more = try cursor.next()
-                let named = try key.withUnsafeBytes { try UInt64(bigEndianBytes: $0).flatMap(entry) }
-                let payload = named.flatMap { PatientPayload.decode($0.payload) }
-                let p = payload?["type"] as? String == "record" ? (payload?["patient"] as? String).flatMap { Hash(hex: $0) } : nil
-                let status = try p.flatMap { try tables.state(view, $0)?.status }
-                if status != .active { report.add(.records, "\(name) \(Hex.encode(key))", "row names no record entry of an unerased patient") }
+                try key.withUnsafeBytes { key in
+                    try checkRecordIndexRow(view, UInt64(bigEndianBytes: key), name: name, rowKey: key, tables: tables, entry: entry)
+                }
             }
+        }
+    }
+
+    /// Names a record index's row (under `rowKey`) for entry `index` when that entry is not a
+    /// record version of an unerased patient.
+    private func checkRecordIndexRow(_ view: TransactionView, _ index: UInt64?, name: String, rowKey: UnsafeRawBufferPointer,
+                                     tables: PatientTables, entry: (UInt64) throws -> LedgerEntry?) throws {
+        let named = try index.flatMap(entry)
+        let payload = named.flatMap { PatientPayload.decode($0.payload) }
+        let p = payload?["type"] as? String == "record" ? (payload?["patient"] as? String).flatMap { Hash(hex: $0) } : nil
+        let status = try p.flatMap { try tables.state(view, $0)?.status }
+        if status != .active {
+            report.add(.records, "\(name) \(Hex.encode(rowKey))" + (index.map { " entry \($0)" } ?? ""),
+                       "row names no record entry of an unerased patient")
         }
     }
 

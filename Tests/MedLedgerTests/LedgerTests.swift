@@ -215,18 +215,22 @@ func scratchOptions() -> Ledger.Options {
             let env = try Environment(path: path)
             try env.write { txn in
                 let meta = try #require(try txn.openDatabase("ledger.meta", create: false))
-                try txn.put(meta, key: "format", value: UInt64(4))
+                try txn.put(meta, key: "format", value: UInt64(5))
             }
         }
         #expect(throws: LedgerError(.storage, "")) { try Ledger(path: path) }
-        // Format 2 (before the patient layer's log-ordered record tables) is read, and its
-        // patient layer's first writer marks it 3, which earlier builds refuse.
-        do {
-            let env = try Environment(path: path)
-            try env.write { txn in
-                let meta = try #require(try txn.openDatabase("ledger.meta", create: false))
-                try txn.put(meta, key: "format", value: UInt64(2))
+        // Formats 2 (before the patient layer's log-ordered record tables) and 3 (before runs
+        // of boxes) are read, and their patient layer's first writer marks them 4, which
+        // earlier builds refuse.
+        for earlier in [UInt64(2), 3] {
+            do {
+                let env = try Environment(path: path)
+                try env.write { txn in
+                    let meta = try #require(try txn.openDatabase("ledger.meta", create: false))
+                    try txn.put(meta, key: "format", value: earlier)
+                }
             }
+            #expect(throws: Never.self) { _ = try Ledger(path: path) }
         }
         do {
             let ledger = try Ledger(path: path)
@@ -237,7 +241,7 @@ func scratchOptions() -> Ledger.Options {
                 let meta = try #require(try txn.openDatabase("ledger.meta", create: false))
                 return try txn.value(meta, key: "format").flatMap { $0.withUnsafeBytes { UInt64(bigEndianBytes: $0) } }
             }
-            #expect(format == 3)
+            #expect(format == 4)
         }
     }
 

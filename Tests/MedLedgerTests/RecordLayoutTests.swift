@@ -211,11 +211,12 @@ import TestSupport
                 }
             }
             for (index, key) in rows {
-                let box = try #require(try view.value(boxes, key: index))
+                let box = try #require(try tables.withBox(view, index: index, version: 0) { u32($0.epoch) + Array($0.box) })
                 try view.put(records.records, key: key, value: u64(index) + box)
                 _ = try view.delete(staged, key: index)
-                _ = try view.delete(boxes, key: index)
             }
+            try tables.deleteBoxes(view, rows.map(\.0))
+            #expect(try view.count(boxes) == 0)
         }
         let fresh = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
         for layer in [records, fresh] {

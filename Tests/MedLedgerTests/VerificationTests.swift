@@ -54,6 +54,8 @@ final class VerifyFixture: @unchecked Sendable {
         // The erasure folded every record version into pl.records; two more stay staged.
         try records.putRecord(patient: "Patient/a", recordId: "obs-2", content: observation("a3"))
         try records.putRecord(patient: "Patient/a", recordId: "obs-3", content: observation("a4"))
+        // Three boxes packed in one run of pl.boxes (the last row).
+        try records.putRecords((5...7).map { .init(patient: "Patient/a", recordId: "obs-\($0)", content: observation("a\($0)")) })
         checkpoints.append(try ledger.signedCheckpoint())
     }
 
@@ -74,6 +76,7 @@ final class VerifyFixture: @unchecked Sendable {
 }
 
 func u64(_ value: UInt64) -> [UInt8] { withUnsafeBytes(of: value.bigEndian) { Array($0) } }
+func u32(_ value: UInt32) -> [UInt8] { withUnsafeBytes(of: value.bigEndian) { Array($0) } }
 
 /// The key of the `n`th record of `db` (0-based).
 func nthKey(_ view: TransactionView, _ db: Database, _ n: Int) throws -> [UInt8] {
@@ -104,11 +107,11 @@ func flipLastByte(_ view: TransactionView, _ db: Database, key: [UInt8]) throws 
         #expect(report.checkpoint == (try f.ledger.signedCheckpoint()))
         #expect(report.checkpointsChecked == f.checkpoints.count)
         // Versions: one per append (4 raw batches, 2 registrations, 3 puts, 4 grants, 3 reads,
-        // a revocation, an erasure, 2 puts).
-        #expect(report.mapVersions == 20)
+        // a revocation, an erasure, 2 puts, a batch put).
+        #expect(report.mapVersions == 21)
         #expect(report.mapPages > 0 && report.storedHashes > report.entries)
         // Records: patient a's 2 folded and 2 staged versions (patient b's was erased).
-        #expect(report.patients == 2 && report.records == 4 && report.grants == 3 && report.auditEvents == 3)
+        #expect(report.patients == 2 && report.records == 7 && report.grants == 3 && report.auditEvents == 3)
 
         var withKey = VerificationOptions()
         withKey.masterKey = try MasterKeyFile(path: f.patients.keyPath)
@@ -159,7 +162,7 @@ func flipLastByte(_ view: TransactionView, _ db: Database, key: [UInt8]) throws 
     /// Each change to stored data is found, and named where it is.
     @Test(arguments: [
         "entry", "leaf", "subtree", "missing-subtree", "pending-tile", "size", "missing-entry",
-        "page", "root", "missing-root", "stale", "box", "missing-box", "missing-record", "record-renamed", "missing-folded-record", "folded-record-renamed", "surplus-box", "audit", "audit-staged", "audit-twice", "breakglass",
+        "page", "root", "missing-root", "stale", "box", "missing-box", "missing-record", "record-renamed", "missing-folded-record", "folded-record-renamed", "surplus-box", "box-run-header", "box-run-slot", "audit", "audit-staged", "audit-twice", "breakglass",
         "patient", "grant", "wrapped-key", "sealed-key",
     ])
     func tamperingIsDetectedAndLocated(_ what: String) throws {
@@ -269,6 +272,29 @@ func flipLastByte(_ view: TransactionView, _ db: Database, key: [UInt8]) throws 
                 try view.put(db, key: size + 5, value: try #require(try view.value(db, key: key)))
             }
             expected = (.records, "pl.boxes")
+        case "box-run-header", "box-run-slot":
+            // The last row is the run of three boxes: one more slot than its ends name, or its
+            // middle slot emptied (its box gone, the run still well formed).
+            let db = try f.database("pl.boxes")
+            try f.tamper { view in
+                let key = try view.withCursor(db) { cursor -> [UInt8] in
+                    let found = try cursor.last()
+                    #expect(found)
+                    return cursor.withCurrent { key, _ in Array(key) }
+                }
+                var value = try #require(try view.value(db, key: key))
+                #expect(key.count == 9 && value[..<4] == [0, 0, 0, 3])
+                if what == "box-run-header" {
+                    value[3] = 4
+                } else {
+                    let ends = (0..<3).map { i in value[(4 + 4 * i)..<(8 + 4 * i)].reduce(0) { $0 << 8 | Int($1) } }
+                    let slot = (16 + ends[0])..<(16 + ends[1])
+                    value.removeSubrange(slot)
+                    value.replaceSubrange(8..<16, with: u32(UInt32(ends[0])) + u32(UInt32(ends[2] - slot.count)))
+                }
+                try view.put(db, key: key, value: value)
+            }
+            expected = what == "box-run-header" ? (.records, "pl.boxes") : (.records, "entry")
         case "audit":
             let db = try f.database("pl.audit")
             try f.tamper { view in _ = try view.delete(db, key: try nthKey(view, db, 0)) }
