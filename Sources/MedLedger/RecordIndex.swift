@@ -437,11 +437,7 @@ struct BoxRun {
     /// with LMDB's 16-byte page header. A box bigger than that is a run of its own.
     static let targetValueSize = 8 * 4096 - 16
 
-    static func key(last: UInt64) -> [UInt8] {
-        var key = [UInt8](repeating: keyMarker, count: 9)
-        for i in 0..<8 { key[i] = UInt8(truncatingIfNeeded: last >> (56 - 8 * UInt64(i))) }
-        return key
-    }
+    static func key(last: UInt64) -> [UInt8] { withUnsafeBytes(of: last.bigEndian) { Array($0) } + [keyMarker] }
 
     static func valueSize(slots: Int, slotBytes: Int) -> Int { 4 + 4 * slots + slotBytes }
 
