@@ -26,7 +26,7 @@ import SparseMerkle
 /// together (group commit); writes are serialized.
 public final class PatientRecords: @unchecked Sendable {
     // Sendable: databases are immutable handles; `writeLock` serializes writes and rotations;
-    // `clock` is set before sharing.
+    // `versionRecheckLock` guards `versionRecheckCount`; `clock` is set before sharing.
     public let ledger: Ledger
     public let masterKey: MasterKeyFile
     /// The time source for grant expiry and audit timestamps (tests move it).
@@ -68,6 +68,13 @@ public final class PatientRecords: @unchecked Sendable {
     private var boxesHandle: Database?
     /// The staged record versions by record, shared by this layer's threads.
     let stagedRecords = StagedRecords()
+    /// The write transactions this layer's audit commits made, so that a put overtaken by
+    /// them alone skips checking its versions again.
+    let auditCommitIDs = CommitIDs()
+    /// How often a put checked its versions again (for tests).
+    var versionRechecks: Int { versionRecheckLock.withLock { versionRecheckCount } }
+    private let versionRecheckLock = NSLock()
+    private var versionRecheckCount = 0
     /// The fewest staged record rows that are folded into `pl.records` (tests lower it).
     var minimumRecordFold = 65_536
     let breakGlass: Database
@@ -612,9 +619,14 @@ public final class PatientRecords: @unchecked Sendable {
         if timings != nil { marks.write = DispatchTime.now().uptimeNanoseconds }
         let first = try ledger.append(batch.entries) { view, first in
             if timings != nil { marks.tables = DispatchTime.now().uptimeNanoseconds }
-            // Versions were chosen in a read snapshot; when another commit (another process's,
-            // or this one's audit entries) came between it and this transaction, check them again.
-            if view.snapshotID != batch.snapshot + 1 {
+            // Versions were chosen in a read snapshot; when another commit came between it and
+            // this transaction, check them again, unless every such commit was one of this
+            // layer's audit commits: this layer's other writers hold the write lock, which this
+            // put has held since before its snapshot, and audit commits write no record or
+            // patient state.
+            if view.snapshotID != batch.snapshot + 1,
+               !self.auditCommitIDs.containsAll(batch.snapshot + 1..<view.snapshotID) {
+                self.versionRecheckLock.withLock { self.versionRecheckCount += 1 }
                 try self.checkNoNewerVersions(view, tables: tables, prepared, since: batch.bounds)
             }
             try tables.append(view, first: first, prepared)
@@ -657,21 +669,30 @@ public final class PatientRecords: @unchecked Sendable {
     /// Inside a put's write transaction, when other commits came after its read snapshot (whose
     /// staged rows were `bounds`): throws `.conflict` when one of them stored a version of a
     /// record the put writes, or erased the patient or rotated their key. Every version
-    /// committed since has an index past the snapshot's staged rows: it is staged still, or
-    /// folded since.
+    /// committed since has an index past the snapshot's staged rows (every writer of this
+    /// format stages its rows; only a fold writes `pl.records`): it is staged still, or folded
+    /// since. Runs on every put that concurrent writers or audited reads overtook, so it reads
+    /// each patient once and looks folded rows up only when a fold came between.
     private func checkNoNewerVersions(_ view: TransactionView, tables: RecordTables, _ prepared: [Prepared],
                                       since bounds: StagedRecords.Bounds) throws {
         let conflict = LedgerError(.conflict, "the record or patient changed during the write; retry")
-        var slots = Set<RecordSlot>()
+        var slots = Set<RecordSlot>(minimumCapacity: prepared.count)
+        var patients: [Hash: UInt32] = [:]
         for item in prepared where slots.insert(RecordSlot(p: item.p, r: item.r)).inserted {
+            if let epoch = patients[item.p] {
+                guard epoch == item.epoch else { throw conflict }
+                continue
+            }
             guard let state = try patientState(view, item.p), state.status == .active, state.epoch == item.epoch else { throw conflict }
+            patients[item.p] = state.epoch
         }
         let folded = try StagedRecords.foldedThrough(view, meta: tables.meta)
         try tables.forEachStaged(view, from: max(bounds.end, folded)) { row in
             if let row, slots.contains(row.name.slot) { throw conflict }
         }
-        // Folded since the snapshot (a fold moves `records.folded`), or written by any other
-        // writer under the record's key: one lookup per version, on this rare path only.
+        // Rows staged after the snapshot and folded since are in `pl.records` now: one lookup
+        // per version, only when a fold moved `records.folded`.
+        guard folded != bounds.folded else { return }
         for item in prepared where try view.withValue(records, key: Self.recordStorageKey(item.p, item.r, item.version), { _ in true }) != nil {
             throw conflict
         }
@@ -1338,7 +1359,11 @@ public final class PatientRecords: @unchecked Sendable {
     fileprivate func appendAudit(_ events: [AuditRow]) throws {
         let entries = try events.map { try LedgerEntry(set: "", payload: $0.payload) }
         guard let recent = auditRecent else { throw LedgerError(.storage, "audit entries cannot be written: the ledger is open read-only") }
+        // The write transaction's id, noted once it committed (the id of one that failed is
+        // given to the next).
+        var transaction: UInt64 = 0
         try ledger.append(entries) { view, first in
+            transaction = view.snapshotID
             // Each event's row goes to the end of `pl.audit.recent` (sequential pages); rows
             // reach the patient-ordered `pl.audit` in folds of many (section 10 of DESIGN.md).
             for (i, event) in events.enumerated() {
@@ -1353,6 +1378,7 @@ public final class PatientRecords: @unchecked Sendable {
                 try self.foldAuditRows(view, recent: recent)
             }
         }
+        auditCommitIDs.insert(transaction)
     }
 
     /// Rows `pl.audit.recent` gathers before they are folded into `pl.audit`: an eighth of the
@@ -1729,6 +1755,36 @@ extension AuditEvent {
 /// Group commit for audit events: concurrent readers' events share one append. The first
 /// waiting reader commits everything queued, the others wait for it; a reader returns only
 /// once its own event is durable.
+/// The ids of recent write transactions one writer committed, to tell whether every commit in
+/// a range of ids was its own. Keeps the newest `capacity` or so: an older id reads as not
+/// its own, which only costs the caller a check it could have skipped.
+final class CommitIDs: @unchecked Sendable {
+    // Sendable: `ids` is read and written under `lock`.
+    private let lock = NSLock()
+    private var ids = Set<UInt64>()
+    private var newest: UInt64 = 0
+    private let capacity: Int
+
+    init(capacity: Int = 4096) { self.capacity = capacity }
+
+    func insert(_ id: UInt64) {
+        lock.withLock {
+            ids.insert(id)
+            newest = max(newest, id)
+            if ids.count > 2 * capacity {
+                let oldest = newest - UInt64(capacity)
+                ids = ids.filter { $0 > oldest }
+            }
+        }
+    }
+
+    /// Whether every id in `range` is one this writer committed (true for an empty range).
+    func containsAll(_ range: Range<UInt64>) -> Bool {
+        guard range.count <= capacity else { return false }
+        return lock.withLock { range.allSatisfy { ids.contains($0) } }
+    }
+}
+
 final class AuditCommitter: @unchecked Sendable {
     // Sendable: `condition` guards `queue`, `waiting` and `committing`.
     private final class Ticket {

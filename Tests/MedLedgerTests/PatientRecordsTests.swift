@@ -852,30 +852,40 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         let p = try records.pseudonym(of: "Patient/1")
         let inputs = (0..<300).map { PatientRecords.RecordInput(patient: "Patient/1", recordId: "obs-\($0)", content: observation("m\($0)")) }
         try records.putRecords(inputs)
-        // An unrelated commit (an audited read) in between: the versions still hold.
+        // An unrelated commit (an audited read of this layer) in between: the versions still
+        // hold, and are not checked again (audit commits write no record or patient state).
         records.afterPutSnapshot = { _ = try? records.read(patient: "Patient/1", recordId: "obs-1", as: .custodian("test")) }
+        let rechecks = records.versionRechecks
         let second = try records.putRecords(inputs)
         #expect(second.allSatisfy { $0.version == 2 })
-        // Version 3 of obs-7 written in between, as another process would: the put is refused.
+        #expect(records.versionRechecks == rechecks)
+        // Version 3 of obs-7 stored in between by another layer on the same ledger (as another
+        // process's would), whose put then folds every staged row into `pl.records`: the put
+        // finds the version among the folded rows and is refused.
         let sizeBefore = try f.ledger.size
-        records.afterPutSnapshot = {
-            let r = try records.recordHash(p, "obs-7")
-            try f.ledger.environment.write { txn in
-                try txn.put(records.records, key: RecordStorageKey(p: p, r: r, version: 3), value: [UInt8](repeating: 0, count: 40))
-            }
-        }
+        let folding = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
+        folding.minimumRecordFold = 1
+        records.afterPutSnapshot = { try folding.putRecord(patient: "Patient/1", recordId: "obs-7", content: observation("folded")) }
         let error = #expect(throws: LedgerError.self) { try records.putRecords(inputs) }
         #expect(error?.code == .conflict)
         records.afterPutSnapshot = nil
-        #expect(try f.ledger.size == sizeBefore)
+        #expect(try f.ledger.size == sizeBefore + 1)
+        #expect(try f.ledger.environment.read { try $0.count(records.recordTables.staged!) } == 0)
+        #expect(try records.read(patient: "Patient/1", recordId: "obs-7", as: .custodian("test")).content == observation("folded"))
         let latest = try records.read(patient: "Patient/1", recordId: "obs-8", as: .custodian("test"))
         #expect(latest.version == 2)
         // Another layer on the same ledger (its own staged index, as another process has)
         // stores version 3 of obs-9 in between: refused too, and that version stays.
         let other = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
-        records.afterPutSnapshot = { try other.putRecord(patient: "Patient/1", recordId: "obs-9", content: observation("other")) }
+        // Audited reads of this layer around it do not hide it.
+        records.afterPutSnapshot = {
+            _ = try records.read(patient: "Patient/1", recordId: "obs-1", as: .custodian("test"))
+            try other.putRecord(patient: "Patient/1", recordId: "obs-9", content: observation("other"))
+            _ = try records.read(patient: "Patient/1", recordId: "obs-2", as: .custodian("test"))
+        }
         let third = #expect(throws: LedgerError.self) { try records.putRecords(inputs) }
         #expect(third?.code == .conflict)
+        #expect(records.versionRechecks >= rechecks + 2)
         records.afterPutSnapshot = nil
         #expect(try records.read(patient: "Patient/1", recordId: "obs-9", as: .custodian("test")).content == observation("other"))
         #expect(try other.read(patient: "Patient/1", recordId: "obs-8", as: .custodian("test")).version == 2)
@@ -883,6 +893,21 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         let fourth = try records.putRecords(inputs)
         #expect(fourth[9].version == 4 && fourth[8].version == 3)
         #expect(try other.read(patient: "Patient/1", recordId: "obs-9", as: .custodian("test")).content == inputs[9].content)
+    }
+
+    /// The ids of a layer's own audit commits: a range counts as its own only when every id in
+    /// it was inserted, and the oldest ids are forgotten (read as not its own) past capacity.
+    @Test func commitIDsTellOwnRangesOnly() {
+        let ids = CommitIDs(capacity: 8)
+        #expect(ids.containsAll(5..<5))
+        for id: UInt64 in [3, 4, 5, 7] { ids.insert(id) }
+        #expect(ids.containsAll(3..<6))
+        #expect(!ids.containsAll(3..<8))  // 6 is another writer's
+        #expect(!ids.containsAll(2..<4))
+        #expect(!ids.containsAll(0..<9))  // longer than the capacity
+        for id: UInt64 in 8...30 { ids.insert(id) }
+        #expect(ids.containsAll(23..<31))
+        #expect(!ids.containsAll(3..<6))  // forgotten
     }
 
     /// Puts from several threads, all writing the same records: every put succeeds, and each

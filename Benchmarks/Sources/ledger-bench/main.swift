@@ -3,7 +3,9 @@
 //
 //   swift run -c release ledger-bench [--entries 1M] [--entries-4k 250k] [--dir PATH] [--json FILE]
 //
-// MEDLEDGER_BENCH_SCALE=10M sets --entries to 10M.
+// MEDLEDGER_BENCH_SCALE=10M sets --entries to 10M; MEDLEDGER_BENCH_NOSYNC=1 commits without
+// fsync (CPU cost alone); MEDLEDGER_BENCH_PUTS_ONLY=1 ends the patient part after its puts
+// (to profile them alone).
 import BenchSupport
 import Foundation
 import LMDBKit
@@ -529,6 +531,7 @@ if patientRecords > 0 {
                     extra: ["p99_batch_s": Stats(putTimes).percentile(99), "median_sealing_s": phaseMedians[0],
                             "median_log_and_map_s": phaseMedians[1], "median_record_rows_s": phaseMedians[2],
                             "median_commit_s": phaseMedians[3]]))
+    if ProcessInfo.processInfo.environment["MEDLEDGER_BENCH_PUTS_ONLY"] != nil { exit(0) }
     let perPatient = max(1, patientRecords / patients)
     // Single reads from 1, 8 and 32 threads of their own (more than the cores, as a server's
     // request threads): concurrent reads share durable commits.
@@ -634,6 +637,60 @@ if patientRecords > 0 {
                     unit: "B/record", limitName: nil, limit: nil, extra: [:]))
     rows.append(Row(name: "patient layer bytes on disk per record (incl. audit entries)",
                     value: Double(try ledger.storedBytes()) / Double(patientRecords), unit: "B/record", limitName: nil, limit: nil, extra: [:]))
+    // New versions of stored records, batches of 1000 from one caller: alone, then while two
+    // threads run audited batch reads of 100. Their audit commits land between each put's
+    // read snapshot and its write, so every such put checks its versions again.
+    let versionBatches = max(1, min(40, patientRecords / putBatch))
+    var versionBase = 0
+    var aloneRate = 0.0
+    for readers in [0, 2] {
+        let batches = (0..<versionBatches).map { b in
+            (0..<putBatch).map { k -> PatientRecords.RecordInput in
+                let i = (versionBase + b * putBatch + k) % patientRecords
+                return PatientRecords.RecordInput(patient: "Patient/\(i % patients)", recordId: "obs-\(i / patients)", content: fhir(i))
+            }
+        }
+        versionBase += versionBatches * putBatch
+        let progress = MixedProgress()
+        onThreads(1 + readers) { t in
+            guard t > 0 else {
+                var times: [Double] = [], rowPhases: [Double] = []
+                let phases = PatientRecords.PutTimings()
+                for batch in batches {
+                    let t0 = DispatchTime.now().uptimeNanoseconds
+                    _ = try! PatientRecords.$putTimings.withValue(phases) { try store.putRecords(batch) }
+                    times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+                    rowPhases.append(Double(phases.recordRowsNs) / 1e9)
+                }
+                progress.finish(putTimes: times, rowPhases: rowPhases)
+                return
+            }
+            var rng = Workloads.SplitMix64(seed: UInt64(200 + t))
+            while !progress.isFinished {
+                let requests = (0..<100).map { _ -> PatientRecords.ReadRequest in
+                    let i = Int(rng.next() % UInt64(patients * perPatient))
+                    return PatientRecords.ReadRequest(patient: "Patient/\(i % patients)", recordId: "obs-\(i / patients)")
+                }
+                let results = try! store.readRecords(requests, as: .custodian("bench"))
+                precondition(results.allSatisfy { (try? $0.get()) != nil })
+                progress.addReads(requests.count)
+            }
+        }
+        let rate = Double(putBatch) / Stats(progress.putTimes).median
+        // The record rows phase includes checking the versions again after an overtaking commit.
+        log(String(format: "patient layer: new versions with %d reader threads: record rows phase %.2f ms (median)", readers,
+                   Stats(progress.rowPhases).median * 1000))
+        if readers == 0 {
+            aloneRate = rate
+            rows.append(Row(name: "record put of new versions, batch 1000, alone (\(versionBatches) batches)", value: rate, unit: "records/s",
+                            limitName: "log append 2,120 B, batch 1000", limit: recordSizedAppend, extra: [:]))
+        } else {
+            rows.append(Row(name: "record put of new versions, batch 1000, while \(readers) threads read (audited batches of 100)",
+                            value: rate, unit: "records/s", limitName: "the same puts alone", limit: aloneRate,
+                            extra: ["reads_per_s": progress.readRate]))
+            log(String(format: "patient layer: %d reader threads read %.0f records/s beside the puts", readers, progress.readRate))
+        }
+    }
 }
 
 // ---- Imaging (blobs) ----
@@ -695,3 +752,28 @@ if let jsonPath {
     try data.write(to: URL(fileURLWithPath: jsonPath))
 }
 if sink == 42 { print("") }
+
+/// What the mixed put-and-read scenario's threads share.
+final class MixedProgress: @unchecked Sendable {
+    // Sendable: every field is read and written under `lock`.
+    private let lock = NSLock()
+    private var finished = false
+    private var times: [Double] = [], rows: [Double] = []
+    private var reads = 0
+    private let started = DispatchTime.now().uptimeNanoseconds
+    private var seconds = 0.0
+
+    var isFinished: Bool { lock.withLock { finished } }
+    var putTimes: [Double] { lock.withLock { times } }
+    var rowPhases: [Double] { lock.withLock { rows } }
+    var readRate: Double { lock.withLock { Double(reads) / max(seconds, 1e-9) } }
+
+    func finish(putTimes: [Double], rowPhases: [Double]) {
+        lock.withLock {
+            (finished, times, rows) = (true, putTimes, rowPhases)
+            seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        }
+    }
+
+    func addReads(_ n: Int) { lock.withLock { reads += n } }
+}
