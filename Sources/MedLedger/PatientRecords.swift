@@ -621,9 +621,9 @@ public final class PatientRecords: @unchecked Sendable {
             if timings != nil { marks.tables = DispatchTime.now().uptimeNanoseconds }
             // Versions were chosen in a read snapshot; when another commit came between it and
             // this transaction, check them again, unless every such commit was one of this
-            // layer's audit commits: this layer's other writers hold the write lock, which this
-            // put has held since before its snapshot, and audit commits write no record or
-            // patient state.
+            // layer's own audit commits (which write no record or patient state). Only those
+            // ids are trusted: any other commit (another process's, another layer's on this
+            // ledger, a plain log append) makes the put check.
             if view.snapshotID != batch.snapshot + 1,
                !self.auditCommitIDs.containsAll(batch.snapshot + 1..<view.snapshotID) {
                 self.versionRecheckLock.withLock { self.versionRecheckCount += 1 }
@@ -1752,9 +1752,6 @@ extension AuditEvent {
     }
 }
 
-/// Group commit for audit events: concurrent readers' events share one append. The first
-/// waiting reader commits everything queued, the others wait for it; a reader returns only
-/// once its own event is durable.
 /// The ids of recent write transactions one writer committed, to tell whether every commit in
 /// a range of ids was its own. Keeps the newest `capacity` or so: an older id reads as not
 /// its own, which only costs the caller a check it could have skipped.
@@ -1785,6 +1782,9 @@ final class CommitIDs: @unchecked Sendable {
     }
 }
 
+/// Group commit for audit events: concurrent readers' events share one append. The first
+/// waiting reader commits everything queued, the others wait for it; a reader returns only
+/// once its own event is durable.
 final class AuditCommitter: @unchecked Sendable {
     // Sendable: `condition` guards `queue`, `waiting` and `committing`.
     private final class Ticket {

@@ -849,16 +849,26 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         let f = try PatientFixture("put-conflict")
         let records = f.records
         try records.addPatient(externalId: "Patient/1")
-        let p = try records.pseudonym(of: "Patient/1")
         let inputs = (0..<300).map { PatientRecords.RecordInput(patient: "Patient/1", recordId: "obs-\($0)", content: observation("m\($0)")) }
         try records.putRecords(inputs)
-        // An unrelated commit (an audited read of this layer) in between: the versions still
-        // hold, and are not checked again (audit commits write no record or patient state).
-        records.afterPutSnapshot = { _ = try? records.read(patient: "Patient/1", recordId: "obs-1", as: .custodian("test")) }
-        let rechecks = records.versionRechecks
+        // Unrelated commits (three audited reads of this layer, each its own audit commit) in
+        // between: the versions still hold, and are not checked again (audit commits write no
+        // record or patient state).
+        records.afterPutSnapshot = {
+            for id in ["obs-1", "obs-2", "obs-3"] { _ = try records.read(patient: "Patient/1", recordId: id, as: .custodian("test")) }
+        }
+        let (rechecks, sizeBeforeSecond) = (records.versionRechecks, try f.ledger.size)
         let second = try records.putRecords(inputs)
         #expect(second.allSatisfy { $0.version == 2 })
+        #expect(try f.ledger.size == sizeBeforeSecond + 3 + 300)
         #expect(records.versionRechecks == rechecks)
+        // An audited read of another layer on the same ledger is not one of this layer's
+        // commits: the put checks, and its versions still hold.
+        let reader = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
+        records.afterPutSnapshot = { _ = try reader.read(patient: "Patient/1", recordId: "obs-1", as: .custodian("test")) }
+        let checked = try records.putRecords(Array(inputs[0..<10]))
+        #expect(checked.allSatisfy { $0.version == 3 })
+        #expect(records.versionRechecks == rechecks + 1)
         // Version 3 of obs-7 stored in between by another layer on the same ledger (as another
         // process's would), whose put then folds every staged row into `pl.records`: the put
         // finds the version among the folded rows and is refused.
@@ -873,7 +883,8 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         #expect(try f.ledger.environment.read { try $0.count(records.recordTables.staged!) } == 0)
         #expect(try records.read(patient: "Patient/1", recordId: "obs-7", as: .custodian("test")).content == observation("folded"))
         let latest = try records.read(patient: "Patient/1", recordId: "obs-8", as: .custodian("test"))
-        #expect(latest.version == 2)
+        #expect(latest.version == 3)
+        #expect(try records.read(patient: "Patient/1", recordId: "obs-10", as: .custodian("test")).version == 2)
         // Another layer on the same ledger (its own staged index, as another process has)
         // stores version 3 of obs-9 in between: refused too, and that version stays.
         let other = try PatientRecords(ledger: f.ledger, masterKey: try MasterKeyFile(path: f.keyPath))
@@ -885,13 +896,14 @@ func auditEvents(_ f: PatientFixture, _ patient: String) throws -> [[String: Any
         }
         let third = #expect(throws: LedgerError.self) { try records.putRecords(inputs) }
         #expect(third?.code == .conflict)
-        #expect(records.versionRechecks >= rechecks + 2)
+        #expect(records.versionRechecks >= rechecks + 3)
         records.afterPutSnapshot = nil
         #expect(try records.read(patient: "Patient/1", recordId: "obs-9", as: .custodian("test")).content == observation("other"))
-        #expect(try other.read(patient: "Patient/1", recordId: "obs-8", as: .custodian("test")).version == 2)
-        // Once the snapshot sees it, the next put takes version 4 of obs-9 and 3 elsewhere.
+        #expect(try other.read(patient: "Patient/1", recordId: "obs-8", as: .custodian("test")).version == 3)
+        // Once the snapshot sees it, the next put takes version 5 of obs-9 (whose version 4
+        // the other layer stored) and the next version elsewhere.
         let fourth = try records.putRecords(inputs)
-        #expect(fourth[9].version == 4 && fourth[8].version == 3)
+        #expect(fourth[9].version == 5 && fourth[8].version == 4 && fourth[10].version == 3)
         #expect(try other.read(patient: "Patient/1", recordId: "obs-9", as: .custodian("test")).content == inputs[9].content)
     }
 
