@@ -485,6 +485,10 @@ if patientRecords > 0 {
         let head = #"{"resourceType":"Observation","id":"obs-\#(i)","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},"valueQuantity":{"value":\#(60 + i % 40),"unit":"beats/min"},"note":[{"text":""#
         return Array(head.utf8) + padding[..<max(0, 2048 - head.utf8.count - 4)] + Array(#""}]}"#.utf8)
     }
+    // Record `i`: version of `obs-(i / patients)` of patient `i % patients`.
+    func recordInput(_ i: Int) -> PatientRecords.RecordInput {
+        PatientRecords.RecordInput(patient: "Patient/\(i % patients)", recordId: "obs-\(i / patients)", content: fhir(i))
+    }
     // References from the same run, on the same disk: the log alone appending, in batches of
     // 1000, entries as large as a put's stored bytes (a 2 KB record sealed: about 2.1 KB) and
     // as large as an audited read's entry (its size measured after the reads below).
@@ -509,9 +513,7 @@ if patientRecords > 0 {
     var phaseTimes: [[Double]] = [[], [], [], []]
     while written < patientRecords {
         let n = min(putBatch, patientRecords - written)
-        let inputs = (written..<(written + n)).map { i in
-            PatientRecords.RecordInput(patient: "Patient/\(i % patients)", recordId: "obs-\(i / patients)", content: fhir(i))
-        }
+        let inputs = (written..<(written + n)).map(recordInput)
         let t0 = DispatchTime.now().uptimeNanoseconds
         try PatientRecords.$putTimings.withValue(putPhases) { _ = try store.putRecords(inputs) }
         putTimes.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
@@ -533,6 +535,13 @@ if patientRecords > 0 {
                             "median_commit_s": phaseMedians[3]]))
     if ProcessInfo.processInfo.environment["MEDLEDGER_BENCH_PUTS_ONLY"] != nil { exit(0) }
     let perPatient = max(1, patientRecords / patients)
+    // A read of a random stored record (the latest version of `obs-k` of some patient).
+    @Sendable func randomReads(_ count: Int, _ rng: inout Workloads.SplitMix64) -> [PatientRecords.ReadRequest] {
+        (0..<count).map { _ in
+            let i = Int(rng.next() % UInt64(patients * perPatient))
+            return PatientRecords.ReadRequest(patient: "Patient/\(i % patients)", recordId: "obs-\(i / patients)")
+        }
+    }
     // Single reads from 1, 8 and 32 threads of their own (more than the cores, as a server's
     // request threads): concurrent reads share durable commits.
     for threads in [1, 8, 32] {
@@ -553,10 +562,7 @@ if patientRecords > 0 {
     for batch in [100, 1000] {
         let reads = min(50_000, max(patientRecords, batch)) / batch * batch
         var rng = Workloads.SplitMix64(seed: UInt64(batch))
-        let requests = (0..<reads).map { _ -> PatientRecords.ReadRequest in
-            let i = Int(rng.next() % UInt64(patients * perPatient))
-            return PatientRecords.ReadRequest(patient: "Patient/\(i % patients)", recordId: "obs-\(i / patients)")
-        }
+        let requests = randomReads(reads, &rng)
         var times: [Double] = []
         // Each call's two phases: its reads (lookups, checks, decryption, audit events
         // encoded) and its audit commit, to hold what audit costs against the reads alone.
@@ -593,10 +599,7 @@ if patientRecords > 0 {
         let batch = 1000
         let calls = 40 / threads * threads
         var rng = Workloads.SplitMix64(seed: UInt64(100 + threads))
-        let requests = (0..<(calls * batch)).map { _ -> PatientRecords.ReadRequest in
-            let i = Int(rng.next() % UInt64(patients * perPatient))
-            return PatientRecords.ReadRequest(patient: "Patient/\(i % patients)", recordId: "obs-\(i / patients)")
-        }
+        let requests = randomReads(calls * batch, &rng)
         let t0 = DispatchTime.now().uptimeNanoseconds
         onThreads(threads) { t in
             for call in stride(from: t, to: calls, by: threads) {
@@ -639,16 +642,14 @@ if patientRecords > 0 {
                     value: Double(try ledger.storedBytes()) / Double(patientRecords), unit: "B/record", limitName: nil, limit: nil, extra: [:]))
     // New versions of stored records, batches of 1000 from one caller: alone, then while two
     // threads run audited batch reads of 100. Their audit commits land between each put's
-    // read snapshot and its write, so every such put checks its versions again.
+    // read snapshot and its write (this layer's own commits, which the put need not check
+    // its versions against).
     let versionBatches = max(1, min(40, patientRecords / putBatch))
     var versionBase = 0
     var aloneRate = 0.0
     for readers in [0, 2] {
         let batches = (0..<versionBatches).map { b in
-            (0..<putBatch).map { k -> PatientRecords.RecordInput in
-                let i = (versionBase + b * putBatch + k) % patientRecords
-                return PatientRecords.RecordInput(patient: "Patient/\(i % patients)", recordId: "obs-\(i / patients)", content: fhir(i))
-            }
+            (0..<putBatch).map { k in recordInput((versionBase + b * putBatch + k) % patientRecords) }
         }
         versionBase += versionBatches * putBatch
         let progress = MixedProgress()
@@ -667,10 +668,7 @@ if patientRecords > 0 {
             }
             var rng = Workloads.SplitMix64(seed: UInt64(200 + t))
             while !progress.isFinished {
-                let requests = (0..<100).map { _ -> PatientRecords.ReadRequest in
-                    let i = Int(rng.next() % UInt64(patients * perPatient))
-                    return PatientRecords.ReadRequest(patient: "Patient/\(i % patients)", recordId: "obs-\(i / patients)")
-                }
+                let requests = randomReads(100, &rng)
                 let results = try! store.readRecords(requests, as: .custodian("bench"))
                 precondition(results.allSatisfy { (try? $0.get()) != nil })
                 progress.addReads(requests.count)
