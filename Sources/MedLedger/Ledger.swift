@@ -463,7 +463,7 @@ public final class Ledger: @unchecked Sendable {
     private func mapRoot(view: TransactionView, size: UInt64) throws -> Hash {
         if size == 0 { return SparseHash.empty }
         guard let node = try LMDBSparseStore.View(view, store: sparse).root(version: size) else {
-            throw LedgerError(.notFound, "no map version at tree size \(size) (versions exist where appends committed)")
+            throw LedgerError(.notFound, "no map version at tree size \(size) (versions exist where appends committed, from the oldest not pruned)")
         }
         return node.hash
     }
@@ -524,7 +524,7 @@ public final class Ledger: @unchecked Sendable {
                 if n == 0 { return (empty(), SparseHash.empty, 0) }
                 let view = LMDBSparseStore.View(reader.view, store: sparse)
                 guard try view.root(version: n) != nil else {
-                    throw LedgerError(.notFound, "no map version at tree size \(n) (versions exist where appends committed)")
+                    throw LedgerError(.notFound, "no map version at tree size \(n) (versions exist where appends committed, from the oldest not pruned)")
                 }
                 return (try prove(view, n), try mapRoot(view: reader.view, size: n), n)
             }
@@ -607,6 +607,33 @@ public final class Ledger: @unchecked Sendable {
                 start = version
             }
             return RebuildReport(versions: versions.count, mismatches: mismatches, mapRoot: root)
+        }
+    }
+
+    /// Drops the key map's versions at tree sizes below `size`: their roots, and the page
+    /// records no version at or after `size` uses. Versions from `size` on keep every root
+    /// and proof; the latest version is always kept. The log is untouched, so inclusion and
+    /// consistency proofs at every size still work, and a key proof at a dropped size fails
+    /// with `.notFound`.
+    ///
+    /// The freed pages are reused by later writes (the data file does not shrink). A long
+    /// backlog is deleted in steps of about `pagesPerTransaction` page records, each its own
+    /// durable transaction: the report counts them. Appends wait while it runs; readers do
+    /// not, and a read that began before it keeps its snapshot.
+    /// - Throws: ``LedgerError`` `.invalidArgument` when `size` is beyond the latest
+    ///   version (the tree size), `.storage` on a storage failure (steps already committed
+    ///   stay done).
+    @discardableResult
+    public func pruneKeyMap(before size: UInt64, pagesPerTransaction: Int = 65_536) throws -> LMDBSparseStore.PruneReport {
+        guard pagesPerTransaction > 0 else { throw LedgerError(.invalidArgument, "pagesPerTransaction must be positive") }
+        appendLock.lock()
+        defer { appendLock.unlock() }
+        return try Self.storage {
+            do {
+                return try sparse.prune(before: size, pagesPerTransaction: pagesPerTransaction)
+            } catch let error as SparseMerkleError where error.code == .versionOrder {
+                throw LedgerError(.invalidArgument, "cannot prune the key map before size \(size): the tree size is smaller, and its version must be kept", cause: error)
+            }
         }
     }
 

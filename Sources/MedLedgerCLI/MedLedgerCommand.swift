@@ -19,7 +19,7 @@ struct MedLedgerCommand: ParsableCommand {
         1 verification failed, 2 usage or input error, 3 not found, 4 storage error, \
         5 refused (access denied, patient erased, wrong master key).
         """,
-        subcommands: [Init.self, Append.self, CheckpointCommand.self, Prove.self, VerifyProof.self, Get.self, RebuildIndex.self, VerifyLedger.self,
+        subcommands: [Init.self, Append.self, CheckpointCommand.self, Prove.self, VerifyProof.self, Get.self, RebuildIndex.self, PruneMap.self, VerifyLedger.self,
                       PatientCommand.self, RecordCommand.self, GrantCommand.self, RevokeCommand.self, ReadCommand.self,
                       AuditCommand.self, EraseCommand.self, ExportCommand.self, BlobCommand.self, ImportDICOM.self]
     )
@@ -141,6 +141,34 @@ struct RebuildIndex: ParsableCommand {
         let report = try upgrade ?? ledger.rebuildIndex()
         try printJSON(["versions": report.versions, "mismatches": report.mismatches, "map_root": report.mapRoot.hex])
         if !report.mismatches.isEmpty { throw ExitCode(ExitStatus.verificationFailed.rawValue) }
+    }
+}
+
+struct PruneMap: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prune-map",
+        abstract: "Drop the key map's versions below a tree size, freeing their pages for reuse.",
+        discussion: """
+        Keeps the map at every committed size from --before on (the latest always) and the \
+        whole log; key proofs at a dropped size then fail with exit 3 (not found). Prints \
+        {"oldest_version","pages_deleted","transactions","versions_removed"}. A long backlog \
+        is deleted in steps of --pages-per-transaction page records, each durable.
+        """)
+
+    @OptionGroup var location: LedgerLocation
+
+    @Option(help: "Drop versions at tree sizes below this one (at most the tree size).")
+    var before: UInt64
+
+    @Option(help: "Page records deleted per write transaction, about.")
+    var pagesPerTransaction: Int = 65_536
+
+    func run() throws {
+        guard pagesPerTransaction > 0 else { throw CLIError(.usage, "--pages-per-transaction must be positive") }
+        let ledger = try Ledger(path: location.directory)
+        let report = try ledger.pruneKeyMap(before: before, pagesPerTransaction: pagesPerTransaction)
+        try printJSON(["versions_removed": report.versionsRemoved, "pages_deleted": report.pagesDeleted,
+                       "transactions": report.transactions, "oldest_version": report.oldestVersion.map { $0 as Any } ?? NSNull()])
     }
 }
 

@@ -520,6 +520,96 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
 
     private let writeLock = NSLock()
 
+    /// What ``prune(before:pagesPerTransaction:)`` removed.
+    public struct PruneReport: Sendable, Equatable {
+        /// Versions whose roots were deleted.
+        public var versionsRemoved = 0
+        /// Page records deleted.
+        public var pagesDeleted = 0
+        /// Write transactions committed.
+        public var transactions = 0
+        /// The oldest version kept afterwards (nil for an empty store).
+        public var oldestVersion: UInt64?
+
+        public init() {}
+    }
+
+    /// Deletes what versions before `version` alone need, as ``View/prune(before:)`` does, in
+    /// steps of about `pagesPerTransaction` page records, each its own write transaction.
+    ///
+    /// One transaction freeing a long backlog leaves LMDB 0.9 rewriting a free list of that
+    /// many pages on every commit until they are reused, so a backlog is deleted in steps. A
+    /// step deletes whole stale records (the pages one version stopped using), so a step may
+    /// exceed the bound by one record. A failure leaves the steps already committed done and
+    /// the store consistent: every version at or after the last committed step's point is whole.
+    /// - Throws: ``SparseMerkleError`` `.versionOrder` when `version` is past the newest
+    ///   version, `.missingData` when an `smt.stale` record does not decode (nothing of
+    ///   that step is deleted).
+    public func prune(before version: UInt64, pagesPerTransaction: Int = 65_536) throws -> PruneReport {
+        precondition(pagesPerTransaction > 0, "pagesPerTransaction must be positive")
+        var report = PruneReport()
+        // Plan the steps in one snapshot; writers meanwhile only add newer versions.
+        let plan = try read { view -> (steps: [UInt64], roots: Int)? in
+            guard let latest = try view.latestVersion() else { return nil }
+            try SparseMerkleTree.checkPrunePoint(version, latest: latest)
+            var steps: [UInt64] = []
+            var pending = 0
+            try view.txn.withCursor(stale) { cursor in
+                var more = try cursor.first()
+                while more {
+                    let (replacedAt, count) = cursor.withCurrent { key, value in
+                        (UInt64(bigEndianBytes: key), Self.staleKeyCount(value))
+                    }
+                    guard let replacedAt, replacedAt <= version else { break }
+                    guard let count else {
+                        throw SparseMerkleError(.missingData, "the smt.stale record of version \(replacedAt) does not decode; nothing from it on was pruned")
+                    }
+                    if pending > 0, pending + count > pagesPerTransaction {
+                        steps.append(replacedAt - 1)
+                        pending = 0
+                    }
+                    pending += count
+                    more = try cursor.next()
+                }
+            }
+            var roots = 0
+            try view.txn.withCursor(self.roots) { cursor in
+                var more = try cursor.first()
+                while more {
+                    guard let v = cursor.withCurrent({ key, _ in UInt64(bigEndianBytes: key) }), v < version else { break }
+                    roots += 1
+                    more = try cursor.next()
+                }
+            }
+            return (steps + [version], roots)
+        }
+        guard let plan else { return report }
+        for step in plan.steps {
+            report.pagesDeleted += try write { try $0.prune(before: step) }
+            report.transactions += 1
+        }
+        report.versionsRemoved = plan.roots
+        report.oldestVersion = try read { view in
+            try view.txn.withCursor(roots) { cursor in
+                try cursor.first() ? cursor.withCurrent { key, _ in UInt64(bigEndianBytes: key) } : nil
+            }
+        }
+        return report
+    }
+
+    /// The number of page keys in an `smt.stale` value, or nil when it does not decode.
+    static func staleKeyCount(_ value: UnsafeRawBufferPointer) -> Int? {
+        var count = 0
+        var at = 0
+        while at < value.count {
+            let length = Int(value[at])
+            guard length >= 9, at + 1 + length <= value.count else { return nil }
+            at += 1 + length
+            count += 1
+        }
+        return count == 0 ? nil : count
+    }
+
     /// Pages written by the current write transaction, cached once it commits.
     private var staged: NewPages?
     /// The cache fill of `staged` running while the transaction commits, if one was started.

@@ -310,6 +310,20 @@ func independentInclusionRoot(index: UInt64, size: UInt64, leaf: Hash, path: [Ha
         #expect(try rebuilt.json()["mismatches"] as? [Int] == [])
         #expect(try CLI.run(["checkpoint", dir]).stdout == checkpoint.stdout, "same map root after the rebuild")
 
+        // Versions at 500, 1000, 1500, 2000 and 2001 (batches of 500, then the delete).
+        let atOld = try CLI.run(["prove", "key", dir, "--key", "record/6", "--size", "1500"])
+        #expect(try CLI.run(["prune-map", dir, "--before", "2002"]).status == 2, "beyond the tree size")
+        #expect(try CLI.run(["prune-map", dir, "--before", "1500", "--pages-per-transaction", "0"]).status == 2)
+        let pruned = try CLI.run(["prune-map", dir, "--before", "1500", "--pages-per-transaction", "10"])
+        #expect(pruned.status == 0, "\(pruned.stderr)")
+        let prunedJSON = try pruned.json()
+        #expect(prunedJSON["versions_removed"] as? Int == 2 && prunedJSON["oldest_version"] as? Int == 1500, "\(prunedJSON)")
+        #expect((prunedJSON["pages_deleted"] as? Int ?? 0) > 0 && (prunedJSON["transactions"] as? Int ?? 0) > 1, "\(prunedJSON)")
+        #expect(try CLI.run(["prove", "key", dir, "--key", "record/6", "--size", "1000"]).status == 3, "a dropped version")
+        #expect(try CLI.run(["prove", "key", dir, "--key", "record/6", "--size", "1500"]).stdout == atOld.stdout)
+        #expect(try CLI.run(["checkpoint", dir]).stdout == checkpoint.stdout, "the latest version is kept")
+        #expect(try CLI.run(["verify", dir]).status == 0)
+
         try "no tab here\n".write(toFile: work + "/bad.txt", atomically: true, encoding: .utf8)
         #expect(try CLI.run(["append", dir, "--lines", work + "/bad.txt", "--keys"]).status == 2)
     }

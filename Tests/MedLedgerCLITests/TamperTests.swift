@@ -172,7 +172,7 @@ import TestSupport
         #expect(try CLI.run(["init", dir, "--origin", "args.example/ledger", "--master-key", key]).status == 0)
         #expect(try CLI.run(["append", dir, "--key", "k"], stdin: Data("v".utf8)).status == 0)
         let words = ["init", "append", "checkpoint", "prove", "inclusion", "consistency", "key", "verify-proof", "get",
-                     "rebuild-index", "verify", "patient", "add", "record", "put", "get", "history", "list", "grant",
+                     "rebuild-index", "prune-map", "--before", "--pages-per-transaction", "verify", "patient", "add", "record", "put", "get", "history", "list", "grant",
                      "revoke", "read", "audit", "erase", "export", dir, dir + "/nope", key, "/dev/null", "-", "--json",
                      "--index", "--size", "--old-size", "--key", "--delete", "--lines", "--keys", "--batch", "--origin",
                      "--master-key", "--id", "--patient", "--record", "--as", "--grantee", "--grantee-key", "--expires",

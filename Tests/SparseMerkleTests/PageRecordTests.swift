@@ -141,6 +141,41 @@ func rewriteBatches(seed: UInt64, keys: Int, batches: Int, perBatch: Int) -> [[S
         }
     }
 
+    @Test func pruningInStepsLeavesWhatOneTransactionLeaves() throws {
+        try withLMDBSparseStore("prune-steps-a") { stepped in
+            try withLMDBSparseStore("prune-steps-b") { whole in
+                var version: UInt64 = 0
+                var roots: [UInt64: Hash] = [:]
+                for changes in rewriteBatches(seed: 0x51e, keys: 1500, batches: 10, perBatch: 250) {
+                    version += 250
+                    roots[version] = try stepped.write { try SparseMerkleTree.apply(changes, version: version, writer: $0) }.hash
+                    _ = try whole.write { try SparseMerkleTree.apply(changes, version: version, writer: $0) }
+                }
+                let staleCounts = try allRecords(stepped, stepped.staleDatabase).map { record in
+                    try #require(record.1.withUnsafeBytes { LMDBSparseStore.staleKeys($0)?.count })
+                }
+                let keep: UInt64 = 2000
+                let small = try #require(staleCounts.max())
+                let report = try stepped.prune(before: keep, pagesPerTransaction: small)
+                let oneStep = try whole.write { try $0.prune(before: keep) }
+                #expect(report.pagesDeleted == oneStep && oneStep > 0)
+                #expect(report.transactions > 2, "a bound of one stale record's size takes several steps: \(report)")
+                #expect(report.versionsRemoved == roots.keys.filter { $0 < keep }.count)
+                #expect(report.oldestVersion == keep)
+                for (a, b) in [(stepped.pagesDatabase, whole.pagesDatabase), (stepped.rootsDatabase, whole.rootsDatabase),
+                               (stepped.staleDatabase, whole.staleDatabase)] {
+                    #expect(try allRecords(stepped, a).map(\.0) == allRecords(whole, b).map(\.0))
+                }
+                var nothingLeft = LMDBSparseStore.PruneReport()
+                nothingLeft.transactions = 1
+                nothingLeft.oldestVersion = keep
+                #expect(try stepped.prune(before: keep) == nothingLeft, "pruning again deletes nothing")
+                #expect(throws: SparseMerkleError(.versionOrder, "")) { try stepped.prune(before: version + 1) }
+                for (v, root) in roots { #expect(try stepped.read { try $0.root(version: v)?.hash } == (v < keep ? nil : root)) }
+            }
+        }
+    }
+
     @Test func theMemoryStoreMatchesTheLMDBStoreRecordForRecord() throws {
         // Same batches into both stores, one of them updated on two threads: every page record,
         // root and stale record must be the same bytes (an auditor's rebuild relies on it).
