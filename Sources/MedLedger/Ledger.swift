@@ -616,15 +616,17 @@ public final class Ledger: @unchecked Sendable {
     /// consistency proofs at every size still work, and a key proof at a dropped size fails
     /// with `.notFound`.
     ///
-    /// The freed pages are reused by later writes (the data file does not shrink). A long
-    /// backlog is deleted in steps of about `pagesPerTransaction` page records, each its own
-    /// durable transaction: the report counts them. Appends wait while it runs; readers do
-    /// not, and a read that began before it keeps its snapshot.
+    /// The freed pages are reused by later writes (the data file does not shrink). Everything
+    /// goes in one durable transaction unless `pagesPerTransaction` bounds it: then the page
+    /// records are deleted in steps of about that many, each its own durable transaction
+    /// (the report counts them), which is slower but keeps each transaction small and an
+    /// interrupted run's progress. Appends wait while it runs; readers do not, and a read
+    /// that began before it keeps its snapshot.
     /// - Throws: ``LedgerError`` `.invalidArgument` when `size` is beyond the latest
     ///   version (the tree size), `.storage` on a storage failure (steps already committed
     ///   stay done).
     @discardableResult
-    public func pruneKeyMap(before size: UInt64, pagesPerTransaction: Int = 65_536) throws -> LMDBSparseStore.PruneReport {
+    public func pruneKeyMap(before size: UInt64, pagesPerTransaction: Int = .max) throws -> LMDBSparseStore.PruneReport {
         guard pagesPerTransaction > 0 else { throw LedgerError(.invalidArgument, "pagesPerTransaction must be positive") }
         appendLock.lock()
         defer { appendLock.unlock() }

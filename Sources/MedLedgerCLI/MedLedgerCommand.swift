@@ -151,8 +151,8 @@ struct PruneMap: ParsableCommand {
         discussion: """
         Keeps the map at every committed size from --before on (the latest always) and the \
         whole log; key proofs at a dropped size then fail with exit 3 (not found). Prints \
-        {"oldest_version","pages_deleted","transactions","versions_removed"}. A long backlog \
-        is deleted in steps of --pages-per-transaction page records, each durable.
+        {"oldest_version","pages_deleted","transactions","versions_removed"}. One durable \
+        transaction, or steps of about --pages-per-transaction page records, each durable.
         """)
 
     @OptionGroup var location: LedgerLocation
@@ -160,13 +160,13 @@ struct PruneMap: ParsableCommand {
     @Option(help: "Drop versions at tree sizes below this one (at most the tree size).")
     var before: UInt64
 
-    @Option(help: "Page records deleted per write transaction, about.")
-    var pagesPerTransaction: Int = 65_536
+    @Option(help: "Delete in steps of about this many page records per write transaction (default: one transaction).")
+    var pagesPerTransaction: Int?
 
     func run() throws {
-        guard pagesPerTransaction > 0 else { throw CLIError(.usage, "--pages-per-transaction must be positive") }
+        if let pagesPerTransaction, pagesPerTransaction <= 0 { throw CLIError(.usage, "--pages-per-transaction must be positive") }
         let ledger = try Ledger(path: location.directory)
-        let report = try ledger.pruneKeyMap(before: before, pagesPerTransaction: pagesPerTransaction)
+        let report = try ledger.pruneKeyMap(before: before, pagesPerTransaction: pagesPerTransaction ?? .max)
         try printJSON(["versions_removed": report.versionsRemoved, "pages_deleted": report.pagesDeleted,
                        "transactions": report.transactions, "oldest_version": report.oldestVersion.map { $0 as Any } ?? NSNull()])
     }

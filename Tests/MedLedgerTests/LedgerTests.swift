@@ -233,6 +233,12 @@ func scratchOptions() -> Ledger.Options {
         let rebuilt = try ledger.rebuildIndex()
         #expect(rebuilt.mismatches.isEmpty && rebuilt.versions == sizes.filter { $0 >= keep }.count)
         #expect(try ledger.mapRoot() == replayed[sizes.last!])
+
+        // By default, one transaction.
+        try appendBatch()
+        let once = try ledger.pruneKeyMap(before: sizes.last!)
+        #expect(once.transactions == 1 && once.pagesDeleted > 0 && once.oldestVersion == sizes.last!, "\(once)")
+        #expect(try ledger.mapRoot() == MapReplay.roots(entries: all.map { $0.encoded() }, at: [sizes.last!])[sizes.last!])
     }
 
     @Test func creationAndOpeningErrorsAreClear() throws {
