@@ -619,9 +619,12 @@ public final class Ledger: @unchecked Sendable {
     /// The freed pages are reused by later writes (the data file does not shrink). Everything
     /// goes in one durable transaction unless `pagesPerTransaction` bounds it: then the page
     /// records are deleted in steps of about that many, each its own durable transaction
-    /// (the report counts them), which is slower but keeps each transaction small and an
-    /// interrupted run's progress. Appends wait while it runs; readers do not, and a read
-    /// that began before it keeps its snapshot.
+    /// (the report counts them), which is slower but bounds each transaction and keeps an
+    /// interrupted run's progress. Appends in this process wait for the whole run; readers
+    /// do not, and a read that began before it keeps its snapshot. A request that takes a
+    /// checkpoint and then proves keys at its size in a later read (`export`, blob range
+    /// proofs) fails with `.notFound` if that size is pruned in between: prune only sizes
+    /// no such request still uses.
     /// - Throws: ``LedgerError`` `.invalidArgument` when `size` is beyond the latest
     ///   version (the tree size), `.storage` on a storage failure (steps already committed
     ///   stay done).
@@ -631,10 +634,14 @@ public final class Ledger: @unchecked Sendable {
         appendLock.lock()
         defer { appendLock.unlock() }
         return try Self.storage {
+            let treeSize = try store.read { $0.treeSize }
+            guard size <= treeSize else {
+                throw LedgerError(.invalidArgument, "cannot prune the key map before size \(size): the tree size is \(treeSize), and its version must be kept")
+            }
             do {
                 return try sparse.prune(before: size, pagesPerTransaction: pagesPerTransaction)
             } catch let error as SparseMerkleError where error.code == .versionOrder {
-                throw LedgerError(.invalidArgument, "cannot prune the key map before size \(size): the tree size is smaller, and its version must be kept", cause: error)
+                throw LedgerError(.invalidArgument, "cannot prune the key map before size \(size): its newest version is older, and must be kept", cause: error)
             }
         }
     }

@@ -563,7 +563,10 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
                     let (replacedAt, count) = cursor.withCurrent { key, value in
                         (UInt64(bigEndianBytes: key), Self.staleKeyCount(value))
                     }
-                    guard let replacedAt, replacedAt <= version else { break }
+                    guard let replacedAt else {
+                        throw SparseMerkleError(.missingData, "an smt.stale key is not a version; nothing was pruned")
+                    }
+                    guard replacedAt <= version else { break }
                     guard let count else {
                         throw SparseMerkleError(.missingData, "the smt.stale record of version \(replacedAt) does not decode; nothing from it on was pruned")
                     }

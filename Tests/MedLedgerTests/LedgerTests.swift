@@ -5,6 +5,7 @@ import LedgerCrypto
 import MedLedger
 import MerkleLog
 import LMDBKit
+import SparseMerkle
 
 func ledgerPath(_ name: String) -> String {
     NSTemporaryDirectory() + "medledger-ledger-\(name)-\(UUID().uuidString)"
@@ -195,6 +196,8 @@ func scratchOptions() -> Ledger.Options {
             all += entries
             sizes.append(UInt64(all.count))
         }
+        #expect(throws: LedgerError(.invalidArgument, "")) { try ledger.pruneKeyMap(before: 1) }
+        #expect(try ledger.pruneKeyMap(before: 0) == LMDBSparseStore.PruneReport(), "an empty map: nothing to do")
         for _ in 0..<8 { try appendBatch() }
         let keep = sizes[3]
         let rootsBefore = try sizes.map { try ledger.mapRoot(size: $0) }
