@@ -616,32 +616,48 @@ public final class Ledger: @unchecked Sendable {
     /// consistency proofs at every size still work, and a key proof at a dropped size fails
     /// with `.notFound`.
     ///
+    /// Size 0 (the empty map) always has its root, whatever is pruned.
+    ///
     /// The freed pages are reused by later writes (the data file does not shrink). Everything
     /// goes in one durable transaction unless `pagesPerTransaction` bounds it: then the page
     /// records are deleted in steps of about that many, each its own durable transaction
     /// (the report counts them), which is slower but bounds each transaction and keeps an
-    /// interrupted run's progress. Appends in this process wait for the whole run; readers
-    /// do not, and a read that began before it keeps its snapshot. A request that takes a
-    /// checkpoint and then proves keys at its size in a later read (`export`, blob range
-    /// proofs) fails with `.notFound` if that size is pruned in between: prune only sizes
-    /// no such request still uses.
-    /// - Throws: ``LedgerError`` `.invalidArgument` when `size` is beyond the latest
-    ///   version (the tree size), `.storage` on a storage failure (steps already committed
-    ///   stay done).
+    /// interrupted run's progress. One transaction also needs free space for the B-tree
+    /// pages it rewrites before it frees any (steps reuse what earlier steps freed), so on a
+    /// nearly full disk prune in steps.
+    ///
+    /// Every write waits while a transaction of the prune runs, appends and audited reads
+    /// included (an audited read returns only once its audit entry is committed); with
+    /// steps, they run between steps, this process's as well as other processes'. Reads that
+    /// record no audit entry (entries, proofs, checkpoints) do not wait, and a read that
+    /// began before the prune keeps its snapshot. A request that takes a checkpoint and then
+    /// proves keys at its size in a later read (`export`, blob range proofs) fails with
+    /// `.notFound` if that size is pruned in between: prune only sizes no such request still
+    /// uses.
+    /// - Throws: ``LedgerError`` `.invalidArgument` when `size` is beyond the tree size or
+    ///   `pagesPerTransaction` is not positive; `.storage` on a storage failure (steps
+    ///   already committed stay done), when a key-map record does not decode (nothing of
+    ///   that transaction is deleted; `verify` names the record), or when the key map ends
+    ///   before the tree size (run `rebuild-index`).
     @discardableResult
     public func pruneKeyMap(before size: UInt64, pagesPerTransaction: Int = .max) throws -> LMDBSparseStore.PruneReport {
         guard pagesPerTransaction > 0 else { throw LedgerError(.invalidArgument, "pagesPerTransaction must be positive") }
-        appendLock.lock()
-        defer { appendLock.unlock() }
         return try Self.storage {
+            // The tree only grows, so neither this check nor the prune's plan needs the append
+            // lock; each step holds it, so this process's appends run between steps.
             let treeSize = try store.read { $0.treeSize }
             guard size <= treeSize else {
                 throw LedgerError(.invalidArgument, "cannot prune the key map before size \(size): the tree size is \(treeSize), and its version must be kept")
             }
             do {
-                return try sparse.prune(before: size, pagesPerTransaction: pagesPerTransaction)
+                return try sparse.prune(before: size, pagesPerTransaction: pagesPerTransaction) { step in
+                    appendLock.lock()
+                    defer { appendLock.unlock() }
+                    return try step()
+                }
             } catch let error as SparseMerkleError where error.code == .versionOrder {
-                throw LedgerError(.invalidArgument, "cannot prune the key map before size \(size): its newest version is older, and must be kept", cause: error)
+                // Every append writes a map version at its size, so this map lags the log.
+                throw LedgerError(.storage, "cannot prune the key map before size \(size): the key map ends before the tree size \(treeSize); run rebuild-index", cause: error)
             }
         }
     }

@@ -288,6 +288,10 @@ extension LedgerVerifier {
         var nextBoundary = 0
         /// The oldest stored map root: versions below it count as pruned.
         var oldestRoot: UInt64?
+        /// Whether pages or stale records of versions below the oldest root remain (a prune
+        /// kept the pages the oldest root uses): the records up to the oldest root then
+        /// depend on batch boundaries the prune dropped (see `rebuildPrunedVersion`).
+        var prunedHistory = false
         var changes: [SparseChange] = []
         /// The right edge of the tree so far: complete subtrees, lowest level last.
         var stack: [(level: Int, hash: Hash)] = []
@@ -410,6 +414,7 @@ extension LedgerVerifier {
             versions = versions.filter { $0 > 0 && $0 <= size }
             if size > 0 { versions.insert(size) }
             boundaries = versions.sorted()
+            if let oldestRoot, let first = boundaries.first { prunedHistory = first < oldestRoot }
         }
 
         private mutating func entry(_ bytes: [UInt8], at index: UInt64) throws {
@@ -538,6 +543,9 @@ extension LedgerVerifier {
         /// Applies the changes since the last version to the scratch store as version
         /// `version` and compares what it wrote with what the ledger stores.
         private mutating func rebuildMapVersion(_ version: UInt64) throws {
+            if prunedHistory, let oldestRoot, version <= oldestRoot {
+                return try rebuildPrunedVersion(version, oldestRoot: oldestRoot)
+            }
             let pending = changes
             changes.removeAll(keepingCapacity: true)
             let stored = view
@@ -578,7 +586,7 @@ extension LedgerVerifier {
                 let rebuiltStale = try rebuilt.value(verifier.scratch.staleDatabase, key: version)
                 let storedStale = try stored.value(sparse.staleDatabase, key: version)
                 if let storedStale {
-                    if storedStale.withUnsafeBytes({ LMDBSparseStore.staleKeys($0) }) == nil {
+                    if storedStale.withUnsafeBytes({ LMDBSparseStore.staleKeys($0, replacedAt: version) }) == nil {
                         found.append((.map, "smt.stale version \(version)", "the record does not decode"))
                     } else if storedStale != rebuiltStale || !pagesComplete {
                         found.append((.map, "smt.stale version \(version)", rebuiltStale == nil
@@ -595,6 +603,122 @@ extension LedgerVerifier {
             report.mapPages += UInt64(pages)
             if wanted.contains(version) { capturedMapRoots[version] = root }
             if version == size { report.mapRoot = root }
+        }
+
+        /// A version up to the oldest root of a pruned map. Its root is rebuilt from the
+        /// entries (a checkpoint at it is checked against that), but its records cannot be
+        /// compared byte for byte: which pages were written as deltas, over which bases, and
+        /// by which version depends on batch boundaries the prune dropped, so a rebuild that
+        /// merges the dropped batches writes other records for the same tree. Each stored
+        /// page written at this version (a delta merged with its base) must instead hold what
+        /// the rebuilt tree holds at its position: the same leaves, and child pages with the
+        /// same hashes. At the oldest root the stored tree is also walked on its own (every
+        /// page present and hashing to what its parent holds), its root compared with the
+        /// rebuilt one, and copied into the scratch store, so that every later version is
+        /// rebuilt over the records the writer had and compared byte for byte. Stored pages
+        /// up to the oldest root that its tree does not use, and stale records below it, are
+        /// reported.
+        private mutating func rebuildPrunedVersion(_ version: UInt64, oldestRoot: UInt64) throws {
+            let pending = changes
+            changes.removeAll(keepingCapacity: true)
+            let sparse = verifier.ledger.sparse
+            let stored = view
+            let (root, found, compared) = try verifier.scratch.write { scratchView -> (Hash, [(String, String)], Int) in
+                let root = try SparseMerkleTree.apply(pending, version: version, writer: scratchView).hash
+                var found: [(String, String)] = []
+                var compared = 0
+                try forEach(withUnsafeBytes(of: version.bigEndian) { Array($0) }, in: sparse.pagesDatabase, of: stored) { key, record in
+                    compared += 1
+                    guard let id = PageID(storageKey: key) else {
+                        found.append((Self.pageName(key), "the key is not a page key"))
+                        return
+                    }
+                    let page = try record.withUnsafeBytes { raw -> SparsePage? in
+                        guard let base = SparsePage.baseVersion(ofRecord: raw) else { return nil }
+                        guard let base else { return SparsePage(decoding: raw) }
+                        let baseKey = PageID(version: base, depth: id.depth, prefix: id.prefix).storageKey
+                        return try stored.withValue(sparse.pagesDatabase, key: baseKey) { SparsePage(decoding: raw, base: $0) } ?? nil
+                    }
+                    guard let page else {
+                        found.append((Self.pageName(key), "does not decode (or its base is missing)"))
+                        return
+                    }
+                    let rebuilt = try scratchView.page(atDepth: id.depth, prefix: id.prefix, version: version)
+                    guard let rebuilt, zip(page.slots, rebuilt.slots).allSatisfy({ Self.sameSubtree($0, $1) }) else {
+                        found.append((Self.pageName(key), "differs from the map rebuilt from the entries at its version"))
+                        return
+                    }
+                }
+                _ = try scratchView.prune(before: version)
+                return (root, found, compared)
+            }
+            for (location, detail) in found { report.add(.map, location, detail) }
+            report.mapVersions += 1
+            report.mapPages += UInt64(compared)
+            if wanted.contains(version) { capturedMapRoots[version] = root }
+            if version == size { report.mapRoot = root }
+            guard version == oldestRoot else { return }
+            try adoptOldestVersion(version, rebuiltRoot: root)
+        }
+
+        /// Whether two nodes of one position hold the same subtree: equal leaves, or pages with
+        /// equal hashes whichever version wrote them.
+        static func sameSubtree(_ a: SparseNode, _ b: SparseNode) -> Bool {
+            switch (a, b) {
+            case (.empty, .empty): return true
+            case (.leaf, .leaf): return a == b
+            case (.page(let x, _), .page(let y, _)): return x == y
+            default: return false
+            }
+        }
+
+        /// Checks the stored tree of the oldest root of a pruned map on its own and makes the
+        /// scratch store hold exactly its records (see `rebuildPrunedVersion`).
+        private mutating func adoptOldestVersion(_ version: UInt64, rebuiltRoot root: Hash) throws {
+            let sparse = verifier.ledger.sparse
+            let stored = LMDBSparseStore.View(view, store: sparse)
+            let scratch = verifier.scratch
+            var used = Set<[UInt8]>()
+            let (storedRoot, problems) = try scratch.write { scratchView -> (SparseNode?, [String]) in
+                used.removeAll()  // a write run again after the scratch map grew starts over
+                try scratch.clear(scratchView.txn)
+                let checked = try stored.checkStoredTree(version: version) { key, record in
+                    if used.insert(Array(key)).inserted { try scratchView.txn.put(scratch.pagesDatabase, key: key, value: record) }
+                }
+                if let raw = try view.value(sparse.rootsDatabase, key: version) {
+                    try scratchView.txn.put(scratch.rootsDatabase, key: version, value: raw)
+                }
+                return checked
+            }
+            for problem in problems { report.add(.map, "the stored tree of version \(version) (the oldest kept)", problem) }
+            if let storedRoot, storedRoot.hash != root {
+                report.add(.map, "smt.roots version \(version)", "differs from the root rebuilt from the entries (\(root.hex))")
+            }
+            // Pages the oldest tree does not use are left over only when its stale record lists
+            // them (it replaced them); stale records of older versions outlive nothing.
+            let replaced = try view.value(sparse.staleDatabase, key: version)
+                .flatMap { $0.withUnsafeBytes { LMDBSparseStore.staleKeys($0, replacedAt: version) } }
+                .map { Set($0) } ?? []
+            try view.withCursor(sparse.pagesDatabase) { cursor in
+                var more = try cursor.first()
+                while more {
+                    let key = cursor.withCurrent { key, _ in Array(key) }
+                    guard key.count >= 9, let written = key.withUnsafeBytes({ UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: $0[0..<8])) }),
+                          written <= version else { break }
+                    if !used.contains(key) && !replaced.contains(key) {
+                        report.add(.map, Self.pageName(key), "not used by the oldest kept version \(version), nor replaced by it")
+                    }
+                    more = try cursor.next()
+                }
+            }
+            try view.withCursor(sparse.staleDatabase) { cursor in
+                var more = try cursor.first()
+                while more {
+                    guard let staleVersion = cursor.withCurrent({ key, _ in UInt64(bigEndianBytes: key) }), staleVersion < version else { break }
+                    report.add(.map, "smt.stale version \(staleVersion)", "a stale record of a version below the oldest kept one")
+                    more = try cursor.next()
+                }
+            }
         }
 
         /// Calls `body` with each record of `db` whose key starts with `prefix`.

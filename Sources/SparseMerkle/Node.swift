@@ -143,6 +143,12 @@ public struct SparsePage: Sendable, Equatable {
         slots = (0..<16).map { page.slot($0).node }
     }
 
+    /// The version of the full record a stored page record is a delta over: nil for a full
+    /// record; the outer optional is nil for bytes that are neither.
+    public static func baseVersion(ofRecord record: UnsafeRawBufferPointer) -> UInt64?? {
+        PageRecord.baseVersion(of: record)
+    }
+
     /// The page's subtree hash.
     public var hash: Hash {
         var occupied: UInt16 = 0, leaves: UInt16 = 0

@@ -201,9 +201,11 @@ public final class MemorySparseStore: SparseWriter {
     public func prune(before version: UInt64) throws -> Int {
         guard let latest = roots.keys.max() else { return 0 }
         try SparseMerkleTree.checkPrunePoint(version, latest: latest)
+        // As the LMDB store does: what the oldest kept version replaced goes too.
+        let keptFrom = roots.keys.filter { $0 >= version }.min() ?? version
         var deleted = 0
         stale.removeAll { entry in
-            guard entry.version <= version else { return false }
+            guard entry.version <= keptFrom else { return false }
             if pages.removeValue(forKey: entry.id) != nil { deleted += 1 }
             return true
         }
@@ -399,7 +401,11 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
         public func latestVersion() throws -> UInt64? {
             try txn.withCursor(store.roots) { cursor in
                 guard try cursor.last() else { return nil }
-                return cursor.withCurrent { key, _ in UInt64(bigEndianBytes: key) }
+                // A damaged key must not read as an empty map: the next apply would start over.
+                guard let version = cursor.withCurrent({ key, _ in UInt64(bigEndianBytes: key) }) else {
+                    throw SparseMerkleError(.missingData, "the last smt.roots key is not a version")
+                }
+                return version
             }
         }
 
@@ -437,59 +443,223 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
             }
         }
 
+        /// Walks the tree of `version` as stored and checks it without trusting the cache:
+        /// every page record (and a delta's base) is present and decodes, every leaf's hash is
+        /// that of its key hash and value, every key hash sits under its position's prefix,
+        /// every child page was written no later than its parent, and every page hashes to the
+        /// hash its parent (or the root record) holds. `visit` gets the storage key and bytes
+        /// of each page record read (a delta's base included), so a caller can copy the
+        /// version elsewhere; the bytes are lent for the call only.
+        ///
+        /// A verifier uses this for the oldest version a prune kept: its records were written
+        /// over versions whose batch boundaries the prune dropped, so a rebuild from the
+        /// entries yields the same root but not the same records.
+        /// - Returns: the root record's node (nil when there is none, or it does not decode)
+        ///   and the problems found, each naming its page; none when the tree is whole.
+        public func checkStoredTree(
+            version: UInt64, visit: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Void
+        ) throws -> (root: SparseNode?, problems: [String]) {
+            var problems: [String] = []
+            let root: SparseNode? = try txn.withValue(store.roots, key: version) { raw -> SparseNode? in
+                if let node = SparsePage.decodeNode(raw) { return node }
+                problems.append("the root record of version \(version) does not decode")
+                return nil
+            } ?? nil
+            func checkLeaf(_ k: Hash, _ value: [UInt8], _ h: Hash, under prefix: Hash, depth: Int, at place: String) {
+                if SparseHash.leaf(keyHash: k, valueHash: SHA256.hash(value)) != h {
+                    problems.append("\(place): a leaf's hash is not that of its key hash and value")
+                }
+                for t in 0..<depth where keyBit(k, t) != keyBit(prefix, t) {
+                    problems.append("\(place): a leaf's key hash is not under the page's position")
+                    break
+                }
+            }
+            guard let root else {
+                if problems.isEmpty { problems.append("no root record for version \(version)") }
+                return (nil, problems)
+            }
+            var pending: [(id: PageID, hash: Hash)] = []
+            switch root {
+            case .empty: break
+            case .leaf(let k, let value, let h): checkLeaf(k, value, h, under: .zero, depth: 0, at: "the root of version \(version)")
+            case .page(let h, let v):
+                if v > version { problems.append("the root of version \(version) names a page of the later version \(v)") } else {
+                    pending.append((PageID(version: v, depth: 0, prefix: .zero), h))
+                }
+            }
+            while let (id, expected) = pending.popLast() {
+                let place = "page at depth \(id.depth) of version \(id.version)"
+                let page: SparsePage? = try id.withStorageKey { key in
+                    try txn.withValue(store.pages, key: key) { record -> SparsePage? in
+                        try visit(key, record)
+                        switch PageRecord.baseVersion(of: record) {
+                        case .some(nil): return SparsePage(decoding: record)
+                        case .some(let base?) where base < id.version:
+                            let baseKey = PageID(version: base, depth: id.depth, prefix: id.prefix).storageKey
+                            return try txn.withValue(store.pages, key: baseKey) { baseRecord -> SparsePage? in
+                                try baseKey.withUnsafeBytes { try visit($0, baseRecord) }
+                                return SparsePage(decoding: record, base: baseRecord)
+                            } ?? nil
+                        default: return nil
+                        }
+                    } ?? nil
+                }
+                guard let page else {
+                    problems.append("\(place): missing, or it (or its base) does not decode")
+                    continue
+                }
+                if page.hash != expected { problems.append("\(place): does not hash to the hash its parent holds") }
+                for (i, slot) in page.slots.enumerated() {
+                    let prefix = extend(id.prefix, depth: id.depth, nibble: i)
+                    switch slot {
+                    case .empty: break
+                    case .leaf(let k, let value, let h): checkLeaf(k, value, h, under: prefix, depth: id.depth + 4, at: place)
+                    case .page(let h, let v):
+                        if v > id.version || id.depth + 4 >= 256 {
+                            problems.append("\(place): slot \(i) names a page of a later version or past the deepest level")
+                        } else {
+                            pending.append((PageID(version: v, depth: id.depth + 4, prefix: prefix), h))
+                        }
+                    }
+                }
+            }
+            return (root, problems)
+        }
+
+        /// The page at `depth` below `prefix` (its bits past `depth` ignored) in the tree of
+        /// `version`, decoded; nil when that position holds no page there (it is empty, a
+        /// leaf, or inside a page's single-key slot). Reads through the cache like a proof.
+        public func page(atDepth depth: Int, prefix: Hash, version: UInt64) throws -> SparsePage? {
+            precondition(depth % 4 == 0 && depth < 256, "a page depth is a multiple of 4 below 256")
+            guard case .page(var hash, var written)? = try root(version: version) else { return nil }
+            var at = 0
+            var position = Hash.zero
+            while true {
+                let slots = try withPage(PageID(version: written, depth: at, prefix: position), hash: hash) { lent -> [SparseNode]? in
+                    PageSlots(lent).map { page in (0..<16).map { page.slot($0).node } }
+                }
+                guard let slots else { throw SparseMerkleTree.damagedPage(PageID(version: written, depth: at, prefix: position)) }
+                if at == depth { return SparsePage(slots: slots) }
+                let n = nibble(prefix, at: at)
+                guard case .page(let next, let nextVersion) = slots[n] else { return nil }
+                position = extend(position, depth: at, nibble: n)
+                (hash, written, at) = (next, nextVersion, at + 4)
+            }
+        }
+
+        /// The oldest stored version at or after `version`, nil when there is none.
+        /// - Throws: ``SparseMerkleError`` `.missingData` when that `smt.roots` key is not a version.
+        public func oldestVersion(atOrAfter version: UInt64) throws -> UInt64? {
+            try txn.withCursor(store.roots) { cursor in
+                guard try cursor.seek(atOrAfter: version) else { return nil }
+                guard let found = cursor.withCurrent({ key, _ in UInt64(bigEndianBytes: key) }) else {
+                    throw SparseMerkleError(.missingData, "an smt.roots key is not a version")
+                }
+                return found
+            }
+        }
+
         public func prune(before version: UInt64) throws -> Int {
             guard let latest = try latestVersion() else { return 0 }
             try SparseMerkleTree.checkPrunePoint(version, latest: latest)
+            // The oldest version kept is the first at or after `version`; what it replaced no
+            // kept version uses either, so a prune between two versions leaves what a prune at
+            // the later one leaves.
+            let keptFrom = try oldestVersion(atOrAfter: version) ?? version
+            // Each stale record's pages are deleted as it is read, so memory holds one record's
+            // keys, not the whole backlog's. A record that does not decode throws, which aborts
+            // the transaction: nothing is deleted.
             var deleted = 0
             var staleVersions: [UInt64] = []
-            var pageKeys: [[UInt8]] = []
-            var malformed = false
             try txn.withCursor(store.stale) { cursor in
                 var more = try cursor.first()
                 while more {
-                    let stop = cursor.withCurrent { key, value -> Bool in
-                        guard let replacedAt = UInt64(bigEndianBytes: key), replacedAt <= version else {
-                            malformed = key.count != 8
-                            return true
-                        }
-                        staleVersions.append(replacedAt)
-                        guard let keys = LMDBSparseStore.staleKeys(value) else { malformed = true; return true }
-                        pageKeys += keys
-                        return false
+                    // Keys are copied out before the deletes, which may move what LMDB lends.
+                    let record = cursor.withCurrent { key, value -> (UInt64?, [[UInt8]]?) in
+                        guard let replacedAt = UInt64(bigEndianBytes: key) else { return (nil, nil) }
+                        return (replacedAt, replacedAt <= keptFrom ? LMDBSparseStore.staleKeys(value, replacedAt: replacedAt) : nil)
                     }
-                    if stop { break }
+                    guard let replacedAt = record.0 else {
+                        throw SparseMerkleError(.missingData, "an smt.stale key is not a version; nothing was pruned")
+                    }
+                    guard replacedAt <= keptFrom else { break }
+                    guard let keys = record.1 else {
+                        throw SparseMerkleError(.missingData, "the smt.stale record of version \(replacedAt) does not decode; nothing was pruned")
+                    }
+                    for key in keys where try txn.delete(store.pages, key: key) { deleted += 1 }
+                    staleVersions.append(replacedAt)
                     more = try cursor.next()
                 }
             }
-            if malformed { throw SparseMerkleError(.missingData, "an smt.stale record does not decode; nothing was pruned") }
-            for key in pageKeys where try txn.delete(store.pages, key: key) { deleted += 1 }
             for v in staleVersions { try txn.delete(store.stale, key: v) }
-            var oldRoots: [UInt64] = []
-            try txn.withCursor(store.roots) { cursor in
-                var more = try cursor.first()
-                while more {
-                    let v = cursor.withCurrent { key, _ in UInt64(bigEndianBytes: key) ?? .max }
-                    if v >= version { break }
-                    oldRoots.append(v)
-                    more = try cursor.next()
-                }
-            }
+            let oldRoots = try LMDBSparseStore.rootVersions(before: version, txn: txn, roots: store.roots)
             for v in oldRoots { try txn.delete(store.roots, key: v) }
             return deleted
         }
     }
 
-    /// The page keys listed in an `smt.stale` value, or nil when it does not decode.
-    public static func staleKeys(_ value: UnsafeRawBufferPointer) -> [[UInt8]]? {
+    /// The page keys listed in an `smt.stale` value of version `replacedAt`, or nil when it
+    /// does not decode or lists a key that cannot be a page that version replaced (see
+    /// ``isReplacedPageKey(_:replacedAt:)``).
+    public static func staleKeys(_ value: UnsafeRawBufferPointer, replacedAt: UInt64) -> [[UInt8]]? {
         var keys: [[UInt8]] = []
+        let decoded = forEachStaleKey(value, replacedAt: replacedAt) { keys.append(Array($0)) }
+        return decoded ? keys : nil
+    }
+
+    /// The number of page keys in an `smt.stale` value of version `replacedAt`, or nil when
+    /// ``staleKeys(_:replacedAt:)`` would give nil.
+    static func staleKeyCount(_ value: UnsafeRawBufferPointer, replacedAt: UInt64) -> Int? {
+        var count = 0
+        return forEachStaleKey(value, replacedAt: replacedAt) { _ in count += 1 } ? count : nil
+    }
+
+    /// Calls `body` with each key of an `smt.stale` value; false when the value is empty,
+    /// truncated, or holds a key that is not a page key of a version below `replacedAt`.
+    private static func forEachStaleKey(_ value: UnsafeRawBufferPointer, replacedAt: UInt64,
+                                        _ body: (UnsafeRawBufferPointer) -> Void) -> Bool {
+        guard !value.isEmpty else { return false }
         var at = 0
         while at < value.count {
             let length = Int(value[at])
-            guard length >= 9, at + 1 + length <= value.count else { return nil }
-            keys.append(Array(value[(at + 1)..<(at + 1 + length)]))
+            guard at + 1 + length <= value.count else { return false }
+            let key = UnsafeRawBufferPointer(rebasing: value[(at + 1)..<(at + 1 + length)])
+            guard isReplacedPageKey(key, replacedAt: replacedAt) else { return false }
+            body(key)
             at += 1 + length
         }
-        return keys.isEmpty ? nil : keys
+        return true
+    }
+
+    /// Whether `key` is a page key (FORMATS.md section 6.3: version, depth / 4, the prefix's
+    /// bytes with no bit set past the depth) of a version below `replacedAt`. Only such a page
+    /// can be one that version stopped using; a damaged stale record that named anything else
+    /// (a page of the newest version, say) would make pruning delete what a kept version needs.
+    static func isReplacedPageKey(_ key: UnsafeRawBufferPointer, replacedAt: UInt64) -> Bool {
+        guard key.count >= 9, let written = UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: key[0..<8])),
+              written < replacedAt else { return false }
+        let depth = Int(key[8]) * 4
+        guard depth <= 256, key.count == 9 + (depth + 7) / 8 else { return false }
+        // A depth of 4 mod 8 uses the high half of the last byte only.
+        return depth % 8 == 0 || key[key.count - 1] & 0x0f == 0
+    }
+
+    /// The versions in `smt.roots` below `version`, oldest first.
+    /// - Throws: ``SparseMerkleError`` `.missingData` for a key that is not a version.
+    static func rootVersions(before version: UInt64, txn: TransactionView, roots: Database) throws -> [UInt64] {
+        var found: [UInt64] = []
+        try txn.withCursor(roots) { cursor in
+            var more = try cursor.first()
+            while more {
+                guard let v = cursor.withCurrent({ key, _ in UInt64(bigEndianBytes: key) }) else {
+                    throw SparseMerkleError(.missingData, "an smt.roots key is not a version; nothing was pruned")
+                }
+                if v >= version { break }
+                found.append(v)
+                more = try cursor.next()
+            }
+        }
+        return found
     }
 
     public func withSnapshot<R>(_ body: (View) throws -> R) throws -> R {
@@ -542,56 +712,65 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
     /// committed; they cost time, since each step's commit rewrites the free list that the
     /// earlier steps grew (at 1M keys, a backlog of 1.58M pages took 6.5–6.8 s in steps of
     /// 65,536 and 3.2–3.4 s in one). A step deletes whole stale records (the pages one version
-    /// stopped using), so it may exceed the bound by one record. A failure leaves the steps
-    /// already committed done and the store consistent: every version at or after the last
-    /// committed step's point is whole.
+    /// stopped using), so it may exceed the bound by one record, and ends at a version: it
+    /// is a prune before that version. A failure leaves the steps already committed done and
+    /// the store as that prune leaves it: every version from the last committed step's on
+    /// whole, nothing an older one alone used left.
+    ///
+    /// Every record the run will read is checked before the first step, so a damaged one
+    /// stops it before anything is deleted. `pagesPerTransaction` must be positive (a caller
+    /// error traps).
     /// - Throws: ``SparseMerkleError`` `.versionOrder` when `version` is past the newest
-    ///   version, `.missingData` when an `smt.stale` record does not decode (nothing of
-    ///   that step is deleted).
-    public func prune(before version: UInt64, pagesPerTransaction: Int = .max) throws -> PruneReport {
+    ///   version, `.missingData` when an `smt.stale` or `smt.roots` record does not decode
+    ///   or a stale record names a page its version cannot have replaced (see
+    ///   ``isReplacedPageKey(_:replacedAt:)``).
+    ///
+    /// `aroundEachStep` runs each step's transaction (the closure it is given) and returns
+    /// what that returns: a caller that serializes its own writes with a lock takes it there,
+    /// so its writes run between steps rather than after the whole run.
+    public func prune(before version: UInt64, pagesPerTransaction: Int = .max,
+                      aroundEachStep: (_ step: () throws -> Int) throws -> Int = { try $0() }) throws -> PruneReport {
         precondition(pagesPerTransaction > 0, "pagesPerTransaction must be positive")
         var report = PruneReport()
         // Plan the steps in one snapshot; writers meanwhile only add newer versions.
         let plan = try read { view -> (steps: [UInt64], roots: Int)? in
             guard let latest = try view.latestVersion() else { return nil }
             try SparseMerkleTree.checkPrunePoint(version, latest: latest)
+            let keptFrom = try view.oldestVersion(atOrAfter: version) ?? version
+            // Each step ends at the version of the last stale record it takes, so every step
+            // is a prune at a version: what it leaves is what a prune there alone leaves.
             var steps: [UInt64] = []
             var pending = 0
+            var lastTaken: UInt64?
             try view.txn.withCursor(stale) { cursor in
                 var more = try cursor.first()
                 while more {
-                    let (replacedAt, count) = cursor.withCurrent { key, value in
-                        (UInt64(bigEndianBytes: key), Self.staleKeyCount(value))
+                    let (replacedAt, count) = cursor.withCurrent { key, value -> (UInt64?, Int?) in
+                        guard let replacedAt = UInt64(bigEndianBytes: key) else { return (nil, nil) }
+                        return (replacedAt, Self.staleKeyCount(value, replacedAt: replacedAt))
                     }
                     guard let replacedAt else {
                         throw SparseMerkleError(.missingData, "an smt.stale key is not a version; nothing was pruned")
                     }
-                    guard replacedAt <= version else { break }
+                    guard replacedAt <= keptFrom else { break }
                     guard let count else {
-                        throw SparseMerkleError(.missingData, "the smt.stale record of version \(replacedAt) does not decode; nothing from it on was pruned")
+                        throw SparseMerkleError(.missingData, "the smt.stale record of version \(replacedAt) does not decode; nothing was pruned")
                     }
-                    if pending > 0, pending + count > pagesPerTransaction {
-                        steps.append(replacedAt - 1)
+                    if pending > 0, pending + count > pagesPerTransaction, let lastTaken {
+                        steps.append(lastTaken)
                         pending = 0
                     }
                     pending += count
+                    lastTaken = replacedAt
                     more = try cursor.next()
                 }
             }
-            var roots = 0
-            try view.txn.withCursor(self.roots) { cursor in
-                var more = try cursor.first()
-                while more {
-                    guard let v = cursor.withCurrent({ key, _ in UInt64(bigEndianBytes: key) }), v < version else { break }
-                    roots += 1
-                    more = try cursor.next()
-                }
-            }
+            let roots = try Self.rootVersions(before: version, txn: view.txn, roots: self.roots).count
             return (steps + [version], roots)
         }
         guard let plan else { return report }
         for step in plan.steps {
-            report.pagesDeleted += try write { try $0.prune(before: step) }
+            report.pagesDeleted += try aroundEachStep { try write { try $0.prune(before: step) } }
             report.transactions += 1
         }
         report.versionsRemoved = plan.roots
@@ -601,19 +780,6 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
             }
         }
         return report
-    }
-
-    /// The number of page keys in an `smt.stale` value, or nil when it does not decode.
-    static func staleKeyCount(_ value: UnsafeRawBufferPointer) -> Int? {
-        var count = 0
-        var at = 0
-        while at < value.count {
-            let length = Int(value[at])
-            guard length >= 9, at + 1 + length <= value.count else { return nil }
-            at += 1 + length
-            count += 1
-        }
-        return count == 0 ? nil : count
     }
 
     /// Pages written by the current write transaction, cached once it commits.

@@ -152,7 +152,8 @@ func rewriteBatches(seed: UInt64, keys: Int, batches: Int, perBatch: Int) -> [[S
                     _ = try whole.write { try SparseMerkleTree.apply(changes, version: version, writer: $0) }
                 }
                 let staleCounts = try allRecords(stepped, stepped.staleDatabase).map { record in
-                    try #require(record.1.withUnsafeBytes { LMDBSparseStore.staleKeys($0)?.count })
+                    let replacedAt = try #require(record.0.withUnsafeBytes { UInt64(bigEndianBytes: $0) })
+                    return try #require(record.1.withUnsafeBytes { LMDBSparseStore.staleKeys($0, replacedAt: replacedAt)?.count })
                 }
                 let keep: UInt64 = 2000
                 let small = try #require(staleCounts.max())
@@ -173,6 +174,85 @@ func rewriteBatches(seed: UInt64, keys: Int, batches: Int, perBatch: Int) -> [[S
                 #expect(throws: SparseMerkleError(.versionOrder, "")) { try stepped.prune(before: version + 1) }
                 for (v, root) in roots { #expect(try stepped.read { try $0.root(version: v)?.hash } == (v < keep ? nil : root)) }
             }
+        }
+    }
+
+    /// Each step runs inside `aroundEachStep`, and a version written between two steps (as a
+    /// ledger's append is, when it holds its lock per step) keeps the store whole: every kept
+    /// version and the new ones prove, and nothing a kept version uses is gone.
+    @Test func writesBetweenPruneStepsKeepTheStoreWhole() throws {
+        try withLMDBSparseStore("prune-interleaved") { store in
+            var version: UInt64 = 0
+            var maps: [UInt64: [Hash: [UInt8]]] = [:]
+            var map: [Hash: [UInt8]] = [:]
+            var batches = rewriteBatches(seed: 0x1e7, keys: 1500, batches: 14, perBatch: 250)
+            func writeNext() throws {
+                let changes = batches.removeFirst()
+                version += 250
+                for c in changes { map[c.keyHash] = c.value }
+                _ = try store.write { try SparseMerkleTree.apply(changes, version: version, writer: $0) }
+                maps[version] = map
+            }
+            for _ in 0..<8 { try writeNext() }
+            let keep: UInt64 = 1500
+            var steps = 0
+            let report = try store.prune(before: keep, pagesPerTransaction: 1) { step in
+                steps += 1
+                let deleted = try step()
+                if !batches.isEmpty { try writeNext() }
+                return deleted
+            }
+            #expect(steps == report.transactions && steps > 2, "\(report)")
+            var needed = Set<PageID>()
+            for v in maps.keys where v >= keep { needed.formUnion(try reachableRecords(store, version: v)) }
+            let stored = Set(try allRecords(store, store.pagesDatabase).map { try #require(PageID(storageKey: $0.0)) })
+            #expect(needed.isSubset(of: stored), "\(needed.subtracting(stored).count) needed records were pruned")
+            for (v, snapshot) in maps where v >= keep {
+                #expect(try store.read { try $0.root(version: v)?.hash } == NaiveSparse.root(snapshot))
+            }
+        }
+    }
+
+    /// The walk a verifier makes of a stored version: a whole tree has no problems and visits
+    /// every record the version reads; a changed leaf value, a missing page and a wrong child
+    /// hash are each named. `page(atDepth:prefix:version:)` finds the same pages.
+    @Test func aStoredTreeIsCheckedPageByPage() throws {
+        try withLMDBSparseStore("check-tree") { store in
+            var version: UInt64 = 0
+            for changes in rewriteBatches(seed: 0xc4e, keys: 3000, batches: 5, perBatch: 800) {
+                version += 800
+                _ = try store.write { try SparseMerkleTree.apply(changes, version: version, writer: $0) }
+            }
+            var visited = Set<PageID>()
+            let whole = try store.read { view in
+                try view.checkStoredTree(version: version) { key, _ in visited.insert(PageID(storageKey: Array(key))!) }
+            }
+            #expect(whole.problems.isEmpty, "\(whole.problems)")
+            let reachable = try reachableRecords(store, version: version)
+            #expect(reachable.isSubset(of: visited) && !reachable.isEmpty)
+            // Every visited full page is where page(atDepth:) finds it, with the same slots.
+            for id in visited.prefix(40) {
+                let found = try store.read { try $0.page(atDepth: id.depth, prefix: id.prefix, version: version) }
+                #expect(found != nil, "no page at depth \(id.depth)")
+            }
+            #expect(try store.read { try $0.page(atDepth: 252, prefix: .zero, version: version) } == nil)
+
+            let deep = try #require(visited.filter { $0.depth > 0 }.max { $0.depth < $1.depth })
+            let key = deep.storageKey
+            let original = try #require(try store.read { try $0.txn.value(store.pagesDatabase, key: key) })
+            func problems(after change: [UInt8]?) throws -> [String] {
+                try store.environment.write { txn in
+                    if let change { try txn.unsafeView.put(store.pagesDatabase, key: key, value: change) } else { _ = try txn.unsafeView.delete(store.pagesDatabase, key: key) }
+                }
+                defer { _ = try? store.environment.write { txn in try txn.unsafeView.put(store.pagesDatabase, key: key, value: original) } }
+                return try store.read { try $0.checkStoredTree(version: version) { _, _ in }.problems }
+            }
+            var flipped = original
+            flipped[flipped.count - 1] ^= 0x40
+            #expect(!(try problems(after: flipped)).isEmpty, "a changed byte at the end of the record")
+            #expect(try problems(after: nil).contains { $0.contains("missing") })
+            #expect(try store.read { try $0.checkStoredTree(version: version) { _, _ in }.problems }.isEmpty, "restored")
+            #expect(try store.read { try $0.checkStoredTree(version: version + 1) { _, _ in }.problems } == ["no root record for version \(version + 1)"])
         }
     }
 
@@ -422,6 +502,13 @@ func rewriteBatches(seed: UInt64, keys: Int, batches: Int, perBatch: Int) -> [[S
     }
 }
 
+/// The damage ``PruneAndRebuild/pruningADamagedStoreRefusesAndDeletesNothing(_:)`` makes.
+enum DamagedPruneInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case staleListsANewerPage, staleListsItsOwnVersion, staleKeyHasBitsPastItsDepth, staleValueTruncated
+    case staleKeyNotAVersion, rootKeyNotAVersion
+    var testDescription: String { rawValue }
+}
+
 @Suite struct PruneAndRebuild {
     @Test func pruningPastTheNewestVersionIsRefusedAndBetweenVersionsKeepsTheNewerOnes() throws {
         try withEachSparseStore("prune-point") { storeName, box in
@@ -440,6 +527,66 @@ func rewriteBatches(seed: UInt64, keys: Int, batches: Int, perBatch: Int) -> [[S
             for i in 0..<300 { map[keyHash("pp\(i)")] = Array("30-\(i % 7)".utf8) }
             map[keyHash("pp1")] = [1]
             #expect(next.hash == NaiveSparse.root(map), "\(storeName): the map survived the prunes")
+        }
+    }
+
+    /// A damaged `smt.stale` or `smt.roots` record makes pruning refuse with `.missingData`,
+    /// in one transaction and in steps, and leaves every record where it was.
+    @Test(arguments: DamagedPruneInput.allCases)
+    func pruningADamagedStoreRefusesAndDeletesNothing(_ damage: DamagedPruneInput) throws {
+        try withLMDBSparseStore("prune-damaged") { store in
+            var version: UInt64 = 0
+            var roots: [UInt64: Hash] = [:]
+            for changes in rewriteBatches(seed: 0xda3, keys: 1200, batches: 6, perBatch: 200) {
+                version += 200
+                roots[version] = try store.write { try SparseMerkleTree.apply(changes, version: version, writer: $0) }.hash
+            }
+            let newestRootPage = PageID(version: version, depth: 0, prefix: .zero).storageKey
+            try store.environment.write { txn in
+                let view = txn.unsafeView
+                switch damage {
+                case .staleListsANewerPage:
+                    // The stale record of version 400 names the newest version's root page.
+                    var value = try #require(try view.value(store.staleDatabase, key: UInt64(400)))
+                    value += [UInt8(newestRootPage.count)] + newestRootPage
+                    try view.put(store.staleDatabase, key: UInt64(400), value: value)
+                case .staleListsItsOwnVersion:
+                    let own = PageID(version: 400, depth: 0, prefix: .zero).storageKey
+                    try view.put(store.staleDatabase, key: UInt64(400), value: [UInt8(own.count)] + own)
+                case .staleKeyHasBitsPastItsDepth:
+                    var key = PageID(version: 200, depth: 4, prefix: .zero).storageKey
+                    key[9] = 0x01
+                    try view.put(store.staleDatabase, key: UInt64(400), value: [UInt8(key.count)] + key)
+                case .staleValueTruncated:
+                    var value = try #require(try view.value(store.staleDatabase, key: UInt64(400)))
+                    value.removeLast()
+                    try view.put(store.staleDatabase, key: UInt64(400), value: value)
+                case .staleKeyNotAVersion:
+                    try view.put(store.staleDatabase, key: [UInt8](repeating: 0, count: 7), value: [UInt8(newestRootPage.count)] + newestRootPage)
+                case .rootKeyNotAVersion:
+                    try view.put(store.rootsDatabase, key: [UInt8](repeating: 0, count: 7), value: [0x00])
+                }
+            }
+            let before = try [store.pagesDatabase, store.staleDatabase, store.rootsDatabase].map { try allRecords(store, $0).count }
+            #expect(throws: SparseMerkleError(.missingData, "")) { try store.prune(before: 800) }
+            #expect(throws: SparseMerkleError(.missingData, "")) { try store.prune(before: 800, pagesPerTransaction: 1) }
+            #expect(throws: SparseMerkleError(.missingData, "")) { try store.write { try $0.prune(before: 800) } }
+            let after = try [store.pagesDatabase, store.staleDatabase, store.rootsDatabase].map { try allRecords(store, $0).count }
+            #expect(after == before, "\(damage): records (pages, stale, roots) \(before) became \(after)")
+            for (v, root) in roots where v >= 800 {
+                try store.read { try SparseMerkleTree.proof(keyHash: keyHash("k1"), version: v, reader: $0) }.verify(root: root)
+            }
+        }
+    }
+
+    @Test func aDamagedNewestRootKeyIsNotAnEmptyMap() throws {
+        try withLMDBSparseStore("roots-damaged") { store in
+            _ = try store.write { try SparseMerkleTree.apply([SparseChange(keyHash: keyHash("a"), value: [1])], version: 1, writer: $0) }
+            try store.environment.write { txn in try txn.unsafeView.put(store.rootsDatabase, key: [UInt8](repeating: 0xff, count: 9), value: [0x00]) }
+            #expect(throws: SparseMerkleError(.missingData, "")) { try store.read { try $0.latestVersion() } }
+            #expect(throws: SparseMerkleError(.missingData, "")) {
+                try store.write { try SparseMerkleTree.apply([SparseChange(keyHash: keyHash("b"), value: [2])], version: 2, writer: $0) }
+            }
         }
     }
 
