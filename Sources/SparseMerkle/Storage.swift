@@ -710,8 +710,8 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
     ///
     /// Steps bound what one transaction holds and let an interrupted run keep what it
     /// committed; they cost time, since each step's commit rewrites the free list that the
-    /// earlier steps grew (at 1M keys, a backlog of 1.58M pages took 6.5–6.8 s in steps of
-    /// 65,536 and 3.2–3.4 s in one). A step deletes whole stale records (the pages one version
+    /// earlier steps grew (at 1M keys, a backlog of 1.58M pages took 6.5–8.8 s in steps of
+    /// 65,536 and 1.9–2.2 s in one). A step deletes whole stale records (the pages one version
     /// stopped using), so it may exceed the bound by one record, and ends at a version: it
     /// is a prune before that version. A failure leaves the steps already committed done and
     /// the store as that prune leaves it: every version from the last committed step's on

@@ -93,16 +93,26 @@ public enum Workloads {
     }
 
     /// Limit: sequential `write` of the same bytes followed by `fdatasync` once per batch
-    /// (what `dd conv=fdatasync` does per block). Returns seconds per batch.
-    public static func fdatasyncWrite(path: String, count: Int, payloadSize: Int, batch: Int) throws -> [Double] {
+    /// (what `dd conv=fdatasync` does per block). Returns seconds per batch. With
+    /// `incompressible`, each batch writes fresh random bytes (made before its clock starts):
+    /// this virtual disk writes a repeated buffer far faster than data it cannot compress or
+    /// deduplicate, as sealed records are.
+    public static func fdatasyncWrite(path: String, count: Int, payloadSize: Int, batch: Int,
+                                      incompressible: Bool = false) throws -> [Double] {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         guard fd >= 0 else { throw POSIXError(.EIO) }
         defer { close(fd); unlink(path) }
-        let batchBytes = [UInt8](repeating: 0x61, count: batch * (payloadSize + 4))
+        var batchBytes = [UInt8](repeating: 0x61, count: batch * (payloadSize + 4))
+        var random = SplitMix64(seed: 0xd15c)
         var times: [Double] = []
         var done = 0
         while done < count {
             let n = min(batch, count - done)
+            if incompressible {
+                batchBytes.withUnsafeMutableBytes { out in
+                    for i in stride(from: 0, to: out.count - 7, by: 8) { out.storeBytes(of: random.next(), toByteOffset: i, as: UInt64.self) }
+                }
+            }
             let start = DispatchTime.now().uptimeNanoseconds
             try write(fd, count: n * (payloadSize + 4), repeating: batchBytes)
             guard fdatasync(fd) == 0 else { throw POSIXError(.EIO) }
@@ -110,6 +120,42 @@ public enum Workloads {
             done += n
         }
         return times
+    }
+
+    /// A field of /proc/self/status in kB (Linux), 0 when unreadable.
+    public static func statusKilobytes(_ field: String) -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+        for line in text.split(separator: "\n") where line.hasPrefix(field + ":") {
+            return Int(line.dropFirst(field.count + 1).split(whereSeparator: { $0 == " " || $0 == "\t" }).first ?? "") ?? 0
+        }
+        return 0
+    }
+
+    /// Runs `body` while another thread samples the process's anonymous resident memory
+    /// (`RssAnon`, so not the mapped file's pages) every 10 ms; returns the body's result and
+    /// the most the sampled memory grew above its value at the start, in kB.
+    public static func peakAnonymousGrowth<R>(_ body: () throws -> R) rethrows -> (R, Int) {
+        let sampler = MemorySampler()
+        let start = statusKilobytes("RssAnon")
+        let finished = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            while true {
+                let now = statusKilobytes("RssAnon")
+                sampler.lock.lock()
+                sampler.peak = max(sampler.peak, now)
+                let stop = sampler.done
+                sampler.lock.unlock()
+                if stop { break }
+                usleep(10_000)
+            }
+            finished.signal()
+        }
+        let result = try body()
+        sampler.lock.lock()
+        sampler.done = true
+        sampler.lock.unlock()
+        finished.wait()
+        return (result, max(0, sampler.peak - start))
     }
 
     /// Diagnostic: `write` of `bytes` to a new file (page-cache pages allocated as it grows),
@@ -217,4 +263,12 @@ public func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
         thread.start()
     }
     done.wait()
+}
+
+/// What ``Workloads/peakAnonymousGrowth(_:)``'s sampling thread shares with its caller.
+private final class MemorySampler: @unchecked Sendable {
+    // Sendable: `lock` guards both fields.
+    let lock = NSLock()
+    var peak = 0
+    var done = false
 }

@@ -5,8 +5,8 @@
 //
 // MEDLEDGER_BENCH_SCALE=10M sets --entries to 10M; MEDLEDGER_BENCH_NOSYNC=1 commits without
 // fsync (CPU cost alone); MEDLEDGER_BENCH_PUTS_ONLY=1 ends the patient part after its puts
-// (to profile them alone); MEDLEDGER_BENCH_PRUNE_STEPS=1 prunes the key map's backlog in steps
-// of 65,536 page records instead of one transaction.
+// (to profile them alone); MEDLEDGER_BENCH_PRUNE_STEPS=N prunes the key map's backlog in steps
+// of N page records (65536, 1M) instead of one transaction.
 import BenchSupport
 import Foundation
 import LMDBKit
@@ -422,22 +422,25 @@ if keyCount > 0 {
     let smtBytes = try smt.storedBytes()
     rows.append(Row(name: "key map bytes on disk per key (all \(insertTimes.count + keyUpdateBatches) versions kept)",
                     value: Double(smtBytes) / Double(keyCount), unit: "B/key", limitName: nil, limit: nil, extra: [:]))
-    // Pruning the whole backlog in one transaction (the default) or, with
-    // MEDLEDGER_BENCH_PRUNE_STEPS=1, in steps of 65,536 page records; then the batches that
+    // Pruning the whole backlog in one transaction or, with MEDLEDGER_BENCH_PRUNE_STEPS=N, in
+    // steps of N page records, and the memory it takes; then the batches that
     // follow, which reuse the freed pages, against the same updates before it.
-    let pruneSteps = ProcessInfo.processInfo.environment["MEDLEDGER_BENCH_PRUNE_STEPS"] != nil
+    let pruneSteps = ProcessInfo.processInfo.environment["MEDLEDGER_BENCH_PRUNE_STEPS"].flatMap { parseCount($0) }
     let pruneStart = DispatchTime.now().uptimeNanoseconds
-    let pruneReport = try smt.prune(before: version, pagesPerTransaction: pruneSteps ? 65_536 : .max)
+    let (pruneReport, prunePeakGrowth) = try Workloads.peakAnonymousGrowth {
+        try smt.prune(before: version, pagesPerTransaction: pruneSteps ?? .max)
+    }
     let pruneSeconds = Double(DispatchTime.now().uptimeNanoseconds - pruneStart) / 1e9
     let afterPrune = try smt.storedBytes()
-    let pruneHow = pruneSteps ? "in steps of 65,536 page records" : "in one transaction"
-    log(String(format: "key map prune of the backlog %@: %d pages in %d transactions, %.2f s",
-               pruneHow, pruneReport.pagesDeleted, pruneReport.transactions, pruneSeconds))
+    let pruneHow = pruneSteps.map { "in steps of \($0) page records" } ?? "in one transaction"
+    log(String(format: "key map prune of the backlog %@: %d pages in %d transactions, %.2f s, anonymous memory +%d MB at its peak",
+               pruneHow, pruneReport.pagesDeleted, pruneReport.transactions, pruneSeconds, prunePeakGrowth / 1024))
     rows.append(Row(name: "key map bytes per key after prune to the last version (\(pruneReport.pagesDeleted) pages freed)",
                     value: Double(afterPrune) / Double(keyCount), unit: "B/key", limitName: nil, limit: nil, extra: [:]))
     rows.append(Row(name: "key map: prune a backlog of \(insertTimes.count + keyUpdateBatches) versions \(pruneHow)",
                     value: Double(pruneReport.pagesDeleted) / pruneSeconds, unit: "pages/s", limitName: nil, limit: nil,
-                    extra: ["transactions": Double(pruneReport.transactions), "seconds": pruneSeconds]))
+                    extra: ["transactions": Double(pruneReport.transactions), "seconds": pruneSeconds,
+                            "peak_anonymous_growth_MB": Double(prunePeakGrowth) / 1024]))
     var afterPruneTimes: [Double] = []
     for _ in 0..<keyUpdateBatches { afterPruneTimes.append(try updateBatch(timings: nil).all) }
     rows.append(Row(name: "key map: update existing keys after that prune (batch 10k, durable, \(keyUpdateBatches) batches)",
@@ -534,6 +537,7 @@ if patientRecords > 0 {
     // the commit.
     let putPhases = PatientRecords.PutTimings()
     var phaseTimes: [[Double]] = [[], [], [], []]
+    let bytesBeforePuts = try ledger.storedBytes()
     while written < patientRecords {
         let n = min(putBatch, patientRecords - written)
         let inputs = (written..<(written + n)).map(recordInput)
@@ -556,6 +560,21 @@ if patientRecords > 0 {
                     extra: ["p99_batch_s": Stats(putTimes).percentile(99), "median_sealing_s": phaseMedians[0],
                             "median_log_and_map_s": phaseMedians[1], "median_record_rows_s": phaseMedians[2],
                             "median_commit_s": phaseMedians[3]]))
+    // The disk's floor for the same work, in this run: each batch's stored bytes (the sealed
+    // boxes, log entries, key-map pages and record rows a put batch adds to the file) written
+    // sequentially and synced with one fdatasync; random bytes, since sealed records do not
+    // compress. Like the put, it writes into page-cache memory the file did not have before.
+    let putBatches = max(1, putTimes.count)
+    let bytesPerPutBatch = max(1, (try ledger.storedBytes() - bytesBeforePuts) / putBatches)
+    let floorBatches = min(putBatches, 100)
+    let storedFloor = Stats(try Workloads.fdatasyncWrite(path: dir + ".floor", count: floorBatches,
+                                                         payloadSize: max(1, bytesPerPutBatch - 4), batch: 1, incompressible: true)).median
+    log(String(format: "patient layer: a put batch of %d stores %d bytes; written and synced alone: %.2f ms (%.0f records/s)",
+               putBatch, bytesPerPutBatch, storedFloor * 1000, Double(putBatch) / storedFloor))
+    rows.append(Row(name: "record put against the disk: the batch's \(bytesPerPutBatch / 1000) kB of stored bytes (random) appended to a file + fdatasync, alone",
+                    value: Double(putBatch) / Stats(putTimes).median, unit: "records/s",
+                    limitName: "write+fdatasync of the same bytes", limit: Double(putBatch) / storedFloor,
+                    extra: ["bytes_per_batch": Double(bytesPerPutBatch), "floor_batch_s": storedFloor]))
     if ProcessInfo.processInfo.environment["MEDLEDGER_BENCH_PUTS_ONLY"] != nil { exit(0) }
     let perPatient = max(1, patientRecords / patients)
     // A read of a random stored record (the latest version of `obs-k` of some patient).
