@@ -411,6 +411,9 @@ extension LedgerVerifier {
             for version in versions where version > size {
                 report.add(.map, "version \(version)", "stored map data for a version past the committed size \(size)")
             }
+            if versions.contains(0) {
+                report.add(.map, "version 0", "stored map data for size 0, which no append writes (its map is EMPTY)")
+            }
             versions = versions.filter { $0 > 0 && $0 <= size }
             if size > 0 { versions.insert(size) }
             boundaries = versions.sorted()
@@ -673,32 +676,52 @@ extension LedgerVerifier {
         }
 
         /// Checks the stored tree of the oldest root of a pruned map on its own and makes the
-        /// scratch store hold exactly its records (see `rebuildPrunedVersion`).
+        /// scratch store hold exactly its records (see `rebuildPrunedVersion`). A damaged
+        /// tree is reported and not adopted: later versions are then rebuilt over the tree
+        /// rebuilt from the entries, and their records may be reported as differing too.
         private mutating func adoptOldestVersion(_ version: UInt64, rebuiltRoot root: Hash) throws {
             let sparse = verifier.ledger.sparse
             let stored = LMDBSparseStore.View(view, store: sparse)
             let scratch = verifier.scratch
+            /// Thrown out of the scratch transaction, which undoes the copy.
+            struct Damaged: Error { let root: SparseNode?; let problems: [String] }
             var used = Set<[UInt8]>()
-            let (storedRoot, problems) = try scratch.write { scratchView -> (SparseNode?, [String]) in
-                used.removeAll()  // a write run again after the scratch map grew starts over
-                try scratch.clear(scratchView.txn)
-                let checked = try stored.checkStoredTree(version: version) { key, record in
-                    if used.insert(Array(key)).inserted { try scratchView.txn.put(scratch.pagesDatabase, key: key, value: record) }
+            var checked: (root: SparseNode?, problems: [String])
+            do {
+                checked = try scratch.write { scratchView -> (SparseNode?, [String]) in
+                    used.removeAll()  // a write run again after the scratch map grew starts over
+                    try scratch.clear(scratchView.txn)
+                    let walked = try stored.checkStoredTree(version: version) { key, record in
+                        if used.insert(Array(key)).inserted { try scratchView.txn.put(scratch.pagesDatabase, key: key, value: record) }
+                    }
+                    if !walked.problems.isEmpty { throw Damaged(root: walked.root, problems: walked.problems) }
+                    if let raw = try view.value(sparse.rootsDatabase, key: version) {
+                        try scratchView.txn.put(scratch.rootsDatabase, key: version, value: raw)
+                    }
+                    return walked
                 }
-                if let raw = try view.value(sparse.rootsDatabase, key: version) {
-                    try scratchView.txn.put(scratch.rootsDatabase, key: version, value: raw)
-                }
-                return checked
+            } catch let damaged as Damaged {
+                checked = (damaged.root, damaged.problems)
             }
-            for problem in problems { report.add(.map, "the stored tree of version \(version) (the oldest kept)", problem) }
-            if let storedRoot, storedRoot.hash != root {
+            for problem in checked.problems { report.add(.map, "the stored tree of version \(version) (the oldest kept)", problem) }
+            if let storedRoot = checked.root, storedRoot.hash != root {
                 report.add(.map, "smt.roots version \(version)", "differs from the root rebuilt from the entries (\(root.hex))")
+            }
+            // Its stale record, if a prune left it, lists what it replaced: never a page it
+            // uses, which the next prune would delete.
+            var replaced = Set<[UInt8]>()
+            if let record = try view.value(sparse.staleDatabase, key: version) {
+                if let keys = record.withUnsafeBytes({ LMDBSparseStore.staleKeys($0, replacedAt: version) }) {
+                    replaced = Set(keys)
+                    if keys.contains(where: used.contains) {
+                        report.add(.map, "smt.stale version \(version)", "lists a page the oldest kept version uses (a prune would delete it)")
+                    }
+                } else {
+                    report.add(.map, "smt.stale version \(version)", "the record does not decode")
+                }
             }
             // Pages the oldest tree does not use are left over only when its stale record lists
             // them (it replaced them); stale records of older versions outlive nothing.
-            let replaced = try view.value(sparse.staleDatabase, key: version)
-                .flatMap { $0.withUnsafeBytes { LMDBSparseStore.staleKeys($0, replacedAt: version) } }
-                .map { Set($0) } ?? []
             try view.withCursor(sparse.pagesDatabase) { cursor in
                 var more = try cursor.first()
                 while more {

@@ -94,7 +94,8 @@ public struct PageID: Hashable, Sendable, Comparable {
     /// The page a storage key names; nil for bytes that are not one.
     public init?(storageKey key: some Collection<UInt8>) {
         let bytes = Array(key)
-        guard bytes.count >= 9, Int(bytes[8]) <= 64, bytes.count == 9 + (Int(bytes[8]) * 4 + 7) / 8,
+        // A page at depth D holds the positions at D + 4, so D is at most 252.
+        guard bytes.count >= 9, Int(bytes[8]) <= 63, bytes.count == 9 + (Int(bytes[8]) * 4 + 7) / 8,
               let version = bytes.withUnsafeBytes({ UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: $0[0..<8])) }) else { return nil }
         let depth = Int(bytes[8]) * 4
         var prefix = [UInt8](repeating: 0, count: 32)

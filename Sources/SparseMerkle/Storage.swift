@@ -639,7 +639,7 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
         guard key.count >= 9, let written = UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: key[0..<8])),
               written < replacedAt else { return false }
         let depth = Int(key[8]) * 4
-        guard depth <= 256, key.count == 9 + (depth + 7) / 8 else { return false }
+        guard depth <= 252, key.count == 9 + (depth + 7) / 8 else { return false }
         // A depth of 4 mod 8 uses the high half of the last byte only.
         return depth % 8 == 0 || key[key.count - 1] & 0x0f == 0
     }

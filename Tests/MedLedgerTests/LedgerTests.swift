@@ -251,9 +251,9 @@ func scratchOptions() -> Ledger.Options {
         #expect(try ledger.mapRoot() == MapReplay.roots(entries: all.map { $0.encoded() }, at: [sizes.last!])[sizes.last!])
     }
 
-    /// A prune in steps that stops after a step leaves what pruning before that step's point
-    /// leaves (a size one below a version, say): the ledger verifies and every later size
-    /// proves; running the prune again finishes it.
+    /// A prune in steps stopped after its first step leaves what a prune before that step's
+    /// version leaves: the ledger verifies and every later size proves; running it again
+    /// finishes. A prune between two versions leaves what a prune at the later one leaves.
     @Test func aSteppedPruneStoppedBetweenStepsLeavesAVerifiableLedger() throws {
         let path = ledgerPath("prune-stopped")
         defer { try? FileManager.default.removeItem(atPath: path) }
@@ -266,23 +266,32 @@ func scratchOptions() -> Ledger.Options {
         }
         let roots = try sizes.map { try ledger.mapRoot(size: $0) }
         let store = try LMDBSparseStore(environment: ledger.environment)
-        // What the step before the one to sizes[4] commits: stale records up to sizes[4] - 1.
-        let step = try store.prune(before: sizes[4] - 1)
-        #expect(step.versionsRemoved == 4 && step.oldestVersion == sizes[4], "\(step)")
+        struct Stopped: Error {}
+        var steps = 0
+        #expect(throws: Stopped.self) {
+            try store.prune(before: sizes[4], pagesPerTransaction: 1) { step in
+                guard steps == 0 else { throw Stopped() }
+                steps += 1
+                return try step()
+            }
+        }
+        let oldest = try #require(try store.read { try $0.oldestVersion(atOrAfter: 0) })
+        #expect(oldest > sizes[0] && oldest < sizes[4], "the first step ended at a version: \(oldest)")
         let verified = try ledger.verify(VerificationOptions())
         #expect(verified.isValid, "\(verified.problems)")
-        for (i, size) in sizes.enumerated() where i >= 4 {
+        for (i, size) in sizes.enumerated() where size >= oldest {
             #expect(try ledger.mapRoot(size: size) == roots[i])
             for k in 0..<30 {
                 let (proof, root, _) = try ledger.keyProof(key: "record/\(k)", size: size)
                 try proof.verify(root: root)
             }
         }
-        let rest = try ledger.pruneKeyMap(before: sizes[4])
-        #expect(rest.versionsRemoved == 0 && rest.oldestVersion == sizes[4], "\(rest)")
+        // Between two versions: the same records as at the later one.
+        let rest = try ledger.pruneKeyMap(before: sizes[4] - 1)
+        #expect(rest.oldestVersion == sizes[4] && rest.pagesDeleted > 0, "\(rest)")
+        #expect(try ledger.pruneKeyMap(before: sizes[4]).pagesDeleted == 0, "nothing left to delete")
         let finished = try ledger.verify(VerificationOptions())
         #expect(finished.isValid, "\(finished.problems)")
-        #expect(try ledger.pruneKeyMap(before: sizes[4]).pagesDeleted == 0, "nothing left to delete")
     }
 
     /// After a prune, the oldest kept version's tree is made of pages written over batches
@@ -351,6 +360,53 @@ func scratchOptions() -> Ledger.Options {
         try put(store.staleDatabase, withUnsafeBytes(of: sizes[2].bigEndian) { Array($0) }, [UInt8(junkKey.count)] + junkKey)
         #expect(try mapProblems().contains { $0.contains("a stale record of a version below the oldest kept one") })
         try put(store.staleDatabase, withUnsafeBytes(of: sizes[2].bigEndian) { Array($0) }, nil)
+        // A stale record of the oldest kept version that lists a page it uses: the next prune
+        // would delete that page.
+        let oldestStaleKey = withUnsafeBytes(of: oldest.bigEndian) { Array($0) }
+        try put(store.staleDatabase, oldestStaleKey, [UInt8(keptKey.count)] + keptKey)
+        #expect(try mapProblems().contains { $0.contains("lists a page the oldest kept version uses") })
+        try put(store.staleDatabase, oldestStaleKey, nil)
+        // Anything stored at version 0 (no append writes it), here a copy of a kept page.
+        let zeroKey = PageID(version: 0, depth: 4, prefix: .zero).storageKey
+        try put(store.pagesDatabase, zeroKey, keptRecord)
+        #expect(try mapProblems().contains { $0.contains("size 0") })
+        try put(store.pagesDatabase, zeroKey, nil)
+        #expect(try ledger.verify(VerificationOptions()).isValid)
+    }
+
+    /// A prune made by the earlier code between two versions left the later version's stale
+    /// record and the pages it lists: verify accepts them (they are listed as replaced), and
+    /// the next prune removes them.
+    @Test func aStaleRecordLeftAtTheOldestKeptVersionIsAcceptedThenPruned() throws {
+        let path = ledgerPath("prune-leftover")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (ledger, _) = try Ledger.create(at: path, origin: "prune.example/ledger", options: scratchOptions())
+        var sizes: [UInt64] = []
+        var generator = SplitMix64(seed: 0x1eff)
+        for _ in 0..<8 {
+            try ledger.append(try (0..<70).map { _ in try LedgerEntry(set: "record/\(generator.next() % 250)", payload: Array("v\(generator.next())".utf8)) })
+            sizes.append(try ledger.size)
+        }
+        let store = try LMDBSparseStore(environment: ledger.environment)
+        let oldest = sizes[4]
+        let staleKey = withUnsafeBytes(of: oldest.bigEndian) { Array($0) }
+        // What the earlier code left: the stale record of the oldest kept version and its pages.
+        let leftover: [([UInt8], [UInt8])] = try ledger.environment.read { txn in
+            let record = try #require(try txn.value(store.staleDatabase, key: staleKey))
+            let keys = try #require(record.withUnsafeBytes { LMDBSparseStore.staleKeys($0, replacedAt: oldest) })
+            return [(staleKey, record)] + (try keys.map { ($0, try #require(try txn.value(store.pagesDatabase, key: $0))) })
+        }
+        #expect(leftover.count > 1)
+        _ = try ledger.pruneKeyMap(before: oldest)
+        try ledger.environment.write { txn in
+            for (i, (key, value)) in leftover.enumerated() {
+                try txn.unsafeView.put(i == 0 ? store.staleDatabase : store.pagesDatabase, key: key, value: value)
+            }
+        }
+        let verified = try ledger.verify(VerificationOptions())
+        #expect(verified.isValid, "\(verified.problems)")
+        let again = try ledger.pruneKeyMap(before: oldest)
+        #expect(again.pagesDeleted == leftover.count - 1 && again.versionsRemoved == 0, "\(again)")
         #expect(try ledger.verify(VerificationOptions()).isValid)
     }
 

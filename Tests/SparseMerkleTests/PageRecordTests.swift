@@ -194,7 +194,7 @@ func rewriteBatches(seed: UInt64, keys: Int, batches: Int, perBatch: Int) -> [[S
                 maps[version] = map
             }
             for _ in 0..<8 { try writeNext() }
-            let keep: UInt64 = 1500
+            let keep: UInt64 = 1400  // between two versions: 1500 is the oldest kept
             var steps = 0
             let report = try store.prune(before: keep, pagesPerTransaction: 1) { step in
                 steps += 1
@@ -230,10 +230,25 @@ func rewriteBatches(seed: UInt64, keys: Int, batches: Int, perBatch: Int) -> [[S
             #expect(whole.problems.isEmpty, "\(whole.problems)")
             let reachable = try reachableRecords(store, version: version)
             #expect(reachable.isSubset(of: visited) && !reachable.isEmpty)
-            // Every visited full page is where page(atDepth:) finds it, with the same slots.
-            for id in visited.prefix(40) {
+            // Every page of the tree is where page(atDepth:) finds it, with the same slots (the
+            // newest record at a position is the page; an older one there is a delta's base).
+            var pageAt: [String: PageID] = [:]
+            for id in reachable {
+                let position = "\(id.depth)/\(id.prefix.hex)"
+                if (pageAt[position]?.version ?? 0) < id.version { pageAt[position] = id }
+            }
+            for id in pageAt.values.sorted().prefix(60) {
+                let stored = try store.read { view -> SparsePage? in
+                    let record = try #require(try view.txn.value(store.pagesDatabase, key: id.storageKey))
+                    return try record.withUnsafeBytes { raw -> SparsePage? in
+                        guard let base = SparsePage.baseVersion(ofRecord: raw) else { return nil }
+                        guard let base else { return SparsePage(decoding: raw) }
+                        let baseRecord = try #require(try view.txn.value(store.pagesDatabase, key: PageID(version: base, depth: id.depth, prefix: id.prefix).storageKey))
+                        return baseRecord.withUnsafeBytes { SparsePage(decoding: raw, base: $0) }
+                    }
+                }
                 let found = try store.read { try $0.page(atDepth: id.depth, prefix: id.prefix, version: version) }
-                #expect(found != nil, "no page at depth \(id.depth)")
+                #expect(stored != nil && found == stored, "the page at depth \(id.depth)")
             }
             #expect(try store.read { try $0.page(atDepth: 252, prefix: .zero, version: version) } == nil)
 
@@ -251,6 +266,22 @@ func rewriteBatches(seed: UInt64, keys: Int, batches: Int, perBatch: Int) -> [[S
             flipped[flipped.count - 1] ^= 0x40
             #expect(!(try problems(after: flipped)).isEmpty, "a changed byte at the end of the record")
             #expect(try problems(after: nil).contains { $0.contains("missing") })
+            // A wrong child hash in the root page (full, its first slot a page): the root page
+            // no longer hashes to the root record's hash, and that child not to its slot's.
+            let rootID = try #require(visited.first { $0.depth == 0 })
+            let rootRecord = try #require(try store.read { try $0.txn.value(store.pagesDatabase, key: rootID.storageKey) })
+            try #require(rootRecord[0] == 0x00 && rootRecord[2] & 0x01 != 0 && rootRecord[4] & 0x01 == 0, "slot 0 of a full root page is a page")
+            do {
+                var wrongChild = rootRecord
+                wrongChild[5] ^= 0x01
+                let found: [String] = try store.environment.write { txn in
+                    try txn.unsafeView.put(store.pagesDatabase, key: rootID.storageKey, value: wrongChild)
+                    return try LMDBSparseStore.View(txn.unsafeView, store: store).checkStoredTree(version: version) { _, _ in }.problems
+                }
+                try store.environment.write { txn in try txn.unsafeView.put(store.pagesDatabase, key: rootID.storageKey, value: rootRecord) }
+                #expect(found.contains { $0.contains("depth 0") && $0.contains("does not hash") }, "\(found)")
+                #expect(found.contains { $0.contains("depth 4") && $0.contains("does not hash") }, "\(found)")
+            }
             #expect(try store.read { try $0.checkStoredTree(version: version) { _, _ in }.problems }.isEmpty, "restored")
             #expect(try store.read { try $0.checkStoredTree(version: version + 1) { _, _ in }.problems } == ["no root record for version \(version + 1)"])
         }
