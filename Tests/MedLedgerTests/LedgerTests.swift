@@ -17,6 +17,25 @@ func scratchOptions() -> Ledger.Options {
     return options
 }
 
+/// A scratch ledger with `batches` appends of `perBatch` keyed entries over `keys` record
+/// keys (every `unkeyedEvery`-th batch touches no key, as audit commits do), and the tree
+/// size after each append; the caller removes `path`.
+func prunableLedger(_ name: String, seed: UInt64, batches: Int, perBatch: Int, keys: UInt64,
+                    unkeyedEvery: Int = 0) throws -> (ledger: Ledger, path: String, sizes: [UInt64]) {
+    let path = ledgerPath(name)
+    let (ledger, _) = try Ledger.create(at: path, origin: "prune.example/ledger", options: scratchOptions())
+    var sizes: [UInt64] = []
+    var generator = SplitMix64(seed: seed)
+    for batch in 0..<batches {
+        let keyed = unkeyedEvery == 0 || batch % unkeyedEvery != unkeyedEvery - 1
+        try ledger.append(try (0..<perBatch).map { _ in
+            try LedgerEntry(set: keyed ? "record/\(generator.next() % keys)" : "", payload: Array("v\(generator.next())".utf8))
+        })
+        sizes.append(try ledger.size)
+    }
+    return (ledger, path, sizes)
+}
+
 @Suite struct LedgerEntryTests {
     @Test func envelopeIsExact() throws {
         let entry = try LedgerEntry(set: "ké", payload: [0xde, 0xad])
@@ -255,15 +274,8 @@ func scratchOptions() -> Ledger.Options {
     /// version leaves: the ledger verifies and every later size proves; running it again
     /// finishes. A prune between two versions leaves what a prune at the later one leaves.
     @Test func aSteppedPruneStoppedBetweenStepsLeavesAVerifiableLedger() throws {
-        let path = ledgerPath("prune-stopped")
+        let (ledger, path, sizes) = try prunableLedger("prune-stopped", seed: 0x57e9, batches: 6, perBatch: 50, keys: 150)
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let (ledger, _) = try Ledger.create(at: path, origin: "prune.example/ledger", options: scratchOptions())
-        var sizes: [UInt64] = []
-        var generator = SplitMix64(seed: 0x57e9)
-        for _ in 0..<6 {
-            try ledger.append(try (0..<50).map { _ in try LedgerEntry(set: "record/\(generator.next() % 150)", payload: Array("v\(generator.next())".utf8)) })
-            sizes.append(try ledger.size)
-        }
         let roots = try sizes.map { try ledger.mapRoot(size: $0) }
         let store = try LMDBSparseStore(environment: ledger.environment)
         struct Stopped: Error {}
@@ -298,19 +310,9 @@ func scratchOptions() -> Ledger.Options {
     /// whose boundaries are gone: `verify` checks that tree page by page, and still finds a
     /// changed byte in one of those pages, a page nothing uses, and a stale record left behind.
     @Test func verifyChecksThePagesAPruneKeptPageByPage() throws {
-        let path = ledgerPath("prune-verify")
+        // Every fourth batch touches no key (as audit commits do): its root names older pages.
+        let (ledger, path, sizes) = try prunableLedger("prune-verify", seed: 0xfe21, batches: 12, perBatch: 80, keys: 300, unkeyedEvery: 4)
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let (ledger, _) = try Ledger.create(at: path, origin: "prune.example/ledger", options: scratchOptions())
-        var sizes: [UInt64] = []
-        var generator = SplitMix64(seed: 0xfe21)
-        for batch in 0..<12 {
-            // Some batches touch no key (as audit commits do): their roots name older pages.
-            let keyed = batch % 4 != 3
-            try ledger.append(try (0..<80).map { _ in
-                try LedgerEntry(set: keyed ? "record/\(generator.next() % 300)" : "", payload: Array("v\(generator.next())".utf8))
-            })
-            sizes.append(try ledger.size)
-        }
         let oldest = sizes[6]
         _ = try ledger.pruneKeyMap(before: oldest)
         let clean = try ledger.verify(VerificationOptions())
@@ -378,15 +380,8 @@ func scratchOptions() -> Ledger.Options {
     /// record and the pages it lists: verify accepts them (they are listed as replaced), and
     /// the next prune removes them.
     @Test func aStaleRecordLeftAtTheOldestKeptVersionIsAcceptedThenPruned() throws {
-        let path = ledgerPath("prune-leftover")
+        let (ledger, path, sizes) = try prunableLedger("prune-leftover", seed: 0x1eff, batches: 8, perBatch: 70, keys: 250)
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let (ledger, _) = try Ledger.create(at: path, origin: "prune.example/ledger", options: scratchOptions())
-        var sizes: [UInt64] = []
-        var generator = SplitMix64(seed: 0x1eff)
-        for _ in 0..<8 {
-            try ledger.append(try (0..<70).map { _ in try LedgerEntry(set: "record/\(generator.next() % 250)", payload: Array("v\(generator.next())".utf8)) })
-            sizes.append(try ledger.size)
-        }
         let store = try LMDBSparseStore(environment: ledger.environment)
         let oldest = sizes[4]
         let staleKey = withUnsafeBytes(of: oldest.bigEndian) { Array($0) }
