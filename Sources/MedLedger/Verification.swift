@@ -625,24 +625,18 @@ extension LedgerVerifier {
             let pending = changes
             changes.removeAll(keepingCapacity: true)
             let sparse = verifier.ledger.sparse
-            let stored = view
+            let stored = LMDBSparseStore.View(view, store: sparse)
             let (root, found, compared) = try verifier.scratch.write { scratchView -> (Hash, [(String, String)], Int) in
                 let root = try SparseMerkleTree.apply(pending, version: version, writer: scratchView).hash
                 var found: [(String, String)] = []
                 var compared = 0
-                try forEach(withUnsafeBytes(of: version.bigEndian) { Array($0) }, in: sparse.pagesDatabase, of: stored) { key, record in
+                try forEach(withUnsafeBytes(of: version.bigEndian) { Array($0) }, in: sparse.pagesDatabase, of: view) { key, _ in
                     compared += 1
                     guard let id = PageID(storageKey: key) else {
                         found.append((Self.pageName(key), "the key is not a page key"))
                         return
                     }
-                    let page = try record.withUnsafeBytes { raw -> SparsePage? in
-                        guard let base = SparsePage.baseVersion(ofRecord: raw) else { return nil }
-                        guard let base else { return SparsePage(decoding: raw) }
-                        let baseKey = PageID(version: base, depth: id.depth, prefix: id.prefix).storageKey
-                        return try stored.withValue(sparse.pagesDatabase, key: baseKey) { SparsePage(decoding: raw, base: $0) } ?? nil
-                    }
-                    guard let page else {
+                    guard let page = try stored.storedPage(id) else {
                         found.append((Self.pageName(key), "does not decode (or its base is missing)"))
                         return
                     }

@@ -94,15 +94,22 @@ public struct PageID: Hashable, Sendable, Comparable {
     /// The page a storage key names; nil for bytes that are not one.
     public init?(storageKey key: some Collection<UInt8>) {
         let bytes = Array(key)
-        // A page at depth D holds the positions at D + 4, so D is at most 252.
-        guard bytes.count >= 9, Int(bytes[8]) <= 63, bytes.count == 9 + (Int(bytes[8]) * 4 + 7) / 8,
-              let version = bytes.withUnsafeBytes({ UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: $0[0..<8])) }) else { return nil }
-        let depth = Int(bytes[8]) * 4
+        guard let version = bytes.withUnsafeBytes(Self.version(ofStorageKey:)) else { return nil }
         var prefix = [UInt8](repeating: 0, count: 32)
         for (i, b) in bytes[9...].enumerated() { prefix[i] = b }
-        // Bits past the depth must be zero.
-        if depth % 8 == 4, prefix[depth / 8] & 0x0f != 0 { return nil }
-        self.init(version: version, depth: depth, prefix: Hash(prefix)!)
+        self.init(version: version, depth: Int(bytes[8]) * 4, prefix: Hash(prefix)!)
+    }
+
+    /// The version of the page a storage key names, or nil for bytes that are not a page key;
+    /// checks the key in place, without allocating.
+    public static func version(ofStorageKey key: UnsafeRawBufferPointer) -> UInt64? {
+        // A page at depth D holds the positions at D + 4, so D is at most 252.
+        guard key.count >= 9, key[8] <= 63 else { return nil }
+        let depth = Int(key[8]) * 4
+        guard key.count == 9 + (depth + 7) / 8 else { return nil }
+        // Bits past the depth must be zero: a depth of 4 mod 8 uses the last byte's high half.
+        if depth % 8 == 4, key[key.count - 1] & 0x0f != 0 { return nil }
+        return UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: key[0..<8]))
     }
 
     /// Lends the storage key from stack memory.

@@ -489,22 +489,7 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
             }
             while let (id, expected) = pending.popLast() {
                 let place = "page at depth \(id.depth) of version \(id.version)"
-                let page: SparsePage? = try id.withStorageKey { key in
-                    try txn.withValue(store.pages, key: key) { record -> SparsePage? in
-                        try visit(key, record)
-                        switch PageRecord.baseVersion(of: record) {
-                        case .some(nil): return SparsePage(decoding: record)
-                        case .some(let base?) where base < id.version:
-                            let baseKey = PageID(version: base, depth: id.depth, prefix: id.prefix).storageKey
-                            return try txn.withValue(store.pages, key: baseKey) { baseRecord -> SparsePage? in
-                                try baseKey.withUnsafeBytes { try visit($0, baseRecord) }
-                                return SparsePage(decoding: record, base: baseRecord)
-                            } ?? nil
-                        default: return nil
-                        }
-                    } ?? nil
-                }
-                guard let page else {
+                guard let page = try storedPage(id, visit: visit) else {
                     problems.append("\(place): missing, or it (or its base) does not decode")
                     continue
                 }
@@ -524,6 +509,29 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
                 }
             }
             return (root, problems)
+        }
+
+        /// The stored record of page `id` decoded, a delta merged with its base (which must be
+        /// older), read from LMDB without the cache; nil when the record or its base is
+        /// missing or does not decode. `visit` gets the storage key and bytes of each record
+        /// read, lent for the call only.
+        public func storedPage(_ id: PageID, visit: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Void = { _, _ in }) throws -> SparsePage? {
+            try id.withStorageKey { key in
+                try txn.withValue(store.pages, key: key) { record -> SparsePage? in
+                    try visit(key, record)
+                    switch PageRecord.baseVersion(of: record) {
+                    case .some(nil): return SparsePage(decoding: record)
+                    case .some(let base?) where base < id.version:
+                        return try PageID(version: base, depth: id.depth, prefix: id.prefix).withStorageKey { baseKey in
+                            try txn.withValue(store.pages, key: baseKey) { baseRecord -> SparsePage? in
+                                try visit(baseKey, baseRecord)
+                                return SparsePage(decoding: record, base: baseRecord)
+                            } ?? nil
+                        }
+                    default: return nil
+                    }
+                } ?? nil
+            }
         }
 
         /// The page at `depth` below `prefix` (its bits past `depth` ignored) in the tree of
@@ -636,12 +644,7 @@ public final class LMDBSparseStore: SparseSnapshotSource, @unchecked Sendable {
     /// can be one that version stopped using; a damaged stale record that named anything else
     /// (a page of the newest version, say) would make pruning delete what a kept version needs.
     static func isReplacedPageKey(_ key: UnsafeRawBufferPointer, replacedAt: UInt64) -> Bool {
-        guard key.count >= 9, let written = UInt64(bigEndianBytes: UnsafeRawBufferPointer(rebasing: key[0..<8])),
-              written < replacedAt else { return false }
-        let depth = Int(key[8]) * 4
-        guard depth <= 252, key.count == 9 + (depth + 7) / 8 else { return false }
-        // A depth of 4 mod 8 uses the high half of the last byte only.
-        return depth % 8 == 0 || key[key.count - 1] & 0x0f == 0
+        PageID.version(ofStorageKey: key).map { $0 < replacedAt } ?? false
     }
 
     /// The versions in `smt.roots` below `version`, oldest first.
